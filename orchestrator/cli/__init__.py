@@ -1,0 +1,87 @@
+"""The ``orchestrator`` command line.
+
+One module per command family; each exposes ``register(cli)``. Plugins add commands through the
+``register_commands`` hook. Errors become exit statuses here, once: 2 for invalid input, 1 for runtime
+failures, never a traceback (set ``ORCHESTRATOR_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from orchestrator import __version__
+from orchestrator.cli import analyze as analyze_commands
+from orchestrator.cli import data as data_commands
+from orchestrator.cli import plugins as plugin_commands
+from orchestrator.cli import setup as setup_commands
+from orchestrator.cli.context import AppContext
+from orchestrator.errors import OrchestratorError
+
+
+class OrchestratorGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OrchestratorError as exc:
+            click.echo(exc.render(), err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if os.environ.get("ORCHESTRATOR_DEBUG"):
+                raise
+            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            click.echo("  hint: set ORCHESTRATOR_DEBUG=1 to see the traceback", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=OrchestratorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    envvar="ORCHESTRATOR_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Config file (env ORCHESTRATOR_CONFIG; default ./orchestrator.yaml if present).",
+)
+@click.option(
+    "--db",
+    "db_url",
+    envvar="ORCHESTRATOR_DATABASE_URL",
+    help="Database URL (env ORCHESTRATOR_DATABASE_URL; default sqlite:///orchestrator.db).",
+)
+@click.version_option(__version__, prog_name="orchestrator")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, db_url: str | None) -> None:
+    """Marketing campaigns as YAML: select a segment, apply an offer, render, dispatch.
+
+    \b
+    Start with:
+      orchestrator init
+      orchestrator demo-data --preset seed-shop
+      orchestrator analyze
+    """
+    ctx.obj = AppContext(config_path=config_path, db_url=db_url)
+    ctx.call_on_close(ctx.obj.close)
+
+
+for family in (setup_commands, data_commands, analyze_commands, plugin_commands):
+    family.register(cli)
+
+
+def _register_plugin_commands() -> None:
+    from orchestrator.plugins import manager
+
+    manager().hook.register_commands(cli=cli)
+
+
+_register_plugin_commands()
+
+
+def main() -> None:
+    sys.exit(cli.main(prog_name="orchestrator"))

@@ -1,0 +1,51 @@
+"""What every command needs, built on first use: settings, the database engine, the plugins."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from sqlalchemy import Engine
+
+from orchestrator.config import Settings, database_url, load_settings
+from orchestrator.db.engine import create_db_engine, schema_is_current
+from orchestrator.errors import RuntimeFailure
+
+
+class AppContext:
+    def __init__(self, config_path: str | None = None, db_url: str | None = None):
+        self.config_path = config_path
+        self.db_url_override = db_url
+        self._engine: Engine | None = None
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self.config_path)
+
+    @property
+    def db_url(self) -> str:
+        return database_url(self.settings, self.db_url_override)
+
+    def raw_engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = create_db_engine(self.db_url)
+        return self._engine
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of a database whose schema is current (commands other than ``init`` use this)."""
+        engine = self.raw_engine()
+        try:
+            current = schema_is_current(engine)
+        except Exception as exc:
+            raise RuntimeFailure(f"cannot open the database {engine.url!r}: {exc}") from None
+        if not current:
+            raise RuntimeFailure(
+                f"the database {engine.url.render_as_string(hide_password=True)} is not initialised or is out of date",
+                hint="run 'orchestrator init' to create or upgrade it",
+            )
+        return engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

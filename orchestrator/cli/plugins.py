@@ -1,0 +1,33 @@
+"""``orchestrator plugins``: what is loaded, and where each piece comes from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.output import emit_json
+from orchestrator.plugins import describe, manager
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(plugins)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, kind, source}.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins and the channels and offers they provide."""
+    infos = describe(manager())
+    if as_json:
+        emit_json([asdict(i) for i in infos])
+        return
+    if not infos:
+        click.echo("no plugins loaded")
+        return
+    table = Table("name", "kind", "source", "hooks")
+    for info in infos:
+        table.add_row(info.name, info.kind, info.source, ", ".join(info.hooks))
+    Console().print(table)

@@ -1,0 +1,228 @@
+"""The schema, as one design.
+
+Members and their orders are the input; campaigns, runs, deliveries and coupons are what the orchestrator writes:
+
+    customers ─┬─ customer_tags, customer_consents
+               ├─ orders ── (coupon_code) ── coupons ── coupon_redemptions
+               └─ deliveries ── campaign_runs ── campaigns
+    suppressions: per customer or per address, per channel or all channels
+
+Customers and orders have an internal integer key (``id``) and the shop's own identifier (``customer_id``,
+``order_id``) that imports match on. Money columns are integer minor units (see ``orchestrator.money``);
+timestamps are UTC (see ``orchestrator.db.types``).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from orchestrator.db.types import Money, UTCDateTime
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ORDER_STATUSES = ("paid", "refunded", "cancelled")
+DELIVERY_STATES = ("pending", "sent", "failed", "skipped", "deferred", "held_out")
+COUPON_STATES = ("issued", "redeemed", "expired", "void")
+SUPPRESSION_REASONS = ("unsubscribed", "bounced", "complained", "do_not_contact")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime, Decimal: Money}
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320), index=True)
+    phone: Mapped[str | None] = mapped_column(String(32), index=True)  # E.164
+    province: Mapped[str | None] = mapped_column(String(64), index=True)
+    city: Mapped[str | None] = mapped_column(String(64))
+    gender: Mapped[str | None] = mapped_column(String(16))
+    birthday: Mapped[date | None] = mapped_column(Date)
+    signup_at: Mapped[datetime | None]
+    wechat_openid: Mapped[str | None] = mapped_column(String(128))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CustomerTag(Base):
+    __tablename__ = "customer_tags"
+
+    customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    __table_args__ = (Index("ix_customer_tags_tag", "tag", "customer_pk"),)
+
+
+class CustomerConsent(Base):
+    """Marketing consent per channel (email, sms, wechat, …); absence means no consent."""
+
+    __tablename__ = "customer_consents"
+
+    customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    opted_in: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime]
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    ordered_at: Mapped[datetime]
+    amount: Mapped[Decimal]
+    status: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str | None] = mapped_column(String(32))
+    payment_method: Mapped[str | None] = mapped_column(String(32))
+    coupon_code: Mapped[str | None] = mapped_column(String(32), index=True)
+    category: Mapped[str | None] = mapped_column(String(64))
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        # per-customer facts (recency, frequency, monetary) scan a customer's orders in time order
+        Index("ix_orders_customer_status_time", "customer_pk", "status", "ordered_at"),
+        # shop-wide figures (AOV, revenue) scan paid orders up to a time
+        Index("ix_orders_status_time", "status", "ordered_at"),
+    )
+
+
+class Suppression(Base):
+    """Do not contact: a customer or a bare address, on one channel or (channel NULL) on all of them."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_pk: Mapped[int | None] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str | None] = mapped_column(String(320), index=True)
+    channel: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    source_path: Mapped[str | None] = mapped_column(String(1024))
+    definition: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CampaignRun(Base):
+    """One execution of a campaign, unique per (campaign, scheduled time)."""
+
+    __tablename__ = "campaign_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_pk: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    scheduled_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16), default="planned")
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (UniqueConstraint("campaign_pk", "scheduled_at"),)
+
+
+class Delivery(Base):
+    """One intended message, written before anything is sent; unique per (run, customer, channel)."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("campaign_runs.id", ondelete="CASCADE"))
+    customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(32))
+    step: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(String(64))
+    contact: Mapped[str | None] = mapped_column(String(320))
+    deferred_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    provider_id: Mapped[str | None] = mapped_column(String(256))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    coupon_pk: Mapped[int | None] = mapped_column(ForeignKey("coupons.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("run_pk", "customer_pk", "channel"),
+        Index("ix_deliveries_run_state", "run_pk", "state"),
+        # frequency caps count a customer's recent sends across campaigns
+        Index("ix_deliveries_customer_sent", "customer_pk", "sent_at"),
+    )
+
+
+class Coupon(Base):
+    """An issued offer: owned by exactly one customer and one campaign run."""
+
+    __tablename__ = "coupons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    run_pk: Mapped[int | None] = mapped_column(ForeignKey("campaign_runs.id", ondelete="SET NULL"), index=True)
+    customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
+    step: Mapped[str | None] = mapped_column(String(128))
+    offer_kind: Mapped[str] = mapped_column(String(32))
+    group: Mapped[str | None] = mapped_column(String(64))
+    value: Mapped[Decimal | None]
+    min_spend: Mapped[Decimal | None]
+    terms: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    valid_from: Mapped[datetime]
+    valid_until: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16), default="issued")
+    issued_at: Mapped[datetime]
+    redeemed_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_coupons_customer_group_state", "customer_pk", "group", "state"),)
+
+
+class CouponRedemption(Base):
+    __tablename__ = "coupon_redemptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    coupon_pk: Mapped[int] = mapped_column(ForeignKey("coupons.id", ondelete="CASCADE"), unique=True)
+    order_pk: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    amount: Mapped[Decimal | None]
+    redeemed_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(32))

@@ -1,0 +1,40 @@
+"""Every hook a plugin can implement, in one place.
+
+A plugin is a module (or any object) with functions decorated by ``orchestrator.hookimpl`` whose names match
+the specifications below. Built-in plugins live in the ``orchestrator_plugins`` package (the repository's
+``plugins/`` folder); third-party ones are found through the ``orchestrator.plugins`` entry-point group::
+
+    # setup.cfg of a third-party package
+    [options.entry_points]
+    orchestrator.plugins =
+        my_channel = my_package.plugin
+
+Hooks are called through ``orchestrator.plugins.manager().hook.<name>(...)``; each specification documents
+when it is called and what it must return.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("orchestrator")
+hookimpl = pluggy.HookimplMarker("orchestrator")
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``orchestrator`` command line.
+
+    Called once when the CLI starts. ``cli`` is the top-level ``click.Group``; add commands or groups to it
+    with ``cli.add_command(...)`` or the ``@cli.command()`` decorator. Return value is ignored.
+    """
+
+
+@hookspec
+def register_channels():
+    """Return a list of channel classes this plugin provides.
+
+    Called once when the plugin manager is built. Each class implements ``orchestrator.channels.Channel``;
+    its ``name`` attribute (``email``, ``sms``, …) is the key campaign files use under ``message:``. Two
+    plugins registering the same name is an error reported by ``orchestrator plugins``.
+    """

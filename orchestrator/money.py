@@ -1,0 +1,36 @@
+"""Money is ``Decimal`` in Python and integer minor units (fen, cents) in the database.
+
+Integer minor units keep sums exact on every engine, SQLite included, which has no decimal type.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+CENT = Decimal("0.01")
+
+
+def parse_amount(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip())
+    except (InvalidOperation, AttributeError):
+        raise ValueError(f"{text!r} is not a decimal amount (e.g. 112.50)") from None
+    if not value.is_finite():
+        raise ValueError(f"{text!r} is not a finite amount")
+    if value != value.quantize(CENT):
+        raise ValueError(f"{text!r} has more than two decimal places")
+    return value.quantize(CENT)
+
+
+def to_minor(value: Decimal | int | str) -> int:
+    return int((Decimal(value) * 100).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def from_minor(value: int | float | Decimal | None) -> Decimal | None:
+    if value is None:
+        return None
+    return (Decimal(value) / 100).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def quantize(value: Decimal, places: str = "0.01") -> Decimal:
+    return value.quantize(Decimal(places), rounding=ROUND_HALF_UP)

@@ -1,0 +1,55 @@
+"""Time handling: every datetime inside the orchestrator is time-zone aware.
+
+Input without an offset is read in the configured default time zone; storage keeps UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+SECONDS_PER_DAY = 86400
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Asia/Shanghai)") from exc
+
+
+def parse_datetime(text: str, default_tz: ZoneInfo) -> datetime:
+    """Parse ISO 8601 (date or date-time); a value without offset is local to ``default_tz``."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty date-time")
+    candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    try:
+        value = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 date-time (e.g. 2026-03-01T12:30:00+08:00)") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=default_tz)
+    return value
+
+
+def parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date in YYYY-MM-DD form") from None
+
+
+def to_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: every time in the orchestrator must carry a time zone")
+    return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def whole_days(start: datetime, end: datetime) -> int:
+    """Whole elapsed days (24-hour periods) from ``start`` to ``end``, as the SQL facts compute them."""
+    return (end - start) // timedelta(days=1)

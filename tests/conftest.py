@@ -1,0 +1,127 @@
+"""Shared fixtures: every storage test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from ``ORCHESTRATOR_TEST_POSTGRES_URL`` (a server URL; the suite creates its own database and
+drops it at the end). Without it the PostgreSQL half is skipped, unless ``ORCHESTRATOR_REQUIRE_SERVICES=1``,
+under which a missing service fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from orchestrator.cli import cli
+from orchestrator.db.engine import create_db_engine, migrate
+from orchestrator.db.models import Base
+
+POSTGRES_URL = os.environ.get("ORCHESTRATOR_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("ORCHESTRATOR_TEST_REDIS_URL")
+REQUIRE_SERVICES = os.environ.get("ORCHESTRATOR_REQUIRE_SERVICES") == "1"
+
+
+def service_unavailable(message: str):
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (ORCHESTRATOR_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    if not POSTGRES_URL:
+        service_unavailable("ORCHESTRATOR_TEST_POSTGRES_URL is not set")
+    server = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
+    name = f"orch_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        service_unavailable(f"PostgreSQL at {server.render_as_string(hide_password=True)} is unavailable: {exc}")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _postgres_migrated(postgres_server_url: str) -> str:
+    engine = create_db_engine(postgres_server_url)
+    migrate(engine)
+    engine.dispose()
+    return postgres_server_url
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    engine = create_db_engine(f"sqlite:///{path}")
+    migrate(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+def _truncate_postgres(url: str) -> None:
+    engine = create_db_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """A migrated, empty database on each engine."""
+    if request.param == "sqlite":
+        path = tmp_path / "orchestrator.db"
+        shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("_postgres_migrated")
+    _truncate_postgres(url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = create_db_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+class Cli:
+    """Runs ``orchestrator`` in-process against one database and checks it never prints a traceback."""
+
+    def __init__(self, db_url: str | None, config: str | None = None):
+        self.db_url = db_url
+        self.config = config
+
+    def __call__(self, *args: str, input: str | None = None) -> Result:
+        argv: list[str] = []
+        if self.config:
+            argv += ["--config", self.config]
+        if self.db_url:
+            argv += ["--db", self.db_url]
+        result = CliRunner().invoke(cli, [*argv, *map(str, args)], input=input, catch_exceptions=True)
+        output = result.output + (result.stderr if result.stderr_bytes is not None else "")
+        assert "Traceback" not in output, output
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+
+@pytest.fixture
+def run_cli(db_url: str) -> Cli:
+    return Cli(db_url)
