@@ -51,12 +51,18 @@ def format_path(path: Path_) -> str:
     return out
 
 
+_PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap")
+
+
 class _Loader(yaml.SafeLoader):
     """Safe loader; every value is built by ``_construct`` below, so no Python objects can be created."""
 
 
 def _construct(loader: _Loader, node: yaml.Node, path: Path_, positions: dict, file: str) -> Any:
     positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_COLLECTION_TAGS:
+        line, column = positions[path]
+        raise InputError(f"YAML tag {node.tag!r} is not allowed", file=file, line=line, column=column)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
         result: dict[Any, Any] = {}

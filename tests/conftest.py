@@ -14,13 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from orchestrator.cli import cli
 from orchestrator.db.engine import create_db_engine, migrate
 from orchestrator.db.models import Base
+from tests.clitools import Cli
 
 POSTGRES_URL = os.environ.get("ORCHESTRATOR_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("ORCHESTRATOR_TEST_REDIS_URL")
@@ -99,27 +98,6 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine = create_db_engine(db_url)
     yield engine
     engine.dispose()
-
-
-class Cli:
-    """Runs ``orchestrator`` in-process against one database and checks it never prints a traceback."""
-
-    def __init__(self, db_url: str | None, config: str | None = None):
-        self.db_url = db_url
-        self.config = config
-
-    def __call__(self, *args: str, input: str | None = None) -> Result:
-        argv: list[str] = []
-        if self.config:
-            argv += ["--config", self.config]
-        if self.db_url:
-            argv += ["--db", self.db_url]
-        result = CliRunner().invoke(cli, [*argv, *map(str, args)], input=input, catch_exceptions=True)
-        output = result.output + (result.stderr if result.stderr_bytes is not None else "")
-        assert "Traceback" not in output, output
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
 
 
 @pytest.fixture

@@ -1,0 +1,44 @@
+# Quick start: `make demo` and `make test`. Both create .venv with the Python 3.11+ found as $(PYTHON).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ORCH := $(BIN)/orchestrator --config config/orchestrator.yaml --db sqlite:///demo/orchestrator.db
+PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
+REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	rm -rf demo && mkdir -p demo
+	$(ORCH) init
+	$(ORCH) demo-data --preset seed-shop
+	$(ORCH) analyze
+
+test: $(VENV)/.installed-test
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/bench_import_analyze.py
+
+clean:
+	rm -rf demo benchmarks/output .pytest_cache .ruff_cache
