@@ -38,3 +38,14 @@ def register_channels():
     its ``name`` attribute (``email``, ``sms``, …) is the key campaign files use under ``message:``. Two
     plugins registering the same name is an error reported by ``orchestrator plugins``.
     """
+
+
+@hookspec
+def register_facts():
+    """Return a list of ``orchestrator.campaign.catalog.FactSpec`` objects to add to the condition language.
+
+    Each spec declares the fact's name, value kind, parameters and documentation, and its ``build`` callable
+    returns the SQL expression: ``build(ctx, compare) -> ColumnElement`` where ``ctx`` is the segment
+    compiler's ``FactContext`` (the run time ``at``, the settings, and the correlated customer id column).
+    Names must not clash with built-in facts.
+    """

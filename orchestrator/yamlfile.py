@@ -59,7 +59,8 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct(loader: _Loader, node: yaml.Node, path: Path_, positions: dict, file: str) -> Any:
-    positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    # a mapping entry is located at its key (set by the caller), which is where a reader looks for it
+    positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_COLLECTION_TAGS:
         line, column = positions[path]
         raise InputError(f"YAML tag {node.tag!r} is not allowed", file=file, line=line, column=column)
@@ -80,6 +81,7 @@ def _construct(loader: _Loader, node: yaml.Node, path: Path_, positions: dict, f
                     column=key_node.start_mark.column + 1,
                     hint="each key may appear once in a mapping",
                 )
+            positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = _construct(loader, value_node, (*path, key), positions, file)
         return result
     if isinstance(node, yaml.SequenceNode):

@@ -91,8 +91,9 @@ def test_database_url_precedence(monkeypatch):
 
 def test_yaml_positions_follow_paths():
     doc = parse_yaml("name: x\nsteps:\n  - name: a\n    offer:\n      value: 20\n", "c.yaml")
-    assert doc.position(("steps", 0, "offer", "value")) == (5, 14)
-    assert doc.position(("steps", 0, "offer", "missing")) == (5, 7)
+    assert doc.position(("steps", 0, "offer", "value")) == (5, 7)  # a mapping entry is located at its key
+    assert doc.position(("steps", 0, "offer", "missing")) == (4, 5)  # else at its nearest ancestor
+    assert doc.position(("steps", 0)) == (3, 5)
     assert format_path(("steps", 1, "offer", "coupon", "value")) == "steps[1].offer.coupon.value"
 
 

@@ -1,0 +1,100 @@
+"""The facts a condition may compare, declared once.
+
+The declaration is what validation, the JSON Schema and the documentation need: the fact's value type, its
+parameters and (for categorical facts) its choices. How a fact becomes SQL is the segment compiler's business
+(``orchestrator.segments``); plugins add facts through the ``register_facts`` hook with both parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ValueKind = Literal["int", "number", "money", "string", "bool", "ratio"]
+
+
+@dataclass(frozen=True)
+class FactParam:
+    name: str
+    kind: Literal["duration", "string"]
+    required: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class FactSpec:
+    name: str
+    kind: ValueKind
+    doc: str
+    params: tuple[FactParam, ...] = ()
+    choices: tuple[str, ...] | None = None
+    #: nullable facts are NULL for some members (e.g. recency without orders); NULL never matches a comparison
+    nullable: bool = False
+    #: builds the SQL expression: (FactContext, params) -> ColumnElement; None for declaration-only specs
+    build: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+
+    def param(self, name: str) -> FactParam | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+WITHIN = FactParam("within", "duration", doc="only orders in this window before the run time, e.g. 90d")
+LIFECYCLE_STAGES = ("prospect", "new", "active", "dormant", "lost")
+RFM_SEGMENTS = (
+    "champions",
+    "loyal",
+    "potential_loyalist",
+    "new_customers",
+    "promising",
+    "need_attention",
+    "about_to_sleep",
+    "at_risk",
+    "cant_lose",
+    "hibernating",
+    "lost",
+)
+DAYPARTS = ("breakfast", "lunch", "afternoon", "dinner", "late")
+
+BUILTIN_FACTS: tuple[FactSpec, ...] = (
+    FactSpec("recency_days", "int", "whole days since the last paid order", nullable=True),
+    FactSpec("frequency", "int", "paid orders (optionally within a window)", params=(WITHIN,)),
+    FactSpec("monetary", "money", "paid revenue (optionally within a window)", params=(WITHIN,)),
+    FactSpec("aov", "money", "the member's average paid order value", nullable=True),
+    FactSpec("first_order_days", "int", "whole days since the first paid order", nullable=True),
+    FactSpec("orders_above_store_aov", "int", "paid orders above the shop-wide average order value"),
+    FactSpec("rfm_r", "int", "recency score 1-5 (5 = most recent)", nullable=True),
+    FactSpec("rfm_f", "int", "frequency score 1-5", nullable=True),
+    FactSpec("rfm_m", "int", "monetary score 1-5", nullable=True),
+    FactSpec("rfm_segment", "string", "named RFM segment", choices=RFM_SEGMENTS, nullable=True),
+    FactSpec("lifecycle", "string", "lifecycle stage", choices=LIFECYCLE_STAGES),
+    FactSpec("tier", "string", "membership tier from the config's tier rules"),
+    FactSpec("clv", "money", "customer lifetime value estimate (see config clv)", nullable=True),
+    FactSpec("province", "string", "province", nullable=True),
+    FactSpec("city", "string", "city", nullable=True),
+    FactSpec("gender", "string", "gender", nullable=True),
+    FactSpec("age", "int", "age in whole years", nullable=True),
+    FactSpec("days_to_birthday", "int", "days until the next birthday (0 on the day)", nullable=True),
+    FactSpec("signup_days", "int", "whole days since sign-up", nullable=True),
+    FactSpec("consent_email", "bool", "has opted in to marketing e-mail"),
+    FactSpec("consent_sms", "bool", "has opted in to marketing SMS"),
+    FactSpec("coupon_redemption_rate", "ratio", "redeemed ÷ issued coupons", nullable=True),
+    FactSpec(
+        "payment_share",
+        "ratio",
+        "share of paid orders paid with a method",
+        params=(FactParam("method", "string", required=True), WITHIN),
+        nullable=True,
+    ),
+    FactSpec(
+        "daypart_orders",
+        "int",
+        "paid orders in a daypart (in the member's time zone)",
+        params=(FactParam("daypart", "string", required=True, doc=", ".join(DAYPARTS)), WITHIN),
+    ),
+    FactSpec(
+        "bought_category",
+        "bool",
+        "bought a category (optionally within a window)",
+        params=(FactParam("category", "string", required=True), WITHIN),
+    ),
+)

@@ -1,0 +1,211 @@
+"""Campaign file -> validated plan, or every problem with its file, line and column.
+
+Checks, in order, collecting every problem rather than stopping at the first: YAML syntax; the schema (unknown
+keys with the closest valid name, wrong types, bad cron or durations); conditions against the fact catalog and
+the named segments; channels and their message blocks; offers; templates (compiled and rendered against a
+synthetic customer, so that template mistakes surface here and never half-way through a send).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.campaign import schema
+from orchestrator.campaign.catalog import FactSpec
+from orchestrator.campaign.conditions import ConditionParser, Node, suggest
+from orchestrator.errors import InputError
+from orchestrator.yamlfile import YamlDocument, format_path, load_yaml
+
+
+class CampaignInvalid(InputError):
+    """A campaign file with one or more problems; ``problems`` lists each with its position."""
+
+    def __init__(self, file: str, problems: list[InputError]):
+        first = problems[0]
+        super().__init__(first.message, file=file, line=first.line, column=first.column, hint=first.hint)
+        self.problems = problems
+
+    def render(self) -> str:
+        return "\n".join(p.render() for p in self.problems)
+
+
+@dataclass
+class StepPlan:
+    index: int
+    name: str
+    when: Node | None
+    offer: dict[str, Any] | None
+    messages: dict[str, Any]  # channel name -> CompiledMessage
+
+
+@dataclass
+class CampaignPlan:
+    file: str
+    campaign: schema.Campaign
+    segment: Node
+    steps: list[StepPlan]
+    content_hash: str
+    conditions: list[tuple[str, Node]] = field(default_factory=list)  # top-level conditions for the funnel
+
+    @property
+    def name(self) -> str:
+        return self.campaign.name
+
+
+_VOCABULARY = sorted(
+    {
+        (f.alias or name)
+        for model in (
+            schema.Campaign,
+            schema.Step,
+            schema.Schedule,
+            schema.DispatchSettings,
+            schema.FrequencyCap,
+            schema.Budget,
+        )
+        for name, f in model.model_fields.items()
+    }
+)
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic adds union branch names (``FrequencyCap``, ``list[FrequencyCap]``) to error locations."""
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part)
+
+
+def _pydantic_problems(doc: YamlDocument, exc: ValidationError, prefix: tuple = ()) -> list[InputError]:
+    errors = [(tuple(p for p in err["loc"] if not _is_union_tag(p)), err) for err in exc.errors()]
+    # of a union's failed branches, keep the one that got furthest (a deeper error explains a shallower one)
+    errors = [(loc, err) for loc, err in errors if not any(o[: len(loc)] == loc and o != loc for o, _ in errors)]
+    problems = []
+    for inner, err in errors:
+        loc = (*prefix, *inner)
+        key = loc[-1] if loc else None
+        hint = None
+        if err["type"] == "extra_forbidden":
+            error = doc.error(loc, "", suggest(str(key), _VOCABULARY))  # positioned at the stray key itself
+            parent = format_path(loc[:-1])
+            error.message = f"{parent}: unknown key {key!r}" if parent else f"unknown key {key!r}"
+            problems.append(error)
+            continue
+        if err["type"] == "missing":
+            message, loc = f"missing required key {key!r}", loc[:-1]
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        problems.append(doc.error(loc, message, hint))
+    return problems
+
+
+class CampaignLoader:
+    """Loads campaign files against one registry of facts and channels and one template setup."""
+
+    def __init__(
+        self,
+        facts: Mapping[str, FactSpec],
+        channels: Mapping[str, Any],
+        named_segments: Mapping[str, Any] | None = None,
+        named_segments_doc: YamlDocument | None = None,
+        compile_message: Callable[[str, Any, Path, str], Any] | None = None,
+    ):
+        self.facts = facts
+        self.channels = channels
+        self.named_segments = named_segments or {}
+        self.named_segments_doc = named_segments_doc
+        # (channel name, validated options, campaign folder, step name) -> CompiledMessage; raises InputError
+        self.compile_message = compile_message
+
+    def load(self, path: str | Path) -> CampaignPlan:
+        doc = load_yaml(path)
+        if not isinstance(doc.data, dict):
+            raise CampaignInvalid(doc.file, [doc.error((), "a campaign file must be a mapping (name:, segment:, …)")])
+        try:
+            campaign = schema.Campaign.model_validate(doc.data)
+        except ValidationError as exc:
+            raise CampaignInvalid(doc.file, _pydantic_problems(doc, exc)) from None
+        problems: list[InputError] = []
+        parser = ConditionParser(doc, self.facts, self.named_segments, self.named_segments_doc)
+        segment = self._condition(parser, doc.data["segment"], ("segment",), problems)
+        steps = []
+        raw_steps = doc.data.get("steps")
+        for index, step in enumerate(campaign.all_steps):
+            base: tuple = ("steps", index) if raw_steps is not None else ()
+            when = None
+            if step.when is not None:
+                when = self._condition(parser, raw_steps[index]["when"], (*base, "when"), problems)
+            messages = self._messages(doc, step, base, Path(doc.file).parent, problems)
+            name = schema.step_name(step, index)
+            steps.append(StepPlan(index, name, when, step.offer, messages))
+        if problems:
+            raise CampaignInvalid(doc.file, problems)
+        raw = Path(doc.file).read_bytes()
+        top = doc.data["segment"]
+        conditions = _top_level(parser, top)
+        return CampaignPlan(
+            file=doc.file,
+            campaign=campaign,
+            segment=segment,
+            steps=steps,
+            content_hash=hashlib.sha256(raw).hexdigest(),
+            conditions=conditions,
+        )
+
+    def _condition(self, parser: ConditionParser, data: Any, path: tuple, problems: list) -> Node | None:
+        try:
+            return parser.parse(data, path)
+        except InputError as exc:
+            problems.append(exc)
+            return None
+
+    def _messages(self, doc: YamlDocument, step, base: tuple, folder: Path, problems: list) -> dict[str, Any]:
+        compiled: dict[str, Any] = {}
+        for channel_name, raw_options in step.message.items():
+            path = (*base, "message", channel_name)
+            channel = self.channels.get(channel_name)
+            if channel is None:
+                hint = suggest(channel_name, self.channels) or f"loaded channels: {', '.join(sorted(self.channels))}"
+                problems.append(doc.error(path, f"unknown channel {channel_name!r}", hint=hint))
+                continue
+            try:
+                options: BaseModel = channel.options_model.model_validate(raw_options or {})
+            except ValidationError as exc:
+                problems.extend(_pydantic_problems(doc, exc, path))
+                continue
+            if self.compile_message is None:
+                compiled[channel_name] = options
+                continue
+            try:
+                compiled[channel_name] = self.compile_message(channel_name, options, folder, format_path(path))
+            except InputError as exc:
+                problems.append(exc)
+        return compiled
+
+
+def _top_level(parser: ConditionParser, data: Any) -> list[tuple[str, Node]]:
+    """The segment's top-level conditions, labelled, for the dry-run's per-condition funnel."""
+    if isinstance(data, dict) and set(data) == {"all"} and isinstance(data["all"], list):
+        items = [(i, item) for i, item in enumerate(data["all"])]
+        return [(_label(item), parser.parse(item, ("segment", "all", i))) for i, item in items]
+    if isinstance(data, list):
+        return [(_label(item), parser.parse(item, ("segment", i))) for i, item in enumerate(data)]
+    if isinstance(data, dict):
+        return [(_label({k: v}), parser.parse({k: v}, ("segment", k))) for k, v in data.items()]
+    return []
+
+
+def _label(data: Any) -> str:
+    """A short readable label for a condition: ``recency_days {gte: 90, lt: 180}``."""
+    if isinstance(data, dict) and len(data) == 1:
+        key, value = next(iter(data.items()))
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k}: {v}" for k, v in value.items())
+            return f"{key} {{{inner}}}"
+        if isinstance(value, list):
+            return f"{key} [{len(value)} conditions]" if key in ("all", "any", "not") else f"{key} {value}"
+        return f"{key}: {value}"
+    return str(data)

@@ -1,0 +1,226 @@
+"""The shape of a campaign file, declared once; ``orchestrator schema`` prints it as JSON Schema.
+
+Conditions (``segment``, ``when``) are validated structurally here as mappings and parsed against the fact
+catalog by ``orchestrator.campaign.conditions``; channel ``message`` blocks are validated by each channel's own
+options model; offers by their offer kind. Everything else is checked here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.durations import parse_duration
+from orchestrator.timeutil import zone
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+CONDITION_MARK = {"x-condition": True}  # replaced by a $ref to the catalog-built Condition schema
+
+Condition = Annotated[dict[str, Any] | list[Any], WithJsonSchema(CONDITION_MARK)]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+\s*[dwhms]$", "examples": ["90d", "2w", "12h"]}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _clock(value: str) -> time:
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a time of day in HH:MM form")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+class Schedule(_Model):
+    """When the scheduler fires the campaign: exactly one of cron, every, at, relative_to, on."""
+
+    cron: str | None = Field(None, description="crontab expression, e.g. '0 10 * * MON'")
+    every: Duration | None = Field(None, description="fixed interval, e.g. 1h")
+    at: datetime | None = Field(None, description="a single date-time")
+    relative_to: str | None = Field(None, description="customer date field, e.g. birthday")
+    days_before: int | None = Field(None, ge=0, le=366)
+    at_time: str | None = Field(None, alias="time", description="local time of day for relative schedules, HH:MM")
+    on: Literal["order_paid", "member_joined"] | None = Field(None, description="an event trigger")
+    within: Duration | None = None
+    timezone: str = "Asia/Shanghai"
+    misfire_grace: Duration | None = None
+    catch_up: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @field_validator("at_time")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value is not None:
+            _clock(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        kinds = [k for k in ("cron", "every", "at", "relative_to", "on") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "a schedule needs exactly one of cron, every, at, relative_to, on"
+                + (f" (found {', '.join(kinds)})" if kinds else "")
+            )
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron, timezone=zone(self.timezone))
+            except ValueError as exc:
+                raise ValueError(f"invalid cron expression {self.cron!r}: {exc}") from None
+        if self.every is not None and self.every < timedelta(minutes=1):
+            raise ValueError("every: the interval must be at least 1m")
+        if self.at is not None and self.at.tzinfo is None:
+            self.at = self.at.replace(tzinfo=zone(self.timezone))
+        if self.relative_to is not None and self.days_before is None:
+            raise ValueError("relative_to needs days_before (0 for the day itself)")
+        return self
+
+
+class Budget(_Model):
+    max_issued: int | None = Field(None, ge=1)
+    max_face_value: Decimal | None = Field(None, gt=0)
+
+
+class FrequencyCap(_Model):
+    max: int = Field(ge=1)
+    per: Duration
+    channel: str | None = None
+
+
+class DispatchSettings(_Model):
+    quiet_hours: str | None = Field(None, description="local quiet window, e.g. '21:00-09:00'")
+    frequency_cap: FrequencyCap | list[FrequencyCap] | None = None
+    channels: list[str] | None = Field(None, description="preference order for fallback, e.g. [sms, email]")
+    strategy: Literal["first_reachable", "all"] = "first_reachable"
+    transactional: bool = False
+    batch_size: int = Field(500, ge=1, le=100_000)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.split("-")
+        if len(parts) != 2:
+            raise ValueError(f"{value!r} is not a window like 21:00-09:00")
+        start, end = (_clock(p) for p in parts)
+        if start == end:
+            raise ValueError("quiet_hours: start and end are the same")
+        return value
+
+
+Offer = Annotated[
+    dict[str, dict[str, Any]],
+    WithJsonSchema(
+        {"type": "object", "description": "one offer kind and its terms, e.g. {coupon: {kind: amount_off, ...}}"}
+    ),
+]
+Messages = Annotated[
+    dict[str, dict[str, Any]],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "per channel, its message: {email: {subject: ..., template: ...}, sms: {...}}",
+            "minProperties": 1,
+        }
+    ),
+]
+
+
+class Step(_Model):
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    when: Condition | None = None
+    offer: Offer | None = None
+    message: Messages
+
+
+def _percent(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return value.strip()[:-1]
+    return value
+
+
+class Campaign(_Model):
+    """A campaign file."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="unique name: lower case, digits, - _ .")
+    description: str | None = None
+    schedule: Schedule | None = None
+    segment: Condition
+    control_group: Annotated[Decimal, BeforeValidator(_percent)] = Field(
+        Decimal(0), ge=0, lt=100, description="percentage held out, e.g. 10%"
+    )
+    steps: list[Step] | None = None
+    offer: Offer | None = None
+    message: Messages | None = None
+    dispatch: DispatchSettings = DispatchSettings()
+
+    @model_validator(mode="after")
+    def _steps_or_message(self) -> Campaign:
+        if self.steps is not None and (self.message is not None or self.offer is not None):
+            raise ValueError("write either steps: or a top-level message:/offer:, not both")
+        if self.steps is None and self.message is None:
+            raise ValueError("a campaign needs steps: or a top-level message:")
+        if self.steps is not None and not self.steps:
+            raise ValueError("steps: is empty")
+        return self
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_step_names(cls, steps: list[Step] | None) -> list[Step] | None:
+        names = [step_name(s, i) for i, s in enumerate(steps or [])]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate step name {duplicates[0]!r}: step names must be unique")
+        return steps
+
+    @property
+    def all_steps(self) -> list[Step]:
+        if self.steps is not None:
+            return self.steps
+        return [Step(name="main", offer=self.offer, message=self.message or {})]
+
+
+def step_name(step: Step, index: int) -> str:
+    return step.name or f"step-{index + 1}"
+
+
+def _link_conditions(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node == CONDITION_MARK:
+            return {"$ref": "#/$defs/Condition"}
+        return {k: _link_conditions(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_link_conditions(v) for v in node]
+    return node
+
+
+def json_schema(condition_schema: dict[str, Any]) -> dict[str, Any]:
+    schema = _link_conditions(Campaign.model_json_schema(by_alias=True))
+    schema.setdefault("$defs", {})["Condition"] = condition_schema
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Campaign"
+    return schema

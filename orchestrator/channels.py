@@ -1,0 +1,125 @@
+"""What a channel is: the contract between the pipeline and channel plugins.
+
+A channel plugin registers a ``Channel`` subclass through the ``register_channels`` hook. The pipeline never
+knows which channel it serves; it only calls the methods below:
+
+1. at validate / dry-run time, ``options_model`` validates the campaign's ``message: {<channel>: {...}}`` block
+   and ``compile`` turns it into a ``CompiledMessage`` (templates loaded and syntax-checked once);
+2. per customer, ``contact_of`` picks and normalises the address (``None``: not reachable on this channel);
+3. per customer, ``render`` produces the message parts from the compiled templates and the context;
+4. per batch, ``send`` delivers ``OutgoingMessage`` objects and returns one ``SendResult`` per message, in order.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class MessageOptions(BaseModel):
+    """The common shape of ``message: {<channel>: {...}}``: a template file or inline text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class CompiledMessage:
+    """A channel's message block with its templates compiled; built once per campaign step."""
+
+    channel: str
+    options: MessageOptions
+    templates: Mapping[str, Any]  # part name -> compiled template (e.g. "subject", "html", "text")
+
+
+@dataclass
+class RenderedMessage:
+    """One customer's message, ready to send: parts (subject, html, text, …), headers and measures."""
+
+    channel: str
+    parts: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)
+    measures: dict[str, Any] = field(default_factory=dict)  # e.g. sms segments, byte size
+
+
+@dataclass
+class OutgoingMessage:
+    """A rendered message bound to its ledger row and address."""
+
+    delivery_id: int | None  # None in dry-run
+    customer_id: str
+    contact: str
+    message: RenderedMessage
+    idempotency_key: str = ""
+
+
+class SendStatus(enum.StrEnum):
+    SENT = "sent"
+    TRANSIENT = "transient"  # try again later (timeouts, 4xx SMTP replies, HTTP 429/5xx)
+    PERMANENT = "permanent"  # never retry (bad address, refused, unsubscribed)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: SendStatus
+    provider_id: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def sent(cls, provider_id: str | None = None) -> SendResult:
+        return cls(SendStatus.SENT, provider_id=provider_id)
+
+    @classmethod
+    def transient(cls, error: str) -> SendResult:
+        return cls(SendStatus.TRANSIENT, error=error)
+
+    @classmethod
+    def permanent(cls, error: str) -> SendResult:
+        return cls(SendStatus.PERMANENT, error=error)
+
+
+class Channel(ABC):
+    """Base class of every channel. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    #: the customer field that holds this channel's address ("email", "phone", "wechat_openid", …)
+    contact_field: ClassVar[str]
+    #: the consent channel checked before contacting; None for channels that need no marketing consent
+    consent: ClassVar[str | None] = None
+    #: the model of this channel's ``message:`` block in campaign files
+    options_model: ClassVar[type[MessageOptions]] = MessageOptions
+
+    def __init__(self, config: Mapping[str, Any], settings: Any):
+        """``config`` is ``channels.<name>`` from the config file; ``settings`` the whole ``Settings``."""
+        self.config = config
+        self.settings = settings
+
+    def contact_of(self, customer: Mapping[str, Any]) -> str | None:
+        """The customer's normalised address on this channel, or None if missing or invalid."""
+        value = customer.get(self.contact_field)
+        return self.validate_contact(value) if value else None
+
+    def validate_contact(self, value: str) -> str | None:
+        return value.strip() or None
+
+    @abstractmethod
+    def compile(self, options: MessageOptions, templates: Any) -> CompiledMessage:
+        """Load and compile the templates named by ``options`` (raise ``InputError`` with file and line)."""
+
+    @abstractmethod
+    def render(self, compiled: CompiledMessage, context: Mapping[str, Any]) -> RenderedMessage:
+        """Render one customer's message from the compiled templates."""
+
+    @abstractmethod
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """Deliver a batch; one result per message, in the same order. Never raise for one bad message."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; called once when a run is done."""
