@@ -1,0 +1,219 @@
+"""Reading import CSV files as a stream, and writing the rows we reject.
+
+The reader works on bytes so that it can (a) count bytes for the progress bar, (b) decode each physical line
+on its own and so name the exact line of an undecodable byte, and (c) spot binary files before the CSV parser
+produces nonsense. Splitting on ``\\n`` before decoding is safe: in UTF-8 (and in GBK) the byte 0x0A never occurs
+inside a multi-byte character. ``csv.reader`` is fed those decoded lines, so its ``line_num`` counts physical
+lines and a record's first line is simply the previous record's last line plus one, quoted newlines included.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from orchestrator.errors import InputError, RuntimeFailure
+
+BOM = b"\xef\xbb\xbf"
+MAX_LINE_BYTES = 1 << 20  # a physical line longer than this is not a CSV a shop exported
+_MAGIC = {  # well-known binary formats people export by mistake, and what to do instead
+    b"PK\x03\x04": "an Excel workbook or ZIP archive; export the sheet as 'CSV UTF-8'",
+    b"\xd0\xcf\x11\xe0": "an old Excel (.xls) workbook; export the sheet as 'CSV UTF-8'",
+    b"\x1f\x8b": "a gzip archive; decompress it first",
+    b"%PDF": "a PDF document",
+    b"\xff\xfe": "UTF-16 text; re-save it as UTF-8",
+    b"\xfe\xff": "UTF-16 text; re-save it as UTF-8",
+}
+
+
+def reject_path(path: Path) -> Path:
+    """Where the rejects of ``path`` go: ``<stem>.rejects.csv`` in the same folder."""
+    return path.with_name(f"{path.stem}.rejects.csv")
+
+
+class CsvSource:
+    """One import file, opened and checked; iterate :meth:`records` for ``(line, fields)`` pairs.
+
+    Every problem with the file as a whole (missing, empty, binary, not UTF-8, unparsable, bad header) is an
+    ``InputError`` naming the file and, where there is one, the line.
+    """
+
+    def __init__(self, path: Path, columns: tuple[str, ...]):
+        self.path = path
+        self.name = str(path)
+        self.stream = _open(path)
+        try:
+            self.size = os.fstat(self.stream.fileno()).st_size
+            self.bytes_read = 0
+            self.has_bom = False
+            self._line = 0
+            self._reader = csv.reader(self._text_lines(), strict=True)
+            self.header = self._read_header(columns)
+        except BaseException:
+            self.stream.close()
+            raise
+
+    def __enter__(self) -> CsvSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.close()
+
+    def error(self, message: str, line: int | None = None, hint: str | None = None) -> InputError:
+        return InputError(message, file=self.name, line=line, hint=hint)
+
+    def records(self) -> Iterator[tuple[int, list[str]]]:
+        """Data records with the physical line each starts on; blank lines are skipped."""
+        while True:
+            start = self._reader.line_num + 1
+            try:
+                fields = next(self._reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise self._parse_error(exc, start) from None
+            if fields and fields != [""]:
+                yield start, fields
+
+    def _parse_error(self, exc: csv.Error, start: int) -> InputError:
+        if "unexpected end of data" in str(exc):
+            return self.error("a quoted value that starts in this record is never closed", start)
+        return self.error(
+            f"cannot parse the CSV record that starts on this line: {exc}",
+            start,
+            hint='a value containing quotes must be quoted itself, with each quote doubled: "say ""hi"""',
+        )
+
+    def _read_header(self, columns: tuple[str, ...]) -> list[str]:
+        head = self.stream.peek(8) if hasattr(self.stream, "peek") else b""
+        for magic, what in _MAGIC.items():
+            if head.startswith(magic):
+                raise self.error(f"this is not a CSV text file: it looks like {what}")
+        records = self.records()
+        first = next(records, None)
+        if first is None:
+            raise self.error("the file is empty: expected a header row", hint=f"the header is: {','.join(columns)}")
+        header = [name.strip() for name in first[1]]
+        self._check_header(header, columns, first[0])
+        return header
+
+    def _check_header(self, header: list[str], columns: tuple[str, ...], line: int) -> None:
+        lowered = [name.lower() for name in header]
+        for name in lowered:
+            if name and lowered.count(name) > 1:
+                raise self.error(f"the column {name!r} appears more than once in the header", line)
+        missing = [c for c in columns if c not in lowered]
+        if not missing:
+            return
+        unknown = [name for name in lowered if name not in columns]
+        guesses = [f"{m!r} (found {g[0]!r})" for m in missing if (g := difflib.get_close_matches(m, unknown, 1))]
+        message = f"missing required column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+        if guesses:
+            message += f"; did you mean {', '.join(guesses)}?"
+        raise self.error(message, line, hint=f"the header must include: {','.join(columns)}")
+
+    def _text_lines(self) -> Iterator[str]:
+        """Physical lines, decoded one by one, each checked for NUL bytes and undecodable bytes."""
+        readline = self.stream.readline
+        while raw := readline(MAX_LINE_BYTES):
+            self._line += 1
+            self.bytes_read += len(raw)
+            if self._line == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+                self.has_bom = True
+            if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise self.error("this line is longer than 1 MiB: is this really a CSV file?", self._line)
+            if b"\x00" in raw:
+                raise self.error("the file contains NUL bytes: it is binary, not CSV text", self._line)
+            yield self._decode(raw)
+
+    def _decode(self, raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            column = len(raw[: exc.start].decode("utf-8", "replace")) + 1
+            guess = ""
+            try:
+                raw.decode("gb18030")
+                guess = " (it looks like GBK/GB18030, common for Chinese Excel)"
+            except UnicodeDecodeError:
+                pass
+            raise self.error(
+                f"the file is not UTF-8{guess}: byte 0x{raw[exc.start]:02x} in column {column} cannot be decoded",
+                self._line,
+                hint="re-save the file as UTF-8 (Excel: 'CSV UTF-8'; or iconv -f GB18030 -t UTF-8 in.csv > out.csv)",
+            ) from None
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise InputError("no such file", file=str(path)) from None
+    except IsADirectoryError:
+        raise InputError("this is a folder, not a CSV file", file=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot open the file: {exc.strerror}", file=str(path)) from None
+
+
+class RejectWriter:
+    """The reject file: the original columns plus ``line`` and ``reason``, created only when a row is rejected.
+
+    Rows go to a temporary file beside the input; :meth:`commit` puts it in place (or removes a stale reject
+    file from an earlier import when there were no rejects this time), :meth:`discard` throws it away, so a
+    failed import leaves the folder as it was.
+    """
+
+    def __init__(self, source: CsvSource):
+        self.path = reject_path(source.path)
+        self.header = source.header
+        self.encoding = "utf-8-sig" if source.has_bom else "utf-8"  # round-trips through Excel like the input
+        self.count = 0
+        self._file: IO[str] | None = None
+        self._writer = None
+
+    def write(self, line: int, fields: list[str], reason: str) -> None:
+        if self._writer is None:
+            self._writer = self._create()
+        self._writer.writerow([line, reason, *fields])
+        self.count += 1
+
+    def _create(self):
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot write the reject file next to the input: {exc}") from None
+        self._file = open(fd, "w", encoding=self.encoding, newline="")  # noqa: SIM115 (closed in commit/discard)
+        self._temp = Path(temp)
+        writer = csv.writer(self._file)
+        writer.writerow([*_reject_columns(self.header), *self.header])
+        return writer
+
+    def commit(self) -> str | None:
+        if self._file is None:
+            self.path.unlink(missing_ok=True)
+            return None
+        self._file.close()
+        os.replace(self._temp, self.path)
+        return str(self.path)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._temp.unlink(missing_ok=True)
+
+
+def _reject_columns(header: list[str]) -> list[str]:
+    """``line`` and ``reason``, renamed if the input already has columns of those names."""
+    taken = {name.lower() for name in header}
+    names = []
+    for name in ("line", "reason"):
+        while name in taken:
+            name = f"reject_{name}"
+        names.append(name)
+    return names
