@@ -5,18 +5,22 @@ Integer minor units keep sums exact on every engine, SQLite included, which has 
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
 
 CENT = Decimal("0.01")
 
 
+_AMOUNT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+
+
 def parse_amount(text: str) -> Decimal:
-    try:
-        value = Decimal(text.strip())
-    except (InvalidOperation, AttributeError):
-        raise ValueError(f"{text!r} is not a decimal amount (e.g. 112.50)") from None
-    if not value.is_finite():
-        raise ValueError(f"{text!r} is not a finite amount")
+    """A plain decimal amount with at most two decimal places (no exponents, no digit separators)."""
+    if not isinstance(text, str) or not _AMOUNT.match(text.strip()):
+        raise ValueError(f"{text!r} is not a decimal amount (e.g. 112.50)")
+    value = Decimal(text.strip())
+    if abs(value) >= Decimal("1e13"):
+        raise ValueError(f"{text!r} is too large an amount")
     if value != value.quantize(CENT):
         raise ValueError(f"{text!r} has more than two decimal places")
     return value.quantize(CENT)

@@ -7,15 +7,17 @@ loads third-party ones: nothing about them is privileged.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import pluggy
 
 from orchestrator import hookspecs
+from orchestrator.errors import RuntimeFailure
 
 ENTRY_POINT_GROUP = "orchestrator.plugins"
-BUILTIN_PLUGINS: tuple[str, ...] = ()
+BUILTIN_PLUGINS: tuple[str, ...] = ("orchestrator_plugins.email",)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,39 @@ def describe(pm: pluggy.PluginManager) -> list[PluginInfo]:
         source = plugin_source(pm, plugin)
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
         infos.append(PluginInfo(name=name, kind="plugin", source=source, hooks=hooks))
-        if "register_channels" in hooks:
-            for channel in plugin.register_channels() or ():
-                infos.append(PluginInfo(name=channel.name, kind="channel", source=source))
+        for hook, kind in (("register_channels", "channel"), ("register_offers", "offer"), ("register_facts", "fact")):
+            if hook in hooks:
+                infos.extend(PluginInfo(name=item.name, kind=kind, source=source) for item in getattr(plugin, hook)())
     return infos
+
+
+@dataclass
+class Registry:
+    """What the plugins provide, by name: channels, offer kinds, and the facts of the condition language."""
+
+    channels: dict[str, type] = field(default_factory=dict)
+    offers: dict[str, type] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _collect(kind: str, results: list[list[Any]], into: dict[str, Any]) -> None:
+    for items in results:
+        for item in items or ():
+            if item.name in into and into[item.name] is not item:
+                raise RuntimeFailure(f"two plugins register the {kind} {item.name!r}")
+            into[item.name] = item
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    from orchestrator.campaign.catalog import BUILTIN_FACTS
+
+    registry = Registry(facts={spec.name: spec for spec in BUILTIN_FACTS})
+    _collect("channel", pm.hook.register_channels(), registry.channels)
+    _collect("offer", pm.hook.register_offers(), registry.offers)
+    _collect("fact", pm.hook.register_facts(), registry.facts)
+    return registry
+
+
+@cache
+def registry() -> Registry:
+    return build_registry(manager())

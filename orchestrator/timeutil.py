@@ -5,6 +5,7 @@ Input without an offset is read in the configured default time zone; storage kee
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -34,10 +35,14 @@ def parse_datetime(text: str, default_tz: ZoneInfo) -> datetime:
 
 
 def parse_date(text: str) -> date:
+    """Strictly YYYY-MM-DD (``date.fromisoformat`` also takes 20260301 and week dates)."""
+    text = text.strip()
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise ValueError(f"{text!r} is not a date in YYYY-MM-DD form")
     try:
-        return date.fromisoformat(text.strip())
+        return date.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a date in YYYY-MM-DD form") from None
+        raise ValueError(f"{text!r} is not a valid date") from None
 
 
 def to_utc(value: datetime) -> datetime:

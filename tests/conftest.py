@@ -101,5 +101,8 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def run_cli(db_url: str) -> Cli:
+def run_cli(db_url: str, tmp_path: Path, monkeypatch) -> Cli:
+    """The CLI against ``db_url``, run from an empty working directory so no stray config is picked up."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ORCHESTRATOR_CONFIG", raising=False)
     return Cli(db_url)

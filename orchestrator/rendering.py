@@ -1,0 +1,311 @@
+"""The render stage's template machinery: sandboxed Jinja2, safe template lookup, compile-once caching.
+
+Why it looks like this:
+
+- templates are written by marketers and run against customer data, so they run in Jinja's immutable sandbox (no
+  Python internals, no mutating the context) with ``StrictUndefined`` (a misspelt field is an error, not a blank
+  in ten thousand messages);
+- template mistakes must surface at validate / dry-run time, never half-way through a send, so every error names
+  the template file and line, and ``synthetic_context`` gives validate a realistic customer to render with;
+- a campaign renders thousands of messages from one template, so a template compiles once and is cached per
+  (root, path, mtime).
+
+Lookup: a path from a campaign file resolves against the campaign file's folder first (``for_campaign``), then
+each configured template folder in order; ``{% include %}`` and ``{% extends %}`` resolve in the configured
+template folders. Absolute paths and paths that leave their folder (``..``, symlinks) are refused.
+Filters and the synthetic context live in ``orchestrator.template_context``.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from jinja2 import (
+    BaseLoader,
+    Environment,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+)
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from orchestrator.errors import InputError
+from orchestrator.template_context import register_filters, synthetic_context
+from orchestrator.timeutil import zone
+
+__all__ = [
+    "CompiledTemplate",
+    "TemplateLoader",
+    "TemplateRenderError",
+    "is_html_name",
+    "make_environment",
+    "resolve_template",
+    "synthetic_context",
+]
+
+TEMPLATE_SUFFIXES = (".j2", ".jinja2", ".jinja")
+HTML_EXTENSIONS = (".html", ".htm")
+CONTEXT_HINT = (
+    "templates see customer, offer, campaign, step, now and unsubscribe_url; "
+    "guard optional values with |default(...) or `is defined`"
+)
+SANDBOX_HINT = "templates run in a sandbox: use the fields of customer, offer, campaign and step only"
+
+Stamp = tuple[int, int]  # (mtime in ns, size): a file changed if either did
+
+
+class TemplateRenderError(InputError):
+    """A template failed while rendering: undefined variable, sandbox violation, a filter given bad input."""
+
+
+def is_html_name(name: str) -> bool:
+    """Whether a template file is HTML (so autoescaped): ``welcome.html.j2`` is, ``sms.txt.j2`` is not."""
+    stem = name.lower()
+    for suffix in TEMPLATE_SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    return stem.endswith(HTML_EXTENSIONS)
+
+
+def _relative_name(name: str) -> str:
+    """``name`` normalised; refused when absolute or climbing out with ``..`` (before touching the disk)."""
+    text = name.replace("\\", "/")
+    if text.startswith("/") or Path(name).is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise InputError(
+            f"template path {name!r} is absolute",
+            hint="name templates relative to the campaign file's folder or a configured template folder",
+        )
+    normal = posixpath.normpath(text)
+    if normal == ".." or normal.startswith("../"):
+        raise InputError(f"template path {name!r} leaves the template folder", hint="remove the '..' parts")
+    return normal
+
+
+def resolve_template(name: str, roots: Sequence[Path]) -> tuple[Path, Path] | None:
+    """``(root, file)`` of the first root holding ``name``, None if none does.
+
+    The real path (symlinks followed) must stay inside its root: a template folder is the boundary of what
+    a campaign file may read, so a link out of it is refused rather than skipped.
+    """
+    relative = _relative_name(name)
+    for root in roots:
+        candidate = root / relative
+        if not candidate.resolve().is_relative_to(root.resolve()):
+            raise InputError(
+                f"template path {name!r} resolves outside the template folder {root}",
+                hint="templates (and symlinks to them) must stay inside their folder",
+            )
+        if candidate.is_file():
+            return root, candidate
+    return None
+
+
+def _stamp(path: Path) -> Stamp:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"template is not UTF-8 text ({exc.reason})", file=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read template: {exc.strerror}", file=str(path)) from None
+
+
+class _FolderLoader(BaseLoader):
+    """Jinja's loader for ``{% include %}`` / ``{% extends %}``: the configured folders, with the same refusals."""
+
+    def __init__(self, roots: Sequence[Path], filenames: set[str]):
+        self.roots = tuple(roots)
+        self.filenames = filenames  # every template file compiled, to map render errors back to their lines
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        found = resolve_template(template, self.roots)
+        if found is None:
+            raise TemplateNotFound(template)
+        path = found[1]
+        stamp = _stamp(path)
+        self.filenames.add(str(path))
+        return _read(path), str(path), lambda: path.is_file() and _stamp(path) == stamp
+
+
+def make_environment(
+    *, autoescape: bool, loader: BaseLoader | None = None, currency: str = "CNY", tz: ZoneInfo | None = None
+) -> ImmutableSandboxedEnvironment:
+    """The one way templates get an environment: sandboxed, strict, block-trimming, with our filters."""
+    env = ImmutableSandboxedEnvironment(
+        loader=loader,
+        autoescape=autoescape,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=True,
+        finalize=_finalize,
+    )
+    register_filters(env, currency=currency, tz=tz or zone("Asia/Shanghai"))
+    return env
+
+
+def _finalize(value: Any) -> Any:
+    """``{{ customer.city }}`` for a customer without a city prints nothing, not "None"."""
+    return "" if value is None else value
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledTemplate:
+    """A compiled template plus where it came from, so that a render error can point at the file and line."""
+
+    template: Template
+    file: str | None  # the template file; for inline text the campaign file it came from (if known)
+    label: str  # how messages name it: the file path, or e.g. "inline email subject"
+    inline: bool
+    html: bool
+    filenames: set[str]  # the loader's compiled file names (shared): where a render error may point
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        try:
+            return self.template.render(context)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise self._render_error(exc) from exc
+
+    def _render_error(self, exc: Exception) -> TemplateRenderError:
+        if isinstance(exc, TemplateSyntaxError):  # an included template that does not compile
+            return TemplateRenderError(f"template syntax error: {exc.message}", file=exc.filename, line=exc.lineno)
+        filename, line = _template_frame(exc.__traceback__, self.template.filename, self.filenames)
+        problem, hint = _describe(exc)
+        if filename is not None and filename != self.template.filename:  # raised inside an included template
+            return TemplateRenderError(problem, file=filename, line=line, hint=hint)
+        return _located(TemplateRenderError, self.file, self.label, self.inline, line, problem, hint)
+
+
+def _describe(exc: Exception) -> tuple[str, str | None]:
+    """What went wrong, in the template author's terms, and what to do about it."""
+    if isinstance(exc, SecurityError):
+        return f"not allowed in a template: {exc}", SANDBOX_HINT
+    if isinstance(exc, UndefinedError):
+        return str(exc.message), CONTEXT_HINT
+    if isinstance(exc, TemplateNotFound):
+        return f"included template {exc.name!r} not found", "includes resolve in the configured template folders"
+    return f"{type(exc).__name__}: {exc}", None
+
+
+def _located(
+    kind: type[InputError], file: str | None, label: str, inline: bool, line: int | None, problem: str, hint: str | None
+) -> Any:
+    """File templates report file:line; inline ones the campaign file and the line within the inline text."""
+    if inline:
+        at = f", line {line}" if line else ""
+        return kind(f"{label}{at}: {problem}", file=file, hint=hint)
+    return kind(problem, file=file, line=line, hint=hint)
+
+
+def _template_frame(tb: TracebackType | None, own: str | None, filenames: set[str]) -> tuple[str | None, int | None]:
+    """The innermost template frame of a render error.
+
+    Jinja rewrites the traceback of an exception raised while rendering so that frames of compiled template
+    code carry the template's filename and the template line. We know every filename we compiled, so the
+    innermost frame with one of those names is where the template went wrong.
+    """
+    found: tuple[str | None, int | None] = (None, None)
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name == own or name in filenames:
+            found = (name, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+class TemplateLoader:
+    """Finds, compiles and caches templates for one configuration.
+
+    ``for_campaign(path)`` returns a view that also looks in the campaign file's folder first and names the
+    campaign file in errors about inline templates; views share the environment and the compile cache.
+    """
+
+    def __init__(self, roots: Sequence[str | Path], *, currency: str = "CNY", tz: ZoneInfo | None = None):
+        self.roots = tuple(Path(root) for root in roots)
+        self.campaign_file: Path | None = None
+        self._cache: dict[tuple[Path, str, bool], tuple[Stamp, CompiledTemplate]] = {}
+        self._filenames: set[str] = set()
+        folders = _FolderLoader(self.roots, self._filenames)
+        self._envs = {
+            html: make_environment(autoescape=html, loader=folders, currency=currency, tz=tz) for html in (False, True)
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TemplateLoader:
+        """Template folders, currency and time zone from ``Settings``."""
+        roots = [settings.resolve_path(folder) for folder in settings.templates]
+        return cls(roots, currency=settings.currency, tz=settings.tz)
+
+    def for_campaign(self, campaign_file: str | Path | None) -> TemplateLoader:
+        view = copy.copy(self)
+        view.campaign_file = Path(campaign_file) if campaign_file is not None else None
+        return view
+
+    @property
+    def search_path(self) -> tuple[Path, ...]:
+        first = (self.campaign_file.parent,) if self.campaign_file is not None else ()
+        return (*first, *self.roots)
+
+    def environment(self, *, html: bool) -> ImmutableSandboxedEnvironment:
+        return self._envs[html]
+
+    def resolve(self, name: str) -> tuple[Path, Path]:
+        """``(root, file)`` for a template path written in a campaign file; InputError if missing or unsafe."""
+        try:
+            found = resolve_template(name, self.search_path)
+        except InputError as exc:
+            exc.file = exc.file or self._campaign_name
+            raise
+        if found is None:
+            looked = ", ".join(str(root) for root in self.search_path) or "(no template folders configured)"
+            raise InputError(f"template {name!r} not found", file=self._campaign_name, hint=f"looked in {looked}")
+        return found
+
+    def load(self, name: str, *, html: bool | None = None) -> CompiledTemplate:
+        """The compiled template file ``name``; autoescaped when ``html`` (default: by its extension)."""
+        root, path = self.resolve(name)
+        html = is_html_name(name) if html is None else html
+        key = (root.resolve(), posixpath.normpath(name.replace("\\", "/")), html)
+        stamp = _stamp(path)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        compiled = self._compile(_read(path), name=name, filename=str(path), html=html, label=str(path), inline=False)
+        self._cache[key] = (stamp, compiled)
+        return compiled
+
+    def from_string(self, source: str, *, label: str, html: bool = False) -> CompiledTemplate:
+        """Inline text from a campaign file (``text:``, ``subject:``) compiled as a template."""
+        return self._compile(source, name=None, filename=f"<{label}>", html=html, label=label, inline=True)
+
+    @property
+    def _campaign_name(self) -> str | None:
+        return str(self.campaign_file) if self.campaign_file is not None else None
+
+    def _compile(
+        self, source: str, *, name: str | None, filename: str, html: bool, label: str, inline: bool
+    ) -> CompiledTemplate:
+        env = self._envs[html]
+        file = self._campaign_name if inline else filename
+        self._filenames.add(filename)
+        try:
+            code = env.compile(source, name=name, filename=filename)
+        except TemplateSyntaxError as exc:
+            problem = f"template syntax error: {exc.message}"
+            raise _located(InputError, file, label, inline, exc.lineno, problem, None) from None
+        template = env.template_class.from_code(env, code, env.make_globals(None))
+        return CompiledTemplate(template, file, label, inline, html, self._filenames)
