@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cached_property
 
 from sqlalchemy import Engine
 
 from orchestrator.config import Settings, database_url, load_settings
 from orchestrator.db.engine import create_db_engine, schema_is_current
-from orchestrator.errors import RuntimeFailure
+from orchestrator.errors import InputError, RuntimeFailure
+from orchestrator.timeutil import parse_datetime
 
 
 class AppContext:
@@ -24,6 +26,15 @@ class AppContext:
     @property
     def db_url(self) -> str:
         return database_url(self.settings, self.db_url_override)
+
+    def parse_at(self, text: str | None) -> datetime:
+        """``--at`` as an aware time (no offset: the configured zone); now, to the second, when absent."""
+        if text is None:
+            return datetime.now(self.settings.tz).replace(microsecond=0)
+        try:
+            return parse_datetime(text, self.settings.tz)
+        except ValueError as exc:
+            raise InputError(f"--at: {exc}", hint="e.g. --at 2026-03-01 or --at 2026-03-01T12:00:00+08:00") from None
 
     def raw_engine(self) -> Engine:
         if self._engine is None:

@@ -30,38 +30,12 @@ from zoneinfo import ZoneInfo
 from orchestrator.data import demo_orders as orders
 from orchestrator.data import demo_people as people
 from orchestrator.data.demo_plan import BANDS, NEVER, MemberPlan, Targets, build_plan, targets
+from orchestrator.data.records import CUSTOMER_COLUMNS, ORDER_COLUMNS
 
 SHOP_TZ = ZoneInfo("Asia/Shanghai")
 SEED_SHOP_AT = datetime(2026, 11, 1, tzinfo=SHOP_TZ)
 WINDOW_MONTHS = 10
 
-CUSTOMER_COLUMNS = (
-    "customer_id",
-    "name",
-    "email",
-    "phone",
-    "province",
-    "city",
-    "gender",
-    "birthday",
-    "signup_at",
-    "tags",
-    "email_opt_in",
-    "sms_opt_in",
-    "wechat_openid",
-    "timezone",
-)
-ORDER_COLUMNS = (
-    "order_id",
-    "customer_id",
-    "ordered_at",
-    "amount",
-    "status",
-    "channel",
-    "payment_method",
-    "coupon_code",
-    "category",
-)
 CUSTOMERS_FILE = "customers.csv"
 ORDERS_FILE = "orders.csv"
 
