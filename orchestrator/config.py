@@ -82,6 +82,18 @@ class Settings(_Section):
             TierRule(name="regular", min_spend=Decimal("0")),
         ]
     )
+    # shop-local hours of each daypart (start inclusive, end exclusive; a window may wrap past midnight)
+    dayparts: dict[str, str] = Field(
+        default_factory=lambda: {
+            "breakfast": "06:00-10:00",
+            "lunch": "11:00-14:00",
+            "afternoon": "14:00-17:00",
+            "dinner": "17:00-21:00",
+            "late": "21:00-06:00",
+        }
+    )
+    # where unsubscribe links point; the link carries a signed token (see orchestrator.unsubscribe)
+    unsubscribe_url: str = "https://shop.example.com/unsubscribe"
     segments: dict[str, Any] = Field(default_factory=dict)
     templates: list[str] = Field(default_factory=lambda: ["templates"])
     campaigns: str = "campaigns"

@@ -44,8 +44,20 @@ def register_channels():
 def register_facts():
     """Return a list of ``orchestrator.campaign.catalog.FactSpec`` objects to add to the condition language.
 
-    Each spec declares the fact's name, value kind, parameters and documentation, and its ``build`` callable
-    returns the SQL expression: ``build(ctx, compare) -> ColumnElement`` where ``ctx`` is the segment
-    compiler's ``FactContext`` (the run time ``at``, the settings, and the correlated customer id column).
+    Each spec declares the fact's name, value kind, parameters and documentation; its ``build`` callable
+    returns the fact as a SQL expression over the ``customers`` table: ``build(compiler, compare)``, where
+    ``compiler`` is the ``orchestrator.segments.SegmentCompiler`` (``compiler.ctx.at`` is the run time,
+    ``compiler.facts`` the built-in ``CustomerFacts``, ``compiler.paid_orders_of_customer(compare)`` the
+    correlated conditions for this customer's paid orders) and ``compare`` the parsed comparison with its
+    parameters. The compiler applies the comparison operators to the expression.
     Names must not clash with built-in facts.
+    """
+
+
+@hookspec
+def register_offers():
+    """Return a list of offer classes (subclasses of ``orchestrator.offers.OfferKind``).
+
+    Each class's ``name`` is the key campaign files use under ``offer:`` (e.g. ``coupon``); its
+    ``options_model`` validates the terms written there.
     """

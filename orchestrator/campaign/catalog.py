@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from orchestrator.facts import LIFECYCLE_STAGES, RFM_SEGMENTS
+
 ValueKind = Literal["int", "number", "money", "string", "bool", "ratio"]
 
 
@@ -20,6 +22,7 @@ class FactParam:
     kind: Literal["duration", "string"]
     required: bool = False
     doc: str = ""
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -39,20 +42,6 @@ class FactSpec:
 
 
 WITHIN = FactParam("within", "duration", doc="only orders in this window before the run time, e.g. 90d")
-LIFECYCLE_STAGES = ("prospect", "new", "active", "dormant", "lost")
-RFM_SEGMENTS = (
-    "champions",
-    "loyal",
-    "potential_loyalist",
-    "new_customers",
-    "promising",
-    "need_attention",
-    "about_to_sleep",
-    "at_risk",
-    "cant_lose",
-    "hibernating",
-    "lost",
-)
 DAYPARTS = ("breakfast", "lunch", "afternoon", "dinner", "late")
 
 BUILTIN_FACTS: tuple[FactSpec, ...] = (
@@ -88,8 +77,8 @@ BUILTIN_FACTS: tuple[FactSpec, ...] = (
     FactSpec(
         "daypart_orders",
         "int",
-        "paid orders in a daypart (in the member's time zone)",
-        params=(FactParam("daypart", "string", required=True, doc=", ".join(DAYPARTS)), WITHIN),
+        "paid orders in a daypart (shop local time; hours in config dayparts)",
+        params=(FactParam("daypart", "string", required=True, choices=DAYPARTS), WITHIN),
     ),
     FactSpec(
         "bought_category",

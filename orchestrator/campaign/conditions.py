@@ -198,7 +198,15 @@ class ConditionParser:
                 raise self._error(doc, path, str(exc)) from None
         if not isinstance(raw, str | int) or isinstance(raw, bool) or not str(raw).strip():
             raise self._error(doc, path, f"{spec.name}.{key}: expects a name")
-        return str(raw).strip()
+        value = str(raw).strip()
+        if param.choices and value not in param.choices:
+            raise self._error(
+                doc,
+                path,
+                f"{spec.name}.{key}: {value!r} is not one of {', '.join(param.choices)}",
+                hint=suggest(value, param.choices),
+            )
+        return value
 
     def _operand(self, spec: FactSpec, op: str, raw: Any, path: tuple, doc: YamlDocument) -> Any:
         if op in ("in", "not_in"):

@@ -111,14 +111,16 @@ class CampaignLoader:
         channels: Mapping[str, Any],
         named_segments: Mapping[str, Any] | None = None,
         named_segments_doc: YamlDocument | None = None,
-        compile_message: Callable[[str, Any, Path, str], Any] | None = None,
+        compile_message: Callable[[str, Any, str, bool], Any] | None = None,
+        offers: Mapping[str, Any] | None = None,
     ):
         self.facts = facts
         self.channels = channels
         self.named_segments = named_segments or {}
         self.named_segments_doc = named_segments_doc
-        # (channel name, validated options, campaign folder, step name) -> CompiledMessage; raises InputError
+        # (channel name, validated options, campaign file, step has an offer) -> CompiledMessage; raises InputError
         self.compile_message = compile_message
+        self.offers = offers or {}
 
     def load(self, path: str | Path) -> CampaignPlan:
         doc = load_yaml(path)
@@ -138,9 +140,10 @@ class CampaignLoader:
             when = None
             if step.when is not None:
                 when = self._condition(parser, raw_steps[index]["when"], (*base, "when"), problems)
-            messages = self._messages(doc, step, base, Path(doc.file).parent, problems)
+            offer = self._offer(doc, step.offer, (*base, "offer"), problems)
+            messages = self._messages(doc, step, base, offer is not None, problems)
             name = schema.step_name(step, index)
-            steps.append(StepPlan(index, name, when, step.offer, messages))
+            steps.append(StepPlan(index, name, when, offer, messages))
         if problems:
             raise CampaignInvalid(doc.file, problems)
         raw = Path(doc.file).read_bytes()
@@ -162,7 +165,32 @@ class CampaignLoader:
             problems.append(exc)
             return None
 
-    def _messages(self, doc: YamlDocument, step, base: tuple, folder: Path, problems: list) -> dict[str, Any]:
+    def _offer(self, doc: YamlDocument, block: dict | None, path: tuple, problems: list) -> dict[str, Any] | None:
+        """``{kind: terms}`` with the terms validated by the offer kind's own model."""
+        if not block:
+            return None
+        if len(block) != 1:
+            problems.append(doc.error(path, "an offer names exactly one offer kind, e.g. {coupon: {...}}"))
+            return None
+        kind, terms = next(iter(block.items()))
+        offer_class = self.offers.get(kind)
+        if offer_class is None:
+            loaded = ", ".join(sorted(self.offers)) or "none"
+            problems.append(
+                doc.error(
+                    (*path, kind),
+                    f"unknown offer kind {kind!r}",
+                    hint=suggest(kind, self.offers) or f"loaded: {loaded}",
+                )
+            )
+            return None
+        try:
+            return {kind: offer_class.options_model.model_validate(terms or {})}
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(doc, exc, (*path, kind)))
+            return None
+
+    def _messages(self, doc: YamlDocument, step, base: tuple, has_offer: bool, problems: list) -> dict[str, Any]:
         compiled: dict[str, Any] = {}
         for channel_name, raw_options in step.message.items():
             path = (*base, "message", channel_name)
@@ -180,32 +208,44 @@ class CampaignLoader:
                 compiled[channel_name] = options
                 continue
             try:
-                compiled[channel_name] = self.compile_message(channel_name, options, folder, format_path(path))
+                compiled[channel_name] = self.compile_message(channel_name, options, doc.file, has_offer)
             except InputError as exc:
+                if exc.file == doc.file and exc.line is None:  # an inline template: point at its block
+                    exc.line, exc.column = doc.position(path)
                 problems.append(exc)
         return compiled
 
 
 def _top_level(parser: ConditionParser, data: Any) -> list[tuple[str, Node]]:
-    """The segment's top-level conditions, labelled, for the dry-run's per-condition funnel."""
-    if isinstance(data, dict) and set(data) == {"all"} and isinstance(data["all"], list):
-        items = [(i, item) for i, item in enumerate(data["all"])]
-        return [(_label(item), parser.parse(item, ("segment", "all", i))) for i, item in items]
+    """The segment's top-level conditions, labelled, for the dry-run's per-condition funnel: the items of a
+    top-level ``all:`` one by one, and every other key of the mapping as one condition."""
+    entries: list[tuple[Any, tuple]] = []
     if isinstance(data, list):
-        return [(_label(item), parser.parse(item, ("segment", i))) for i, item in enumerate(data)]
-    if isinstance(data, dict):
-        return [(_label({k: v}), parser.parse({k: v}, ("segment", k))) for k, v in data.items()]
-    return []
+        entries = [(item, ("segment", i)) for i, item in enumerate(data)]
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            if key == "all" and isinstance(value, list):
+                entries += [(item, ("segment", "all", i)) for i, item in enumerate(value)]
+            else:
+                entries.append(({key: value}, ("segment", key)))
+    return [(_label(item), parser.parse(item, path)) for item, path in entries]
 
 
 def _label(data: Any) -> str:
-    """A short readable label for a condition: ``recency_days {gte: 90, lt: 180}``."""
-    if isinstance(data, dict) and len(data) == 1:
+    """A short readable label for a condition: ``recency_days {gte: 90, lt: 180}``, ``not (tag: complained)``."""
+    if isinstance(data, list):
+        return " and ".join(_label(item) for item in data)
+    if isinstance(data, dict) and len(data) > 1:
+        return " and ".join(_label({k: v}) for k, v in data.items())
+    if isinstance(data, dict) and data:
         key, value = next(iter(data.items()))
+        if key in ("all", "any", "not"):
+            items = value if isinstance(value, list) else [value]
+            joiner = " or " if key in ("any", "not") else " and "
+            inner = joiner.join(_label(item) for item in items)
+            return f"not ({inner})" if key == "not" else f"({inner})"
         if isinstance(value, dict):
             inner = ", ".join(f"{k}: {v}" for k, v in value.items())
             return f"{key} {{{inner}}}"
-        if isinstance(value, list):
-            return f"{key} [{len(value)} conditions]" if key in ("all", "any", "not") else f"{key} {value}"
         return f"{key}: {value}"
     return str(data)

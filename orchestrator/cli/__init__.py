@@ -14,6 +14,7 @@ import click
 
 from orchestrator import __version__
 from orchestrator.cli import analyze as analyze_commands
+from orchestrator.cli import campaigns as campaign_commands
 from orchestrator.cli import data as data_commands
 from orchestrator.cli import demo as demo_commands
 from orchestrator.cli import plugins as plugin_commands
@@ -71,7 +72,14 @@ def cli(ctx: click.Context, config_path: str | None, db_url: str | None) -> None
     ctx.call_on_close(ctx.obj.close)
 
 
-for family in (setup_commands, data_commands, demo_commands, analyze_commands, plugin_commands):
+for family in (
+    setup_commands,
+    data_commands,
+    demo_commands,
+    analyze_commands,
+    campaign_commands,
+    plugin_commands,
+):
     family.register(cli)
 
 

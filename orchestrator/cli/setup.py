@@ -10,6 +10,7 @@ import click
 from orchestrator.config import DEFAULT_CONFIG_NAME
 from orchestrator.db.engine import migrate
 from orchestrator.output import emit_json
+from orchestrator.unsubscribe import secret_key
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "default_config.yaml"
 
@@ -29,6 +30,7 @@ def init(app, as_json: bool) -> None:
         created_config = DEFAULT_CONFIG_NAME
     engine = app.raw_engine()
     revision = migrate(engine)
+    secret_key(app.settings.base_dir)  # created once here, so links signed by every later run stay valid
     url = engine.url.render_as_string(hide_password=True)
     result = {"config": app.settings.source or created_config, "database": url, "revision": revision}
     if as_json:

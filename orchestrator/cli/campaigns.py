@@ -1,0 +1,98 @@
+"""Campaign commands: ``validate``, ``schema``, ``dry-run`` and ``run``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.campaign.conditions import condition_json_schema
+from orchestrator.campaign.loader import CampaignInvalid
+from orchestrator.campaign.schema import json_schema
+from orchestrator.cli.render import print_run
+from orchestrator.errors import InputError
+from orchestrator.output import emit_json
+from orchestrator.plugins import registry
+from orchestrator.service import Orchestrator
+
+
+def register(cli: click.Group) -> None:
+    for command in (validate, schema, dry_run, run):
+        cli.add_command(command)
+
+
+AT_OPTION = click.option("--at", "at_text", metavar="TIME", help="Run time, ISO 8601 (default: now).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@JSON_OPTION
+@click.pass_obj
+def validate(app, files: tuple[str, ...], as_json: bool) -> None:
+    """Check campaign files: schema, segment facts, channels, offers and templates.
+
+    Exit status 0 when every file is valid, 2 when any is not; every problem is listed.
+    """
+    service = Orchestrator(app.settings)
+    results = []
+    for file in files:
+        try:
+            plan = service.load(file)
+            results.append({"file": file, "valid": True, "campaign": plan.name, "problems": []})
+        except InputError as exc:
+            problems = exc.problems if isinstance(exc, CampaignInvalid) else [exc]
+            results.append({"file": file, "valid": False, "problems": [_problem(p) for p in problems]})
+            if not as_json:
+                click.echo(exc.render(), err=True)
+    if as_json:
+        emit_json({"valid": all(r["valid"] for r in results), "files": results})
+    else:
+        for r in results:
+            if r["valid"]:
+                click.echo(f"ok  {r['file']} ({r['campaign']})")
+    if not all(r["valid"] for r in results):
+        raise click.exceptions.Exit(2)
+
+
+def _problem(error: InputError) -> dict:
+    return {
+        "file": error.file,
+        "line": error.line,
+        "column": error.column,
+        "message": error.message,
+        "hint": error.hint,
+    }
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema of campaign files (for editors)."""
+    click.echo(json.dumps(json_schema(condition_json_schema(registry().facts)), indent=2, ensure_ascii=False))
+
+
+@click.command("dry-run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@AT_OPTION
+@click.option("--sample", default=3, show_default=True, type=click.IntRange(0, 1000), help="Rendered samples.")
+@JSON_OPTION
+@click.pass_obj
+def dry_run(app, file: str, at_text: str | None, sample: int, as_json: bool) -> None:
+    """Show everything a run would do, writing nothing: audience, skips, channels, offers, samples."""
+    service = Orchestrator(app.settings, app.engine)
+    plan = service.load(file)
+    result = service.runner(plan, dry_run=True).execute(app.parse_at(at_text), dry_run=True, sample=sample)
+    emit_json(result.to_dict()) if as_json else print_run(result)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@AT_OPTION
+@JSON_OPTION
+@click.pass_obj
+def run(app, file: str, at_text: str | None, as_json: bool) -> None:
+    """Run a campaign once. ``--at`` is the run's scheduled time: the same time continues the same run."""
+    service = Orchestrator(app.settings, app.engine)
+    plan = service.load(file)
+    result = service.runner(plan).execute(app.parse_at(at_text), dry_run=False, sample=0)
+    emit_json(result.to_dict()) if as_json else print_run(result)

@@ -1,0 +1,50 @@
+"""Readable terminal output for run and dry-run results."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.pipeline import RunResult
+
+
+def print_run(result: RunResult) -> None:
+    console = Console()
+    data = result.to_dict()
+    title = "dry run" if result.dry_run else f"run {result.run_id}" + (" (continued)" if result.resumed else "")
+    console.print(f"[bold]{result.campaign}[/bold] — {title} at {result.at.isoformat()}")
+    console.print(f"audience {data['audience']}  control {data['control']}  messages {data['messages']}")
+    if data["conditions"]:
+        table = Table("condition", "keeps alone", "keeps cumulatively", title="segment funnel")
+        for c in data["conditions"]:
+            table.add_row(c["condition"], str(c["alone"]), str(c["cumulative"]))
+        console.print(table)
+    table = Table("step", "audience", "channels", "offers issued", "withheld", "face value", title="steps")
+    for s in data["steps"]:
+        channels = ", ".join(f"{k} {v}" for k, v in s["channels"].items()) or "-"
+        withheld = ", ".join(f"{k} {v}" for k, v in s["offers"]["withheld"].items()) or "-"
+        table.add_row(
+            s["name"],
+            str(s["audience"]),
+            channels,
+            str(s["offers"]["issued"]),
+            withheld,
+            str(s["offers"]["face_value"]),
+        )
+    console.print(table)
+    if data["skipped"]:
+        table = Table("reason", "customers", title="skipped")
+        for reason, n in sorted(data["skipped"].items()):
+            table.add_row(reason, str(n))
+        console.print(table)
+    if not result.dry_run:
+        console.print("outcomes: " + (", ".join(f"{k} {v}" for k, v in data["outcomes"].items()) or "none"))
+    for sample in data["samples"]:
+        console.rule(f"sample: {sample['customer_id']} via {sample['channel']} ({sample['step']})")
+        parts = sample["parts"]
+        for part, text in parts.items():
+            if part == "html" and "text" in parts:  # the text part says the same, readably
+                console.print(f"[bold]html[/bold] ({len(text.encode())} bytes)", highlight=False)
+                continue
+            console.print(f"[bold]{part}[/bold]", highlight=False)
+            console.print(text if len(text) < 2000 else text[:2000] + " …", highlight=False, markup=False)

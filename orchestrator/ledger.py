@@ -1,0 +1,221 @@
+"""The delivery ledger: campaign runs and one row per intended message, written before anything is sent.
+
+A run is unique per (campaign, scheduled time); a delivery per (run, customer, channel). Writing the row first
+is what makes a run resumable without repeats: after a crash, rows still ``pending`` are sent, rows in a final
+state are not touched.
+
+States: pending -> sent | failed | skipped(reason) | deferred(until); held_out for the control group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from orchestrator.db.models import Campaign, CampaignRun, Delivery
+from orchestrator.timeutil import utcnow
+
+FINAL_STATES = ("sent", "failed", "skipped", "held_out")
+
+
+@dataclass(frozen=True)
+class RunRef:
+    pk: int
+    campaign_pk: int
+    scheduled_at: datetime
+    state: str
+    created: bool  # False when an earlier invocation already opened this run
+
+
+@dataclass(frozen=True)
+class IntendedDelivery:
+    customer_pk: int
+    channel: str
+    step: str
+    state: str = "pending"
+    reason: str | None = None
+    contact: str | None = None
+    coupon_pk: int | None = None
+
+
+@dataclass(frozen=True)
+class RecordedDelivery:
+    id: int
+    channel: str
+    state: str
+    reason: str | None
+    contact: str | None
+    coupon_pk: int | None
+
+
+def recorded_for(conn: Connection, run_pk: int, customer_pks: Sequence[int]) -> dict[int, list[RecordedDelivery]]:
+    """The delivery rows this run already holds for these customers, by customer."""
+    found: dict[int, list[RecordedDelivery]] = {}
+    if not customer_pks:
+        return found
+    rows = conn.execute(
+        select(
+            Delivery.customer_pk,
+            Delivery.id,
+            Delivery.channel,
+            Delivery.state,
+            Delivery.reason,
+            Delivery.contact,
+            Delivery.coupon_pk,
+        )
+        .where(Delivery.run_pk == run_pk, Delivery.customer_pk.in_(customer_pks))
+        .order_by(Delivery.id)
+    )
+    for row in rows:
+        found.setdefault(row.customer_pk, []).append(RecordedDelivery(*row[1:]))
+    return found
+
+
+def insert_ignoring_duplicates(conn: Connection, table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]):
+    """INSERT … ON CONFLICT DO NOTHING on the unique ``keys``, for SQLite and PostgreSQL."""
+    if not rows:
+        return
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[conn.dialect.name]
+    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    conn.execute(statement, list(rows))
+
+
+def upsert_campaign(conn: Connection, name: str, source_path: str, definition: dict, content_hash: str) -> int:
+    now = utcnow()
+    existing = conn.execute(select(Campaign.id, Campaign.content_hash).where(Campaign.name == name)).first()
+    if existing is None:
+        insert_ignoring_duplicates(
+            conn,
+            Campaign.__table__,
+            [
+                {
+                    "name": name,
+                    "source_path": source_path,
+                    "definition": definition,
+                    "content_hash": content_hash,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            ],
+            ["name"],
+        )
+        return conn.execute(select(Campaign.id).where(Campaign.name == name)).scalar_one()
+    if existing.content_hash != content_hash:
+        conn.execute(
+            update(Campaign)
+            .where(Campaign.id == existing.id)
+            .values(source_path=source_path, definition=definition, content_hash=content_hash, updated_at=now)
+        )
+    return existing.id
+
+
+def open_run(engine: Engine, campaign_pk: int, scheduled_at: datetime, content_hash: str) -> RunRef:
+    """The run for (campaign, scheduled time): created now, or the one an earlier invocation created."""
+    try:
+        with engine.begin() as conn:
+            pk = conn.execute(
+                CampaignRun.__table__.insert()
+                .values(
+                    campaign_pk=campaign_pk,
+                    scheduled_at=scheduled_at,
+                    state="running",
+                    content_hash=content_hash,
+                    started_at=utcnow(),
+                    summary={},
+                )
+                .returning(CampaignRun.id)
+            ).scalar_one()
+        return RunRef(pk, campaign_pk, scheduled_at, "running", created=True)
+    except IntegrityError:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(CampaignRun.id, CampaignRun.state).where(
+                    CampaignRun.campaign_pk == campaign_pk, CampaignRun.scheduled_at == scheduled_at
+                )
+            ).one()
+        return RunRef(row.id, campaign_pk, scheduled_at, row.state, created=False)
+
+
+def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[IntendedDelivery]) -> dict:
+    """Write delivery rows (existing ones are kept as they are) and return {(customer, channel): (id, state)}."""
+    now = utcnow()
+    rows = [
+        {
+            "run_pk": run_pk,
+            "customer_pk": d.customer_pk,
+            "channel": d.channel,
+            "step": d.step,
+            "state": d.state,
+            "reason": d.reason,
+            "contact": d.contact,
+            "coupon_pk": d.coupon_pk,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for d in deliveries
+    ]
+    insert_ignoring_duplicates(conn, Delivery.__table__, rows, ["run_pk", "customer_pk", "channel"])
+    pks = list({r["customer_pk"] for r in rows})
+    if not pks:
+        return {}
+    found = conn.execute(
+        select(Delivery.id, Delivery.customer_pk, Delivery.channel, Delivery.state).where(
+            Delivery.run_pk == run_pk, Delivery.customer_pk.in_(pks)
+        )
+    )
+    return {(r.customer_pk, r.channel): (r.id, r.state) for r in found}
+
+
+def record_result(
+    conn: Connection,
+    delivery_id: int,
+    state: str,
+    *,
+    provider_id: str | None = None,
+    error: str | None = None,
+) -> None:
+    now = utcnow()
+    values: dict[str, Any] = {
+        "state": state,
+        "attempts": Delivery.attempts + 1,
+        "updated_at": now,
+        "provider_id": provider_id,
+        "last_error": error,
+    }
+    if state == "sent":
+        values["sent_at"] = now
+    conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+
+def finish_run(engine: Engine, run_pk: int, summary: dict) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(CampaignRun)
+            .where(CampaignRun.id == run_pk)
+            .values(state="done", finished_at=utcnow(), summary=summary)
+        )
+
+
+def state_counts(conn: Connection, run_pk: int) -> dict[str, Any]:
+    """Counts by state, by skip reason and by channel for one run."""
+    states: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    channels: dict[str, int] = {}
+    for state, reason, channel, count in conn.execute(
+        select(Delivery.state, Delivery.reason, Delivery.channel, func.count())
+        .where(Delivery.run_pk == run_pk)
+        .group_by(Delivery.state, Delivery.reason, Delivery.channel)
+    ):
+        states[state] = states.get(state, 0) + count
+        if state == "skipped" and reason:
+            reasons[reason] = reasons.get(reason, 0) + count
+        if state in ("sent", "pending", "failed", "deferred"):
+            channels[channel] = channels.get(channel, 0) + count
+    return {"states": states, "skipped": reasons, "channels": channels}

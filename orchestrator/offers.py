@@ -1,0 +1,65 @@
+"""The offer stage: turns a step's ``offer:`` block into something each contacted customer receives.
+
+Offer kinds are plugins (``register_offers`` hook). The stage runs after the contact policies, so an offer is
+only ever issued to a customer who will actually be contacted; a kind may still withhold it (budget spent,
+guard not met, an exclusive offer already held) and says why.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a customer receives: the template's ``offer`` and, when written, the coupon row it lives in."""
+
+    context: Mapping[str, Any]
+    coupon_pk: int | None = None
+    face_value: Any = None
+
+
+@dataclass(frozen=True)
+class Withheld:
+    reason: str
+
+
+@dataclass
+class OfferTally:
+    """Per step: offers issued, withheld by reason, and their face value."""
+
+    issued: int = 0
+    withheld: dict[str, int] = field(default_factory=dict)
+    face_value: Any = 0
+
+    def add(self, outcome: Grant | Withheld) -> None:
+        if isinstance(outcome, Grant):
+            self.issued += 1
+            if outcome.face_value is not None:
+                self.face_value += outcome.face_value
+        else:
+            self.withheld[outcome.reason] = self.withheld.get(outcome.reason, 0) + 1
+
+
+class OfferKind(ABC):
+    """Base class of offer plugins; ``name`` is the key under ``offer:`` in campaign files."""
+
+    name: ClassVar[str]
+    options_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, options: BaseModel, settings: Any):
+        self.options = options
+        self.settings = settings
+
+    @abstractmethod
+    def grant(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], dry_run: bool) -> Grant | Withheld:
+        """Issue (or, in a dry run, predict) the offer for one contacted customer."""
+
+    @abstractmethod
+    def recall(self, conn, coupon_pk: int) -> Grant:
+        """The grant issued earlier in this run (a resumed run renders it again instead of issuing anew)."""

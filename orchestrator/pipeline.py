@@ -1,0 +1,333 @@
+"""One campaign run: segment -> contact policies -> control group -> offer -> render -> dispatch.
+
+``run`` and ``dry_run`` are the same code path. A dry run writes nothing and sends nothing; a real run writes
+the run and its delivery rows before sending, so that running it again with the same ``--at`` continues the
+same run instead of starting a second one. The audience streams through in batches; nothing here holds the
+whole audience in memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from orchestrator import ledger, policies
+from orchestrator.campaign.loader import CampaignPlan, StepPlan
+from orchestrator.channels import Channel, OutgoingMessage, RenderedMessage, SendStatus
+from orchestrator.config import Settings
+from orchestrator.errors import InputError
+from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
+
+
+@dataclass
+class StepResult:
+    name: str
+    audience: int = 0
+    channels: Counter = field(default_factory=Counter)
+    offers: OfferTally = field(default_factory=OfferTally)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "audience": self.audience,
+            "channels": dict(self.channels),
+            "offers": {
+                "issued": self.offers.issued,
+                "withheld": dict(self.offers.withheld),
+                "face_value": self.offers.face_value,
+            },
+        }
+
+
+@dataclass
+class RunResult:
+    campaign: str
+    at: datetime
+    dry_run: bool
+    audience: int = 0
+    control: int = 0
+    steps: list[StepResult] = field(default_factory=list)
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    messages: int = 0
+    outcomes: Counter = field(default_factory=Counter)  # sent / failed / already_done, for real runs
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    run_id: int | None = None
+    resumed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        offers = OfferTally()
+        for step in self.steps:
+            offers.issued += step.offers.issued
+            offers.face_value += step.offers.face_value
+            for reason, n in step.offers.withheld.items():
+                offers.withheld[reason] = offers.withheld.get(reason, 0) + n
+        channels: Counter = Counter()
+        for step in self.steps:
+            channels.update(step.channels)
+        data = {
+            "campaign": self.campaign,
+            "at": self.at,
+            "dry_run": self.dry_run,
+            "audience": self.audience,
+            "control": self.control,
+            "steps": [s.to_dict() for s in self.steps],
+            "conditions": self.conditions,
+            "skipped": dict(self.skipped),
+            "messages": self.messages,
+            "channels": dict(channels),
+            "offers": {"issued": offers.issued, "withheld": offers.withheld, "face_value": offers.face_value},
+            "samples": self.samples,
+        }
+        if not self.dry_run:
+            data.update(run_id=self.run_id, resumed=self.resumed, outcomes=dict(self.outcomes))
+        return data
+
+
+@dataclass
+class Candidate:
+    """One audience member on their way through the stages."""
+
+    customer: dict[str, Any]
+    step: StepPlan
+    plan: policies.ContactPlan | None = None
+    grant: Grant | None = None
+
+
+class CampaignRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        plan: CampaignPlan,
+        channels: Mapping[str, Channel],
+        offers: Mapping[tuple[int, str], OfferKind],
+        build_context,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.plan = plan
+        self.channels = channels
+        self.offers = offers  # (step index, offer kind) -> offer instance
+        self.build_context = build_context  # (customer, step, channel, grant, at) -> template context
+
+    # -- the stages -------------------------------------------------------------------------------------------
+    def _contact(self, candidate: Candidate, lookups: policies.BatchLookups) -> policies.ContactPlan:
+        preferred = self.plan.campaign.dispatch.channels
+        names = list(candidate.step.messages)
+        if preferred:
+            names = [n for n in preferred if n in names] + [n for n in names if n not in preferred]
+        return policies.plan_contact(
+            candidate.customer,
+            [self.channels[n] for n in names],
+            lookups,
+            self.plan.campaign.dispatch.strategy,
+        )
+
+    def _offer(self, conn: Connection | None, candidate: Candidate, run: Mapping[str, Any], dry: bool):
+        offer_block = candidate.step.offer
+        if not offer_block:
+            return None
+        kind = next(iter(offer_block))
+        return self.offers[(candidate.step.index, kind)].grant(conn, candidate.customer, run, dry)
+
+    def _render(self, candidate: Candidate, channel_name: str, at: datetime) -> RenderedMessage:
+        context = self.build_context(candidate.customer, candidate.step, channel_name, candidate.grant, at)
+        return self.channels[channel_name].render(candidate.step.messages[channel_name], context)
+
+    # -- a run ------------------------------------------------------------------------------------------------
+    def execute(self, at: datetime, *, dry_run: bool, sample: int = 3) -> RunResult:
+        from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
+
+        audience = Audience(self.engine, self.settings, self.plan, at)
+        result = RunResult(campaign=self.plan.name, at=at, dry_run=dry_run)
+        result.steps = [StepResult(step.name) for step in self.plan.steps]
+        result.conditions = audience.funnel()
+        run: dict[str, Any] = {"campaign": self.plan.name, "at": at}
+        if not dry_run:
+            with self.engine.begin() as conn:
+                campaign_pk = ledger.upsert_campaign(
+                    conn,
+                    self.plan.name,
+                    self.plan.file,
+                    self.plan.campaign.model_dump(mode="json"),
+                    self.plan.content_hash,
+                )
+            ref = ledger.open_run(self.engine, campaign_pk, at, self.plan.content_hash)
+            result.run_id, result.resumed = ref.pk, not ref.created
+            run.update(run_pk=ref.pk, campaign_pk=campaign_pk)
+        for batch in audience.batches(self.plan.campaign.dispatch.batch_size):
+            self._batch(batch, result, run, at, dry_run, sample)
+        for channel in self.channels.values():
+            channel.close()
+        if not dry_run:
+            ledger.finish_run(self.engine, result.run_id, _json_summary(result))
+        return result
+
+    def _batch(self, batch: list[dict[str, Any]], result: RunResult, run, at, dry_run: bool, sample: int) -> None:
+        candidates: list[Candidate] = []
+        for customer in batch:
+            result.audience += 1
+            step_index = customer.get("step_index")
+            if step_index is None:
+                result.skipped[policies.NO_STEP] += 1
+                continue
+            step = self.plan.steps[step_index]
+            result.steps[step_index].audience += 1
+            candidates.append(Candidate(customer, step))
+        if not candidates:
+            return
+        with self.engine.begin() as conn:
+            recorded = (
+                {} if dry_run else ledger.recorded_for(conn, run["run_pk"], [c.customer["pk"] for c in candidates])
+            )
+            fresh = [c for c in candidates if c.customer["pk"] not in recorded]
+            lookups = policies.BatchLookups(
+                conn,
+                [c.customer["pk"] for c in fresh],
+                [c.customer.get(f) for c in fresh for f in ("email", "phone", "wechat_openid")],
+            )
+            intended: list[ledger.IntendedDelivery] = []
+            contacted: list[Candidate] = []
+            for candidate in candidates:
+                rows = recorded.get(candidate.customer["pk"])
+                if rows is not None:
+                    decided = self._replay(conn, candidate, rows, result)
+                else:
+                    decided = self._decide(conn, candidate, lookups, result, run, dry_run, intended)
+                if decided:
+                    contacted.append(candidate)
+            existing = {} if dry_run else ledger.record_intended(conn, run["run_pk"], intended)
+            for pk, rows in recorded.items():
+                existing.update({(pk, r.channel): (r.id, r.state) for r in rows})
+        self._dispatch(contacted, existing, result, at, dry_run, sample)
+
+    def _replay(self, conn, candidate: Candidate, rows: list[ledger.RecordedDelivery], result: RunResult) -> bool:
+        """A customer this run already decided about (an earlier, interrupted invocation): count what the ledger
+        says and never decide again, so that a resumed run issues no second offer and sends nothing twice."""
+        first = rows[0]
+        if first.state == "skipped":
+            result.skipped[first.reason or "unknown"] += 1
+            return False
+        if first.state == "held_out":
+            result.control += 1
+            return False
+        candidate.plan = policies.ContactPlan(channels=[(r.channel, r.contact) for r in rows])
+        if first.coupon_pk is not None and candidate.step.offer:
+            kind = next(iter(candidate.step.offer))
+            candidate.grant = self.offers[(candidate.step.index, kind)].recall(conn, first.coupon_pk)
+            result.steps[candidate.step.index].offers.add(candidate.grant)
+        return True
+
+    def _decide(self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended) -> bool:
+        """Policies, control group and offer for one customer; True when they are to be contacted."""
+        customer, step = candidate.customer, candidate.step
+        first_channel = next(iter(step.messages))
+        candidate.plan = plan = self._contact(candidate, lookups)
+        if plan.reason:
+            result.skipped[plan.reason] += 1
+            intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", plan.reason))
+            return False
+        if policies.in_control_group(self.plan.name, customer["customer_id"], self.plan.campaign.control_group):
+            result.control += 1
+            for name, contact in plan.channels:
+                intended.append(
+                    ledger.IntendedDelivery(customer["pk"], name, step.name, "held_out", policies.CONTROL, contact)
+                )
+            return False
+        outcome = self._offer(None if dry_run else conn, candidate, run, dry_run)
+        if outcome is not None:
+            result.steps[step.index].offers.add(outcome)
+            if isinstance(outcome, Withheld):
+                reason = f"offer_{outcome.reason}"
+                result.skipped[reason] += 1
+                intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", reason))
+                return False
+            candidate.grant = outcome
+        for name, contact in plan.channels:
+            coupon_pk = candidate.grant.coupon_pk if candidate.grant else None
+            intended.append(
+                ledger.IntendedDelivery(customer["pk"], name, step.name, contact=contact, coupon_pk=coupon_pk)
+            )
+        return True
+
+    def _dispatch(self, contacted: list[Candidate], existing: dict, result: RunResult, at, dry_run, sample) -> None:
+        by_channel: dict[str, list[OutgoingMessage]] = {}
+        for candidate in contacted:
+            for name, contact in candidate.plan.channels:
+                step_result = result.steps[candidate.step.index]
+                step_result.channels[name] += 1
+                result.messages += 1
+                delivery_id, state = existing.get((candidate.customer["pk"], name), (None, "pending"))
+                if state != "pending":
+                    result.outcomes["already_" + state] += 1
+                    continue
+                rendered = self._render(candidate, name, at)
+                if len(result.samples) < sample:
+                    result.samples.append(_sample(candidate, name, contact, rendered))
+                if dry_run:
+                    continue
+                key = f"run{result.run_id}-d{delivery_id}"
+                message = OutgoingMessage(delivery_id, candidate.customer["customer_id"], contact, rendered, key)
+                by_channel.setdefault(name, []).append(message)
+        for name, messages in by_channel.items():
+            self._send(name, messages, result)
+
+    def _send(self, channel_name: str, messages: list[OutgoingMessage], result: RunResult) -> None:
+        results = self.channels[channel_name].send(messages)
+        if len(results) != len(messages):
+            raise InputError(f"channel {channel_name} returned {len(results)} results for {len(messages)} messages")
+        with self.engine.begin() as conn:
+            for message, outcome in zip(messages, results, strict=True):
+                state = {SendStatus.SENT: "sent", SendStatus.PERMANENT: "failed"}.get(outcome.status, "pending")
+                ledger.record_result(
+                    conn, message.delivery_id, state, provider_id=outcome.provider_id, error=outcome.error
+                )
+                result.outcomes[state if state != "pending" else "retry_pending"] += 1
+
+
+def _sample(candidate: Candidate, channel: str, contact: str, rendered: RenderedMessage) -> dict[str, Any]:
+    return {
+        "customer_id": candidate.customer["customer_id"],
+        "step": candidate.step.name,
+        "channel": channel,
+        "to": contact,
+        "parts": rendered.parts,
+        "measures": rendered.measures,
+    }
+
+
+def _json_summary(result: RunResult) -> dict[str, Any]:
+    data = result.to_dict()
+    data.pop("samples", None)
+    data["at"] = result.at.isoformat()
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, Decimal):
+            return str(value)
+        if isinstance(value, datetime):
+            return value.isoformat()
+        return value
+
+    return plain(data)
+
+
+def batches_of(items, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,85 @@
+"""The wiring between configuration, plugins, templates and the pipeline, shared by the CLI and the scheduler."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from orchestrator.campaign.loader import CampaignLoader, CampaignPlan, StepPlan
+from orchestrator.channels import Channel, MessageOptions
+from orchestrator.config import Settings
+from orchestrator.offers import Grant, OfferKind
+from orchestrator.pipeline import CampaignRunner
+from orchestrator.plugins import Registry, registry
+from orchestrator.rendering import TemplateLoader
+from orchestrator.template_context import synthetic_context
+from orchestrator.unsubscribe import secret_key, unsubscribe_url
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, engine: Engine | None = None, plugins: Registry | None = None):
+        self.settings = settings
+        self.engine = engine
+        self.registry = plugins or registry()
+
+    @cached_property
+    def templates(self) -> TemplateLoader:
+        return TemplateLoader.from_settings(self.settings)
+
+    def channel(self, name: str) -> Channel:
+        return self._channels.setdefault(
+            name, self.registry.channels[name](self.settings.channels.get(name, {}), self.settings)
+        )
+
+    @cached_property
+    def _channels(self) -> dict[str, Channel]:
+        return {}
+
+    def _compile_message(self, channel_name: str, options: MessageOptions, campaign_file: str, has_offer: bool):
+        """Compile a step's message and render it once against a synthetic customer: template mistakes are
+        found here, at validate / dry-run time, never half-way through a send."""
+        channel = self.channel(channel_name)
+        compiled = channel.compile(options, self.templates.for_campaign(campaign_file))
+        channel.render(compiled, synthetic_context(has_offer=has_offer))
+        return compiled
+
+    @cached_property
+    def loader(self) -> CampaignLoader:
+        return CampaignLoader(
+            facts=self.registry.facts,
+            channels=self.registry.channels,
+            named_segments=self.settings.segments,
+            compile_message=self._compile_message,
+            offers=self.registry.offers,
+        )
+
+    def load(self, path: str | Path) -> CampaignPlan:
+        return self.loader.load(path)
+
+    def runner(self, plan: CampaignPlan, *, dry_run: bool = False) -> CampaignRunner:
+        channels = {name: self.channel(name) for step in plan.steps for name in step.messages}
+        offers: dict[tuple[int, str], OfferKind] = {}
+        for step in plan.steps:
+            for kind, options in (step.offer or {}).items():
+                offers[(step.index, kind)] = self.registry.offers[kind](options, self.settings)
+        key = secret_key(self.settings.base_dir, create=not dry_run)
+        base_url = self.settings.unsubscribe_url
+
+        def build_context(
+            customer: dict[str, Any], step: StepPlan, channel: str, grant: Grant | None, at: datetime
+        ) -> dict[str, Any]:
+            """The template context; the same shape as ``template_context.synthetic_context``."""
+            return {
+                "customer": customer,
+                "offer": dict(grant.context) if grant else None,
+                "campaign": {"name": plan.name, "description": plan.campaign.description or ""},
+                "step": {"name": step.name},
+                "now": at,
+                "unsubscribe_url": unsubscribe_url(base_url, key, customer["customer_id"], channel),
+            }
+
+        return CampaignRunner(self.engine, self.settings, plan, channels, offers, build_context)
