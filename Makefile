@@ -20,11 +20,17 @@ $(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+DEMO_AT ?= 2026-11-01T10:00:00+08:00
+
 demo: $(VENV)/.installed
 	rm -rf demo && mkdir -p demo
 	$(ORCH) init
 	$(ORCH) demo-data --preset seed-shop
-	$(ORCH) analyze
+	$(ORCH) analyze --at $(DEMO_AT)
+	$(ORCH) validate campaigns/*.yaml
+	for f in campaigns/*.yaml; do $(ORCH) dry-run $$f --at $(DEMO_AT) --sample 1 || exit 1; done
+	for f in campaigns/*.yaml; do $(ORCH) run $$f --at $(DEMO_AT) || exit 1; done
+	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/"
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest

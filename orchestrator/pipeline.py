@@ -21,7 +21,7 @@ from orchestrator import ledger, policies
 from orchestrator.campaign.loader import CampaignPlan, StepPlan
 from orchestrator.channels import Channel, OutgoingMessage, RenderedMessage, SendStatus
 from orchestrator.config import Settings
-from orchestrator.errors import InputError
+from orchestrator.errors import RuntimeFailure
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 
 
@@ -282,7 +282,10 @@ class CampaignRunner:
     def _send(self, channel_name: str, messages: list[OutgoingMessage], result: RunResult) -> None:
         results = self.channels[channel_name].send(messages)
         if len(results) != len(messages):
-            raise InputError(f"channel {channel_name} returned {len(results)} results for {len(messages)} messages")
+            raise RuntimeFailure(
+                f"channel {channel_name} returned {len(results)} results for {len(messages)} messages",
+                hint="a channel's send() must return one result per message, in order",
+            )
         with self.engine.begin() as conn:
             for message, outcome in zip(messages, results, strict=True):
                 state = {SendStatus.SENT: "sent", SendStatus.PERMANENT: "failed"}.get(outcome.status, "pending")
