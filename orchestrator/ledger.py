@@ -37,7 +37,7 @@ class RunRef:
 class IntendedDelivery:
     customer_pk: int
     channel: str
-    step: str
+    step: str | None
     state: str = "pending"
     reason: str | None = None
     contact: str | None = None

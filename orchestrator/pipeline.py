@@ -172,15 +172,22 @@ class CampaignRunner:
 
     def _batch(self, batch: list[dict[str, Any]], result: RunResult, run, at, dry_run: bool, sample: int) -> None:
         candidates: list[Candidate] = []
+        unassigned: list[ledger.IntendedDelivery] = []
         for customer in batch:
             result.audience += 1
             step_index = customer.get("step_index")
             if step_index is None:
                 result.skipped[policies.NO_STEP] += 1
+                # recorded on the campaign's first channel: every skip is in the ledger with its reason
+                first = next(iter(self.plan.steps[0].messages))
+                unassigned.append(ledger.IntendedDelivery(customer["pk"], first, None, "skipped", policies.NO_STEP))
                 continue
             step = self.plan.steps[step_index]
             result.steps[step_index].audience += 1
             candidates.append(Candidate(customer, step))
+        if not dry_run and unassigned:
+            with self.engine.begin() as conn:
+                ledger.record_intended(conn, run["run_pk"], unassigned)
         if not candidates:
             return
         with self.engine.begin() as conn:

@@ -79,9 +79,10 @@ def schema() -> None:
 @click.pass_obj
 def dry_run(app, file: str, at_text: str | None, sample: int, as_json: bool) -> None:
     """Show everything a run would do, writing nothing: audience, skips, channels, offers, samples."""
+    at = app.parse_at(at_text)
     service = Orchestrator(app.settings, app.engine)
     plan = service.load(file)
-    result = service.runner(plan, dry_run=True).execute(app.parse_at(at_text), dry_run=True, sample=sample)
+    result = service.runner(plan, dry_run=True).execute(at, dry_run=True, sample=sample)
     emit_json(result.to_dict()) if as_json else print_run(result)
 
 
@@ -92,7 +93,8 @@ def dry_run(app, file: str, at_text: str | None, sample: int, as_json: bool) -> 
 @click.pass_obj
 def run(app, file: str, at_text: str | None, as_json: bool) -> None:
     """Run a campaign once. ``--at`` is the run's scheduled time: the same time continues the same run."""
+    at = app.parse_at(at_text)  # every input is checked before anything is written
     service = Orchestrator(app.settings, app.engine)
     plan = service.load(file)
-    result = service.runner(plan).execute(app.parse_at(at_text), dry_run=False, sample=0)
+    result = service.runner(plan).execute(at, dry_run=False, sample=0)
     emit_json(result.to_dict()) if as_json else print_run(result)
