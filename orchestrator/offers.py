@@ -8,7 +8,7 @@ guard not met, an exclusive offer already held) and says why.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -52,13 +52,26 @@ class OfferKind(ABC):
     name: ClassVar[str]
     options_model: ClassVar[type[BaseModel]]
 
-    def __init__(self, options: BaseModel, settings: Any):
+    def __init__(self, options: BaseModel, settings: Any, step: Any):
+        """``options`` are the validated terms; ``step`` the campaign step (``name``, ``index``) offering it."""
         self.options = options
         self.settings = settings
+        self.step = step
+
+    @classmethod
+    def check(cls, terms: BaseModel, settings: Any) -> list[tuple[tuple, str]]:
+        """Problems with ``terms`` that depend on the configuration: ``[(path within the terms, message)]``."""
+        return []
+
+    def prepare(self, conn, customers: Sequence[Mapping[str, Any]], run: Mapping[str, Any], dry_run: bool) -> None:  # noqa: B027
+        """Called once per batch before ``grant``: the place for one query per batch instead of one per member."""
 
     @abstractmethod
     def grant(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], dry_run: bool) -> Grant | Withheld:
-        """Issue (or, in a dry run, predict) the offer for one contacted customer."""
+        """Issue (or, in a dry run, predict) the offer for one contacted customer.
+
+        ``run`` holds ``campaign``, ``at`` and, in a real run, ``run_pk`` and ``campaign_pk``. In a real run the
+        issue happens in ``conn``'s transaction, the one that also writes the delivery row carrying it."""
 
     @abstractmethod
     def recall(self, conn, coupon_pk: int) -> Grant:

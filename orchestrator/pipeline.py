@@ -130,7 +130,7 @@ class CampaignRunner:
             self.plan.campaign.dispatch.strategy,
         )
 
-    def _offer(self, conn: Connection | None, candidate: Candidate, run: Mapping[str, Any], dry: bool):
+    def _offer(self, conn: Connection, candidate: Candidate, run: Mapping[str, Any], dry: bool):
         offer_block = candidate.step.offer
         if not offer_block:
             return None
@@ -200,6 +200,10 @@ class CampaignRunner:
                 [c.customer["pk"] for c in fresh],
                 [c.customer.get(f) for c in fresh for f in ("email", "phone", "wechat_openid")],
             )
+            for (index, _kind), offer in self.offers.items():
+                members = [c.customer for c in fresh if c.step.index == index]
+                if members:
+                    offer.prepare(conn, members, run, dry_run)
             intended: list[ledger.IntendedDelivery] = []
             contacted: list[Candidate] = []
             for candidate in candidates:
@@ -248,7 +252,7 @@ class CampaignRunner:
                     ledger.IntendedDelivery(customer["pk"], name, step.name, "held_out", policies.CONTROL, contact)
                 )
             return False
-        outcome = self._offer(None if dry_run else conn, candidate, run, dry_run)
+        outcome = self._offer(conn, candidate, run, dry_run)
         if outcome is not None:
             result.steps[step.index].offers.add(outcome)
             if isinstance(outcome, Withheld):

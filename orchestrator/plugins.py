@@ -17,7 +17,7 @@ from orchestrator import hookspecs
 from orchestrator.errors import RuntimeFailure
 
 ENTRY_POINT_GROUP = "orchestrator.plugins"
-BUILTIN_PLUGINS: tuple[str, ...] = ("orchestrator_plugins.email",)
+BUILTIN_PLUGINS: tuple[str, ...] = ("orchestrator_plugins.email", "orchestrator_plugins.coupon")
 
 
 @dataclass(frozen=True)

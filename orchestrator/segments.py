@@ -410,6 +410,12 @@ class Audience:
             facts.clv.label("clv"),
             facts.tenure_days.label("signup_days"),
         ]
+        # an offer guard per step: whether the member may receive that step's offer
+        columns += [
+            case((compiler.compile(s.guard), True), else_=False).label(f"guard_{s.index}")
+            for s in self.plan.steps
+            if s.guard is not None
+        ]
         return facts.select(*columns, where=[segment]).order_by(customers.c.id)
 
     def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:

@@ -55,6 +55,7 @@ class Orchestrator:
             named_segments=self.settings.segments,
             compile_message=self._compile_message,
             offers=self.registry.offers,
+            settings=self.settings,
         )
 
     def load(self, path: str | Path) -> CampaignPlan:
@@ -65,7 +66,7 @@ class Orchestrator:
         offers: dict[tuple[int, str], OfferKind] = {}
         for step in plan.steps:
             for kind, options in (step.offer or {}).items():
-                offers[(step.index, kind)] = self.registry.offers[kind](options, self.settings)
+                offers[(step.index, kind)] = self.registry.offers[kind](options, self.settings, step)
         key = secret_key(self.settings.base_dir, create=not dry_run)
         base_url = self.settings.unsubscribe_url
 

@@ -9,9 +9,14 @@ from decimal import Decimal
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import insert, inspect, select
 
+from orchestrator.db.engine import MIGRATIONS
 from orchestrator.db.models import Base, Customer, Order
+from tests.clitools import Cli
+
+HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
 def test_migrations_match_the_models(engine):
@@ -67,16 +72,36 @@ def test_naive_datetimes_are_refused(engine):
 
 
 def test_init_creates_and_upgrades(db_url, tmp_path, monkeypatch):
-    from tests.clitools import Cli
-
     monkeypatch.chdir(tmp_path)
     run = Cli(db_url)
     first = run("init", "--json")
     assert first.exit_code == 0, first.output
     data = json.loads(first.output)
-    assert data["revision"] == "0001"
+    assert data["revision"] == HEAD
     assert data["config"] == "orchestrator.yaml"
     assert (tmp_path / "orchestrator.yaml").is_file()
     again = run("init", "--json")  # an up-to-date database is left as it is
     assert again.exit_code == 0
-    assert json.loads(again.output)["revision"] == "0001"
+    assert json.loads(again.output)["revision"] == HEAD
+
+
+def test_an_older_database_is_upgraded_with_its_data(db_url):
+    """A database created by the first release keeps its members when ``init`` upgrades it."""
+    from alembic import command
+
+    from orchestrator.db.engine import alembic_config, create_db_engine
+
+    engine = create_db_engine(db_url)
+    command.downgrade(alembic_config(engine), "0001")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(insert(Customer), {"customer_id": "C1", "attributes": {}, "created_at": now, "updated_at": now})
+    engine.dispose()
+    result = Cli(db_url)("init", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["revision"] == HEAD
+    engine = create_db_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(Customer.customer_id)).scalars().all() == ["C1"]
+        assert "offer_budgets" in inspect(conn).get_table_names()
+    engine.dispose()

@@ -40,8 +40,9 @@ class StepPlan:
     index: int
     name: str
     when: Node | None
-    offer: dict[str, Any] | None
+    offer: dict[str, Any] | None  # {offer kind: validated terms}
     messages: dict[str, Any]  # channel name -> CompiledMessage
+    guard: Node | None = None  # the offer's guard: who may receive it (evaluated in the audience query)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class CampaignLoader:
         named_segments_doc: YamlDocument | None = None,
         compile_message: Callable[[str, Any, str, bool], Any] | None = None,
         offers: Mapping[str, Any] | None = None,
+        settings: Any = None,
     ):
         self.facts = facts
         self.channels = channels
@@ -121,6 +123,7 @@ class CampaignLoader:
         # (channel name, validated options, campaign file, step has an offer) -> CompiledMessage; raises InputError
         self.compile_message = compile_message
         self.offers = offers or {}
+        self.settings = settings
 
     def load(self, path: str | Path) -> CampaignPlan:
         doc = load_yaml(path)
@@ -141,9 +144,13 @@ class CampaignLoader:
             if step.when is not None:
                 when = self._condition(parser, raw_steps[index]["when"], (*base, "when"), problems)
             offer = self._offer(doc, step.offer, (*base, "offer"), problems)
+            guard = None
+            if offer and getattr(next(iter(offer.values())), "guard", None) is not None:
+                kind, terms = next(iter(offer.items()))
+                guard = self._condition(parser, terms.guard, (*base, "offer", kind, "guard"), problems)
             messages = self._messages(doc, step, base, offer is not None, problems)
             name = schema.step_name(step, index)
-            steps.append(StepPlan(index, name, when, offer, messages))
+            steps.append(StepPlan(index, name, when, offer, messages, guard))
         if problems:
             raise CampaignInvalid(doc.file, problems)
         raw = Path(doc.file).read_bytes()
@@ -185,10 +192,13 @@ class CampaignLoader:
             )
             return None
         try:
-            return {kind: offer_class.options_model.model_validate(terms or {})}
+            validated = offer_class.options_model.model_validate(terms or {})
         except ValidationError as exc:
             problems.extend(_pydantic_problems(doc, exc, (*path, kind)))
             return None
+        found = offer_class.check(validated, self.settings) if self.settings is not None else []
+        problems.extend(doc.error((*path, kind, *where), message) for where, message in found)
+        return None if found else {kind: validated}
 
     def _messages(self, doc: YamlDocument, step, base: tuple, has_offer: bool, problems: list) -> dict[str, Any]:
         compiled: dict[str, Any] = {}

@@ -200,6 +200,7 @@ class Coupon(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     code: Mapped[str] = mapped_column(String(32), unique=True)
+    campaign_pk: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"))
     run_pk: Mapped[int | None] = mapped_column(ForeignKey("campaign_runs.id", ondelete="SET NULL"), index=True)
     customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
     step: Mapped[str | None] = mapped_column(String(128))
@@ -214,7 +215,30 @@ class Coupon(Base):
     issued_at: Mapped[datetime]
     redeemed_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_coupons_customer_group_state", "customer_pk", "group", "state"),)
+    __table_args__ = (
+        Index("ix_coupons_customer_group_state", "customer_pk", "group", "state"),
+        # per-customer limits count a customer's coupons of one campaign
+        Index("ix_coupons_campaign_customer", "campaign_pk", "customer_pk"),
+    )
+
+
+class OfferBudget(Base):
+    """Issued count and face value of one offer (campaign, step, offer kind), across all its runs.
+
+    Issuing increments it with one conditional UPDATE inside the delivery's transaction, so two processes
+    issuing at once can never pass the budget: the second waits on the row lock and sees the first's count.
+    """
+
+    __tablename__ = "offer_budgets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_pk: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    step: Mapped[str] = mapped_column(String(128))
+    offer_kind: Mapped[str] = mapped_column(String(32))
+    issued: Mapped[int] = mapped_column(Integer, default=0)
+    face_value: Mapped[Decimal]
+
+    __table_args__ = (UniqueConstraint("campaign_pk", "step", "offer_kind"),)
 
 
 class CouponRedemption(Base):

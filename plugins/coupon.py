@@ -1,0 +1,362 @@
+"""The built-in ``coupon`` offer, and the ``coupon`` channel that delivers a coupon to the member's wallet.
+
+Terms, as a campaign writes them::
+
+    offer:
+      coupon:
+        kind: amount_off        # amount_off | percent_off (value = percent, optional cap) | free_item | gift
+        value: 20
+        min_spend: 100
+        valid_days: 14          # or valid_until: 2026-12-31 (end of that day, shop time); valid_from optional
+        dayparts: [lunch]       # redeemable only in these dayparts (config dayparts), and
+        weekdays: [mon, tue]    # only on these weekdays
+        per_customer: 1         # coupons of this campaign a member may hold, over all its runs
+        budget: {max_issued: 5000, max_face_value: 100000}
+        group: winback          # exclusivity: a member holding a live coupon of the group gets no new one
+        stacking: exclusive     # exclusive | combinable | bundled (with bundle_with: GROUP)
+        guard: {not: [{frequency: {gte: 6}}, {monetary: {gte: 2000}}]}
+
+A member who fails the guard, exceeds the per-customer limit, already holds a live coupon of the group, or comes
+after the budget is spent is withheld with that reason (``guard``, ``per_customer``, ``exclusivity``,
+``budget``). Every issued coupon belongs to one member and one run, and is written in the same transaction as
+the delivery row that carries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from orchestrator import codes
+from orchestrator.campaign.schema import Budget, Condition
+from orchestrator.channels import Channel, CompiledMessage, MessageOptions, RenderedMessage, SendResult
+from orchestrator.db.models import Campaign, Coupon, OfferBudget
+from orchestrator.hookspecs import hookimpl
+from orchestrator.offers import Grant, OfferKind, Withheld
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAYPART_NAMES = {"breakfast": "早市", "lunch": "午市", "afternoon": "下午茶", "dinner": "晚市", "late": "夜宵"}
+WEEKDAY_NAMES = dict(zip(WEEKDAYS, "一二三四五六日", strict=True))
+
+
+class CouponTerms(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["amount_off", "percent_off", "free_item", "gift"]
+    value: Decimal | None = Field(None, gt=0, description="amount off, or percent off for percent_off")
+    cap: Decimal | None = Field(None, gt=0, description="percent_off: the most it takes off")
+    item: str | None = Field(None, description="free_item / gift: what the member gets")
+    face_value: Decimal | None = Field(None, ge=0, description="what one coupon costs the shop, for budgets")
+    min_spend: Decimal = Field(Decimal(0), ge=0)
+    valid_days: int | None = Field(None, ge=1, le=3660)
+    valid_from: date | datetime | None = None
+    valid_until: date | datetime | None = None
+    dayparts: list[str] | None = None
+    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+    per_customer: int = Field(1, ge=1)
+    budget: Budget | None = None
+    group: str | None = None
+    stacking: Literal["exclusive", "combinable", "bundled"] = "exclusive"
+    bundle_with: str | None = None
+    guard: Condition | None = None
+    description: str | None = Field(None, description="override the generated description, e.g. 满100减20")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CouponTerms:
+        if self.kind in ("amount_off", "percent_off") and self.value is None:
+            raise ValueError(f"a {self.kind} coupon needs a value")
+        if self.kind == "percent_off" and self.value is not None and self.value > 100:
+            raise ValueError("percent_off: value is a percentage, at most 100")
+        if self.kind in ("free_item", "gift") and not self.item:
+            raise ValueError(f"a {self.kind} coupon needs an item (what the member gets)")
+        if self.cap is not None and self.kind != "percent_off":
+            raise ValueError("cap applies to percent_off coupons only")
+        if (self.valid_days is None) == (self.valid_until is None):
+            raise ValueError("give exactly one of valid_days or valid_until")
+        if self.stacking == "bundled" and not self.bundle_with:
+            raise ValueError("stacking: bundled needs bundle_with: the group it must be redeemed with")
+        if self.budget and self.budget.max_face_value is not None and self.unit_face_value is None:
+            raise ValueError("max_face_value needs a face value: set face_value (or cap for percent_off)")
+        return self
+
+    @property
+    def unit_face_value(self) -> Decimal | None:
+        """What one coupon is worth at most: the amount off, the percent-off cap, or the declared face value."""
+        if self.face_value is not None:
+            return self.face_value
+        if self.kind == "amount_off":
+            return self.value
+        if self.kind == "percent_off":
+            return self.cap
+        return None
+
+    def describe(self) -> str:
+        """The coupon in the words a Chinese shop prints on it: 满100减20, 8折, 免费招牌菜, 仅限午市."""
+        if self.description:
+            return self.description
+        spend = f"满{_plain(self.min_spend)}" if self.min_spend else ""
+        if self.kind == "amount_off":
+            text = f"{spend}减{_plain(self.value)}元" if spend else f"立减{_plain(self.value)}元"
+        elif self.kind == "percent_off":
+            text = f"{spend}{_plain((100 - self.value) / 10)}折" + (
+                f"（最高减{_plain(self.cap)}元）" if self.cap else ""
+            )
+        elif self.kind == "free_item":
+            text = f"{spend}免费{self.item}"
+        else:
+            text = f"{spend}赠{self.item}"
+        limits = []
+        if self.dayparts:
+            limits.append("、".join(DAYPART_NAMES.get(d, d) for d in self.dayparts))
+        if self.weekdays:
+            limits.append("周" + "、".join(WEEKDAY_NAMES[d] for d in self.weekdays))
+        return text + (f"，仅限{'，'.join(limits)}" if limits else "")
+
+
+def _plain(value: Decimal | None) -> str:
+    return format(value.normalize(), "f") if value is not None else ""
+
+
+def _end_of_day(day: date, tz) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+
+
+def validity(terms: CouponTerms, issued_at: datetime, tz) -> tuple[datetime, datetime]:
+    """(valid_from, valid_until): a number of days counts whole local days, ending at midnight after the last."""
+    start = terms.valid_from or issued_at
+    if isinstance(start, date) and not isinstance(start, datetime):
+        start = datetime.combine(start, time(0), tzinfo=tz)
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=tz)
+    if terms.valid_days is not None:
+        until = _end_of_day(start.astimezone(tz).date() + timedelta(days=terms.valid_days - 1), tz)
+    elif isinstance(terms.valid_until, datetime):
+        until = terms.valid_until if terms.valid_until.tzinfo else terms.valid_until.replace(tzinfo=tz)
+    else:
+        until = _end_of_day(terms.valid_until, tz)
+    return start, until
+
+
+class CouponOffer(OfferKind):
+    name = "coupon"
+    options_model = CouponTerms
+
+    @classmethod
+    def check(cls, terms: CouponTerms, settings: Any) -> list[tuple[tuple, str]]:
+        return [
+            (("dayparts", i), f"unknown daypart {d!r}; the config defines {', '.join(settings.dayparts)}")
+            for i, d in enumerate(terms.dayparts or ())
+            if d not in settings.dayparts
+        ]
+
+    def __init__(self, options: CouponTerms, settings: Any, step: Any):
+        super().__init__(options, settings, step)
+        self._held: dict[int, int] = {}  # customer -> coupons of this campaign already held
+        self._live_in_group: set[int] = set()
+        self._predicted: tuple[int, Decimal] | None = None  # dry run: the budget as it would be
+
+    # -- per batch ------------------------------------------------------------------------------------------
+    def prepare(self, conn, customers: Sequence[Mapping[str, Any]], run: Mapping[str, Any], dry_run: bool) -> None:
+        pks = [c["pk"] for c in customers]
+        campaign_pk = run.get("campaign_pk") or self._campaign_pk(conn, run["campaign"])
+        self._held = {}
+        if campaign_pk is not None:
+            rows = conn.execute(
+                select(Coupon.customer_pk, func.count())
+                .where(Coupon.campaign_pk == campaign_pk, Coupon.customer_pk.in_(pks), Coupon.state != "void")
+                .group_by(Coupon.customer_pk)
+            )
+            self._held = dict(rows.all())
+        self._live_in_group = set()
+        if self.options.group:
+            live = and_(Coupon.state == "issued", Coupon.valid_until > run["at"], Coupon.valid_from <= run["at"])
+            self._live_in_group = set(
+                conn.scalars(
+                    select(Coupon.customer_pk).where(
+                        Coupon.group == self.options.group, Coupon.customer_pk.in_(pks), live
+                    )
+                )
+            )
+        if dry_run and self._predicted is None:
+            self._predicted = self._budget_now(conn, campaign_pk)
+
+    # -- per member -----------------------------------------------------------------------------------------
+    def grant(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], dry_run: bool) -> Grant | Withheld:
+        terms = self.options
+        if terms.guard is not None and not customer.get(f"guard_{self.step.index}"):
+            return Withheld("guard")
+        if self._held.get(customer["pk"], 0) >= terms.per_customer:
+            return Withheld("per_customer")
+        if customer["pk"] in self._live_in_group:
+            return Withheld("exclusivity")
+        face = terms.unit_face_value or Decimal(0)
+        if dry_run:
+            if not self._fits(*self._predicted, face):
+                return Withheld("budget")
+            issued, spent = self._predicted
+            self._predicted = (issued + 1, spent + face)
+            return Grant(self._context("DRYRUN000000", run["at"]), face_value=face)
+        if not self._take_budget(conn, run["campaign_pk"], face):
+            return Withheld("budget")
+        coupon_pk, code = self._issue(conn, customer, run, face)
+        self._held[customer["pk"]] = self._held.get(customer["pk"], 0) + 1
+        if terms.group:
+            self._live_in_group.add(customer["pk"])
+        return Grant(self._context(code, run["at"]), coupon_pk=coupon_pk, face_value=face)
+
+    def recall(self, conn, coupon_pk: int) -> Grant:
+        row = conn.execute(select(Coupon.code, Coupon.issued_at).where(Coupon.id == coupon_pk)).one()
+        return Grant(
+            self._context(row.code, row.issued_at), coupon_pk=coupon_pk, face_value=self.options.unit_face_value
+        )
+
+    # -- budget ---------------------------------------------------------------------------------------------
+    def _fits(self, issued: int, spent: Decimal, face: Decimal) -> bool:
+        budget = self.options.budget
+        if budget is None:
+            return True
+        if budget.max_issued is not None and issued + 1 > budget.max_issued:
+            return False
+        return budget.max_face_value is None or spent + face <= budget.max_face_value
+
+    def _campaign_pk(self, conn, name: str) -> int | None:
+        return conn.scalar(select(Campaign.id).where(Campaign.name == name))
+
+    def _budget_now(self, conn, campaign_pk: int | None) -> tuple[int, Decimal]:
+        if campaign_pk is None:
+            return 0, Decimal(0)
+        row = conn.execute(
+            select(OfferBudget.issued, OfferBudget.face_value).where(*self._budget_key(campaign_pk))
+        ).first()
+        return (row.issued, row.face_value) if row else (0, Decimal(0))
+
+    def _budget_key(self, campaign_pk: int):
+        return (
+            OfferBudget.campaign_pk == campaign_pk,
+            OfferBudget.step == self.step.name,
+            OfferBudget.offer_kind == self.name,
+        )
+
+    def _take_budget(self, conn, campaign_pk: int, face: Decimal) -> bool:
+        """One conditional UPDATE: it counts the coupon only if the budget still has room, atomically."""
+        key = self._budget_key(campaign_pk)
+        if conn.scalar(select(OfferBudget.id).where(*key)) is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        insert(OfferBudget).values(
+                            campaign_pk=campaign_pk, step=self.step.name, offer_kind=self.name, issued=0, face_value=0
+                        )
+                    )
+            except IntegrityError:
+                pass  # another process created it first
+        budget = self.options.budget
+        condition = list(key)
+        if budget and budget.max_issued is not None:
+            condition.append(OfferBudget.issued + 1 <= budget.max_issued)
+        if budget and budget.max_face_value is not None:
+            condition.append(OfferBudget.face_value + face <= budget.max_face_value)
+        taken = conn.execute(
+            update(OfferBudget)
+            .where(*condition)
+            .values(issued=OfferBudget.issued + 1, face_value=OfferBudget.face_value + face)
+        )
+        return taken.rowcount == 1
+
+    # -- the coupon -----------------------------------------------------------------------------------------
+    def _issue(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], face: Decimal) -> tuple[int, str]:
+        terms = self.options
+        valid_from, valid_until = validity(terms, run["at"], self.settings.tz)
+        values = {
+            "campaign_pk": run["campaign_pk"],
+            "run_pk": run["run_pk"],
+            "customer_pk": customer["pk"],
+            "step": self.step.name,
+            "offer_kind": terms.kind,
+            "group": terms.group,
+            "value": terms.value,
+            "min_spend": terms.min_spend,
+            "terms": {
+                "cap": str(terms.cap) if terms.cap is not None else None,
+                "item": terms.item,
+                "face_value": str(face),
+                "dayparts": terms.dayparts,
+                "weekdays": terms.weekdays,
+                "stacking": terms.stacking,
+                "bundle_with": terms.bundle_with,
+                "description": terms.describe(),
+            },
+            "valid_from": valid_from,
+            "valid_until": valid_until,
+            "state": "issued",
+            "issued_at": run["at"],
+        }
+        for _ in range(5):  # a collision in a 54-bit space is next to impossible; retry all the same
+            code = codes.new_code()
+            try:
+                with conn.begin_nested():
+                    coupon_pk = conn.execute(
+                        insert(Coupon).values(code=code, **values).returning(Coupon.id)
+                    ).scalar_one()
+                return coupon_pk, code
+            except IntegrityError:
+                continue
+        raise RuntimeError("could not draw an unused coupon code")
+
+    def _context(self, code: str, issued_at: datetime) -> dict[str, Any]:
+        terms = self.options
+        valid_from, valid_until = validity(terms, issued_at, self.settings.tz)
+        return {
+            "code": codes.display(code),
+            "kind": terms.kind,
+            "value": terms.value,
+            "cap": terms.cap,
+            "item": terms.item,
+            "min_spend": terms.min_spend,
+            "valid_from": valid_from,
+            "expires_at": valid_until - timedelta(seconds=1),  # the last moment it is valid, for printing
+            "description": terms.describe(),
+        }
+
+
+class WalletOptions(MessageOptions):
+    """``message: {coupon: {}}``: the coupon itself is the message; an optional text for the wallet entry."""
+
+
+class CouponChannel(Channel):
+    """Puts the coupon in the member's account: nothing is sent to an address, so no contact consent is needed,
+    but suppression still applies (the channel is skipped for suppressed members like any other)."""
+
+    name = "coupon"
+    contact_field = "customer_id"
+    consent = None
+    options_model = WalletOptions
+
+    def compile(self, options: WalletOptions, templates: Any) -> CompiledMessage:
+        text = options.text or "{{ offer.description }}"
+        return CompiledMessage(self.name, options, {"text": templates.from_string(text, label="coupon text")})
+
+    def render(self, compiled: CompiledMessage, context: Mapping[str, Any]) -> RenderedMessage:
+        offer = context.get("offer") or {}
+        return RenderedMessage(
+            self.name, {"text": compiled.templates["text"].render(context), "code": str(offer.get("code", ""))}
+        )
+
+    def send(self, messages) -> list[SendResult]:
+        return [SendResult.sent(provider_id=m.message.parts["code"] or None) for m in messages]
+
+
+@hookimpl
+def register_offers():
+    return [CouponOffer]
+
+
+@hookimpl
+def register_channels():
+    return [CouponChannel]
