@@ -9,8 +9,9 @@ comparison does match. The audience streams from the database in batches ordered
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -40,6 +41,7 @@ from orchestrator.config import Settings
 from orchestrator.db.models import Coupon, CustomerConsent, CustomerTag
 from orchestrator.db.types import Money
 from orchestrator.facts import CustomerFacts, FactContext, amount_minor, customers, integer_sum, orders
+from orchestrator.timeutil import zone
 
 # --- the facts of the condition language ---------------------------------------------------------------------
 
@@ -64,6 +66,37 @@ def _minute_postgresql(element, compiler, **kw):
     column, offset = (compiler.process(c, **kw) for c in element.clauses.clauses)
     shifted = f"({column} + make_interval(mins => CAST({offset} AS INTEGER)))"
     return f"CAST(EXTRACT(HOUR FROM {shifted}) * 60 + EXTRACT(MINUTE FROM {shifted}) AS INTEGER)"
+
+
+@lru_cache(maxsize=32)
+def offset_history(zone_name: str, until_year: int) -> tuple[tuple[datetime | None, int], ...]:
+    """``((since, offset minutes), …)`` for a zone from 2000 to ``until_year``; the first ``since`` is None.
+
+    Orders before 2000 take the zone's offset of 1 January 2000 (for Asia/Shanghai: its daylight saving time of
+    1986–1991 is left out, so the usual case is a single offset and no CASE at all).
+
+    Found by sampling every 6 hours and bisecting each change to the second: zone rules change at most a few
+    times a year, so the table stays short (one row for zones without daylight saving time).
+    """
+    tz = zone(zone_name)
+
+    def offset(moment: datetime) -> int:
+        return int(moment.astimezone(tz).utcoffset().total_seconds() // 60)
+
+    moment = datetime(2000, 1, 1, tzinfo=UTC)
+    end = datetime(until_year + 1, 1, 1, tzinfo=UTC)
+    history: list[tuple[datetime | None, int]] = [(None, offset(moment))]
+    step = timedelta(hours=6)
+    while moment < end:
+        following = moment + step
+        if offset(following) != history[-1][1]:
+            low, high = moment, following
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                low, high = (middle, high) if offset(middle) == history[-1][1] else (low, middle)
+            history.append((high.replace(microsecond=0), offset(high)))
+        moment = following
+    return tuple(history)
 
 
 def _minutes(clock: str) -> int:
@@ -169,8 +202,10 @@ class SegmentCompiler:
 
     # -- facts needing more than a column ---------------------------------------------------------------------
     def since(self, node: Compare) -> datetime | None:
+        """The start of a ``within`` window: elapsed time, so computed in UTC (in a zone with daylight saving
+        time, local arithmetic would make "30d" an hour longer or shorter)."""
         within: timedelta | None = node.param("within")
-        return self.ctx.at - within if within else None
+        return self.ctx.at.astimezone(UTC) - within if within else None
 
     def paid_orders_of_customer(self, node: Compare, *where: ColumnElement[bool]) -> list[ColumnElement[bool]]:
         """The correlated conditions of "this customer's paid orders up to ``at`` (within the window)"."""
@@ -198,10 +233,18 @@ class SegmentCompiler:
 
     def _daypart_orders(self, node: Compare) -> ColumnElement[int]:
         start, end = (_minutes(p) for p in self.ctx.settings.dayparts[node.param("daypart")].split("-"))
-        offset = int(self.ctx.at.astimezone(self.ctx.settings.tz).utcoffset().total_seconds() // 60)
-        minute = LocalMinuteOfDay(orders.c.ordered_at, literal(offset))
+        minute = LocalMinuteOfDay(orders.c.ordered_at, self._utc_offset_minutes(orders.c.ordered_at))
         in_part = and_(minute >= start, minute < end) if start < end else or_(minute >= start, minute < end)
         return self._count_orders(node, in_part)
+
+    def _utc_offset_minutes(self, column: ColumnElement[datetime]) -> ColumnElement[int]:
+        """The shop zone's UTC offset at each row's own time: a CASE over the zone's offset history, so that a
+        winter order seen in summer keeps its winter clock, identically on every engine."""
+        periods = offset_history(self.ctx.settings.timezone, self.ctx.at.astimezone(UTC).year + 1)
+        if len(periods) == 1:
+            return literal(periods[0][1])
+        whens = [(column >= since, minutes) for since, minutes in reversed(periods[1:])]
+        return case(*whens, else_=periods[0][1])
 
     def _bought_category(self, node: Compare) -> ColumnElement[bool]:
         found = exists().where(*self.paid_orders_of_customer(node, orders.c.category == node.param("category")))

@@ -23,11 +23,20 @@ Edge cases (customer ids in brackets):
 * ties in frequency and monetary [C16, C17, C18] and [C19, C20], the latter also tied in recency days;
 * average order value on band edges: exactly 100.00 [C27], 200.00 [C28], 199.99 [C29], 99.99 [C30];
 * first order exactly ``new_days`` ago [C22] and a day more [C23];
-* several provinces, one member without a province [C13]; amounts with fen throughout.
+* several provinces, one member without a province [C13]; amounts with fen throughout;
+* birthdays: 2 January and 30 December (the year's end) [C38, C39], 28 and 29 February [C40; C02, C44], 1 March
+  [C45], on ``AT``'s date, the day before and the day after [C41, C42, C43], 31 December [C47];
+* orders on the edges of the dayparts, some written in offsets whose date differs from Shanghai's [C46];
+* orders exactly 30 days before ``AT`` and a second more, with chosen payment methods and categories [C47];
+* coupons (``COUPONS``) issued and redeemed before, exactly at and after ``AT`` and ``AT_PAST``.
+
+``FactModel(at, settings)`` extends the reference to every fact of the condition language (windows, payment
+shares, dayparts, categories, birthdays, age, consent, coupon redemption).
 """
 
 from __future__ import annotations
 
+from calendar import isleap
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -38,7 +47,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, insert, select
 
 from orchestrator.config import Settings
-from orchestrator.db.models import Customer, CustomerConsent, CustomerTag, Order
+from orchestrator.db.models import Coupon, Customer, CustomerConsent, CustomerTag, Order
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 AT = datetime(2025, 7, 1, 10, 0, tzinfo=SHANGHAI)
@@ -156,6 +165,22 @@ CUSTOMERS: tuple[CustomerRow, ...] = (
     _c("C36", "广东", "佛山", "2025-04-01T00:00:00+08:00", gender="F", phone="+8613800000036",
        consents={"sms": False}),
     _c("C37", "浙江", "湖州", "2025-01-05T00:00:00+08:00", gender="M", email="c37@example.com"),
+    # birthdays on the edges of the calendar (prospects: they change no order fact)
+    _c("C38", "江苏", "南京", "2023-05-01T09:00:00+08:00", gender="F", birthday=date(2000, 1, 2),
+       tags=("vip", "wechat_fan")),
+    _c("C39", "山东", "济南", "2023-06-01T09:00:00+08:00", gender="M", birthday=date(1985, 12, 30)),
+    _c("C40", "浙江", "杭州", "2023-07-01T09:00:00+08:00", gender="F", birthday=date(1996, 2, 28)),
+    _c("C41", "四川", "成都", "2023-08-01T09:00:00+08:00", gender="M", birthday=date(2000, 7, 1)),
+    _c("C42", "广东", "广州", "2023-09-01T09:00:00+08:00", gender="F", birthday=date(1990, 6, 30)),
+    _c("C43", "北京", "北京", "2023-10-01T09:00:00+08:00", gender="M", birthday=date(2000, 7, 2)),
+    _c("C44", "江苏", "苏州", None, gender="F", birthday=date(1992, 2, 29), consents={"email": True, "sms": False}),
+    _c("C45", "浙江", "宁波", "2023-11-01T09:00:00+08:00", gender="M", birthday=date(1990, 3, 1)),
+    # dayparts on their edges, some written in offsets whose date differs from the shop's
+    _c("C46", "广东", "佛山", "2025-05-01T00:00:00+08:00", gender="M", phone="+8613800000046",
+       tags=("complained", "vip"), consents={"sms": True}),
+    # window edges, with payment methods and categories chosen rather than rotated
+    _c("C47", "四川", "绵阳", "2025-01-01T00:00:00+08:00", gender="F", birthday=date(1988, 12, 31),
+       email="c47@example.com", consents={"email": True, "sms": True}),
 )  # fmt: skip
 
 _CHANNELS = ("store", "online", "store")
@@ -182,6 +207,22 @@ def _orders(customer_id: str, *entries: tuple) -> list[OrderRow]:
             )
         )
     return rows
+
+
+def _orders_paid_with(customer_id: str, *entries: tuple) -> list[OrderRow]:
+    """One customer's paid orders: (time, amount, payment method, category); channel "store"."""
+    return [
+        OrderRow(
+            order_id=f"{customer_id}-{i:02d}",
+            customer_id=customer_id,
+            ordered_at=ordered_at if isinstance(ordered_at, datetime) else t(ordered_at),
+            amount=Decimal(amount),
+            channel="store",
+            payment_method=payment_method,
+            category=category,
+        )
+        for i, (ordered_at, amount, payment_method, category) in enumerate(entries, start=1)
+    ]
 
 
 DAY = timedelta(days=1)
@@ -322,9 +363,81 @@ ORDERS: tuple[OrderRow, ...] = tuple(
     + _orders("C36", ("2025-04-02T10:00:00+08:00", "256.00"), ("2025-06-15T19:00:00+08:00", "128.00"))
     # a second after AT_PAST
     + _orders("C37", ("2025-03-01T00:00:01+08:00", "166.60"))
+    # C38-C45: no orders
+    # dayparts in Shanghai (breakfast 06:00-10:00, lunch 11:00-14:00, late 21:00-06:00); local times in the comments
+    + _orders_paid_with(
+        "C46",
+        ("2025-06-03T03:00:00+00:00", "40.00", "wechat_pay", "coffee"),  # 06-03 11:00:00, lunch starts
+        ("2025-06-04T01:00:00-05:00", "41.00", "wechat_pay", "tea"),  # 06-04 14:00:00, afternoon (lunch ended)
+        ("2025-06-05T10:59:59+08:00", "42.00", "alipay", "coffee"),  # in no daypart, a second before lunch
+        ("2025-06-06T13:59:59+08:00", "43.00", "wechat_pay", "bakery"),  # lunch, its last second
+        ("2025-06-06T13:00:00+00:00", "44.00", "stored_value", "coffee"),  # 06-06 21:00:00, late starts
+        ("2025-06-06T21:59:59+00:00", "45.00", "stored_value", "coffee"),  # 06-07 05:59:59, late (UTC: 06-06)
+        ("2025-06-07T22:00:00+00:00", "46.00", "card", "tea"),  # 06-08 06:00:00, breakfast (UTC: 06-07)
+        ("2025-06-09T17:00:00+08:00", "47.00", "wechat_pay", "coffee"),  # dinner starts
+        ("2025-06-09T12:59:59+00:00", "48.00", "wechat_pay", "coffee"),  # 06-09 20:59:59, dinner's last second
+    )
+    # window edges: exactly 30 days before AT and a second more; the method and category change with the window
+    + _orders_paid_with(
+        "C47",
+        ("2025-03-20T12:00:00+08:00", "80.00", "alipay", "tea"),
+        ((AT - 30 * DAY - SECOND).astimezone(UTC), "20.00", "card", "merch"),
+        ((AT - 30 * DAY).astimezone(offset(-5)), "40.00", "stored_value", "bakery"),
+        ("2025-06-01T12:00:00+08:00", "60.00", "stored_value", "coffee"),
+    )
 )
 
 CUSTOMER_BY_ID = {c.customer_id: c for c in CUSTOMERS}
+
+
+@dataclass(frozen=True)
+class CouponRow:
+    code: str
+    customer_id: str
+    issued_at: datetime
+    redeemed_at: datetime | None = None
+
+
+def _k(code: str, customer_id: str, issued: str | datetime, redeemed: str | datetime | None = None) -> CouponRow:
+    def when(value):
+        return value if isinstance(value, datetime) or value is None else t(value)
+
+    return CouponRow(code, customer_id, when(issued), when(redeemed))
+
+
+# Issued coupons: redemption rate = redeemed ÷ issued, both counted at or before the evaluation time.
+COUPONS: tuple[CouponRow, ...] = (
+    # C01: 3 of 4 by AT; 1 of 2 by AT_PAST (the second is redeemed after it)
+    _k("K01A", "C01", "2025-01-10T10:00:00+08:00", "2025-01-15T12:00:00+08:00"),
+    _k("K01B", "C01", "2025-02-01T10:00:00+08:00", "2025-03-18T13:05:00+08:00"),
+    _k("K01C", "C01", "2025-04-01T10:00:00+08:00"),
+    _k("K01D", "C01", "2025-05-01T10:00:00+08:00", "2025-05-30T12:45:00+08:00"),
+    # C02: 0 of 1 by AT, none issued by AT_PAST
+    _k("K02A", "C02", "2025-06-01T10:00:00+08:00"),
+    # C03: 1 of 1
+    _k("K03A", "C03", "2025-02-01T10:00:00+08:00", "2025-02-14T19:00:00+08:00"),
+    # C09: a prospect with an unused coupon
+    _k("K09A", "C09", "2025-05-01T10:00:00+08:00"),
+    # C15: issued and redeemed exactly at AT (counts, written at -03:00); issued a second after AT (ignored)
+    _k("K15A", "C15", "2025-06-01T10:00:00+08:00"),
+    _k("K15B", "C15", AT.astimezone(offset(-3)), AT.astimezone(offset(-3))),
+    _k("K15C", "C15", AT + SECOND, AT + 2 * SECOND),
+    # C16: 2 of 2 by AT; 0 of 1 by AT_PAST
+    _k("K16A", "C16", "2025-02-15T10:00:00+08:00", "2025-03-03T12:00:00+08:00"),
+    _k("K16B", "C16", "2025-04-20T10:00:00+08:00", "2025-05-05T12:00:00+08:00"),
+    # C17: redeemed a second after AT: 0 of 1
+    _k("K17A", "C17", "2025-03-10T10:00:00+08:00", AT + SECOND),
+    # C20: 2 of 3 by AT, 1 of 1 by AT_PAST
+    _k("K20A", "C20", "2025-01-20T10:00:00+08:00", "2025-02-10T18:30:00+08:00"),
+    _k("K20B", "C20", "2025-03-20T10:00:00+08:00", "2025-04-10T18:30:00+08:00"),
+    _k("K20C", "C20", "2025-05-20T10:00:00+08:00"),
+    # C11 is no member at AT; C36 joined after AT_PAST
+    _k("K11A", "C11", "2025-06-21T10:00:00+08:00", "2025-06-22T10:00:00+08:00"),
+    _k("K36A", "C36", "2025-04-05T10:00:00+08:00", "2025-06-15T19:00:00+08:00"),
+    # C47: issued exactly at AT_PAST (written in UTC), redeemed a second later: 0 of 1 then, 1 of 2 by AT
+    _k("K47A", "C47", AT_PAST.astimezone(UTC), AT_PAST + SECOND),
+    _k("K47B", "C47", "2025-06-20T10:00:00+08:00"),
+)
 
 
 # --- loading ------------------------------------------------------------------------------------------------
@@ -344,6 +457,7 @@ def load(engine: Engine) -> dict[str, int]:
         _insert(conn, CustomerTag, tags)
         _insert(conn, CustomerConsent, consents)
         _insert(conn, Order, [_order_values(o, keys) for o in ORDERS])
+        _insert(conn, Coupon, [_coupon_values(k, keys) for k in COUPONS])
     return keys
 
 
@@ -382,6 +496,21 @@ def _order_values(o: OrderRow, keys: dict[str, int]) -> dict:
         "attributes": {},
         "created_at": LOADED_AT,
         "updated_at": LOADED_AT,
+    }
+
+
+def _coupon_values(k: CouponRow, keys: dict[str, int]) -> dict:
+    return {
+        "code": k.code,
+        "customer_pk": keys[k.customer_id],
+        "offer_kind": "amount_off",
+        "value": Decimal("10.00"),
+        "terms": {},
+        "valid_from": k.issued_at,
+        "valid_until": k.issued_at + 60 * DAY,
+        "state": "issued" if k.redeemed_at is None else "redeemed",
+        "issued_at": k.issued_at,
+        "redeemed_at": k.redeemed_at,
     }
 
 
@@ -533,3 +662,113 @@ def _rfm(buyers: list[ExpectedFacts]) -> None:
         b.f_score = quintile(b.frequency, frequencies, better_is_higher=True)
         b.m_score = quintile(b.monetary, spends, better_is_higher=True)
         b.rfm_segment = rfm_segment(b.r_score, b.f_score, b.m_score)
+
+
+# --- the facts of the condition language (orchestrator/campaign/catalog.py), in plain Python ------------------
+
+
+def local_date(at: datetime, settings: Settings) -> date:
+    """The shop's calendar date at ``at``."""
+    return at.astimezone(settings.tz).date()
+
+
+def days_until_birthday(birthday: date | None, today: date) -> int | None:
+    """Days from ``today`` to the next birthday, 0 on the day: walks the calendar a day at a time. Someone born
+    on 29 February celebrates on 28 February in common years."""
+    if birthday is None:
+        return None
+    for n in range(367):
+        day = today + n * DAY
+        if (day.month, day.day) == (birthday.month, birthday.day):
+            return n
+        if (birthday.month, birthday.day) == (2, 29) and (day.month, day.day) == (2, 28) and not isleap(day.year):
+            return n
+    raise AssertionError(f"no birthday within a year of {today} for {birthday}")
+
+
+def age_in_years(birthday: date | None, today: date) -> int | None:
+    """Whole years lived: the year difference, less one before this year's (month, day) is reached."""
+    if birthday is None:
+        return None
+    years = today.year - birthday.year
+    return years - 1 if (today.month, today.day) < (birthday.month, birthday.day) else years
+
+
+def _in_daypart(ordered_at: datetime, settings: Settings, daypart: str) -> bool:
+    """The order's shop-local clock time is in the daypart (start inclusive, end exclusive, may wrap midnight)."""
+    start, end = (datetime.strptime(p.strip(), "%H:%M").time() for p in settings.dayparts[daypart].split("-"))
+    clock = ordered_at.astimezone(settings.tz).time()
+    return start <= clock < end if start < end else clock >= start or clock < end
+
+
+class FactModel:
+    """Every fact of ``orchestrator.campaign.catalog.BUILTIN_FACTS`` for every member as of ``at``.
+
+    ``value(customer_id, fact, params)`` takes the parameters as a condition writes them (``within`` as a
+    ``timedelta``); windows are elapsed time: an order at exactly ``at - within`` counts.
+    """
+
+    def __init__(self, at: datetime, settings: Settings):
+        self.at = at
+        self.settings = settings
+        self.base = expected_facts(at, settings)
+        self.today = local_date(at, settings)
+        self.paid = counted_orders(at)
+
+    @property
+    def member_ids(self) -> set[str]:
+        return set(self.base)
+
+    def _orders(self, customer_id: str, within: timedelta | None) -> list[OrderRow]:
+        since = self.at.astimezone(UTC) - within if within is not None else None
+        return [o for o in self.paid if o.customer_id == customer_id and (since is None or o.ordered_at >= since)]
+
+    def values(self, fact: str, params: dict | None = None) -> dict[str, object]:
+        return {c: self.value(c, fact, params or {}) for c in self.base}
+
+    def value(self, customer_id: str, fact: str, params: dict) -> object:
+        f = self.base[customer_id]
+        c = CUSTOMER_BY_ID[customer_id]
+        within = params.get("within")
+        mine = self._orders(customer_id, within)
+        simple = {
+            "recency_days": f.recency_days,
+            "aov": f.aov,
+            "first_order_days": f.first_order_days,
+            "orders_above_store_aov": f.orders_above_store_aov,
+            "rfm_r": f.r_score,
+            "rfm_f": f.f_score,
+            "rfm_m": f.m_score,
+            "rfm_segment": f.rfm_segment,
+            "lifecycle": f.lifecycle_stage,
+            "tier": f.tier,
+            "clv": f.clv,
+            "province": c.province,
+            "city": c.city,
+            "gender": c.gender,
+            "signup_days": f.tenure_days,
+        }
+        if fact in simple:
+            return simple[fact]
+        if fact == "frequency":
+            return len(mine)
+        if fact == "monetary":
+            return sum((o.amount for o in mine), Decimal("0.00"))
+        if fact == "age":
+            return age_in_years(c.birthday, self.today)
+        if fact == "days_to_birthday":
+            return days_until_birthday(c.birthday, self.today)
+        if fact in ("consent_email", "consent_sms"):
+            return c.consents.get(fact.removeprefix("consent_")) is True
+        if fact == "coupon_redemption_rate":
+            issued = [k for k in COUPONS if k.customer_id == customer_id and k.issued_at <= self.at]
+            redeemed = [k for k in issued if k.redeemed_at is not None and k.redeemed_at <= self.at]
+            return Fraction(len(redeemed), len(issued)) if issued else None
+        if fact == "payment_share":
+            paid_with = [o for o in mine if o.payment_method == params["method"]]
+            return Fraction(len(paid_with), len(mine)) if mine else None
+        if fact == "daypart_orders":
+            return sum(1 for o in mine if _in_daypart(o.ordered_at, self.settings, params["daypart"]))
+        if fact == "bought_category":
+            return any(o.category == params["category"] for o in mine)
+        raise KeyError(f"no reference for fact {fact!r}")
