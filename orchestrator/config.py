@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from orchestrator.errors import InputError
 from orchestrator.timeutil import zone
@@ -105,6 +105,13 @@ class Settings(_Section):
     source: str | None = Field(default=None, exclude=True)
     base_dir: str = Field(default=".", exclude=True)
 
+    # the parsed file, so that errors in named segments point at their line in the config
+    _document: YamlDocument | None = PrivateAttr(default=None)
+
+    @property
+    def document(self) -> YamlDocument | None:
+        return self._document
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -174,6 +181,7 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     except ValidationError as exc:
         raise validation_error(doc, exc) from None
     settings.source = str(config_path)
+    settings._document = doc
     settings.base_dir = str(config_path.resolve().parent)
     return settings
 

@@ -115,11 +115,16 @@ def _stamp(path: Path) -> Stamp:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"template is not UTF-8 text ({exc.reason})", file=str(path)) from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read template: {exc.strerror}", file=str(path)) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"template is not UTF-8 text ({exc.reason})", file=str(path), line=line, hint="save it as UTF-8"
+        ) from None
 
 
 class _FolderLoader(BaseLoader):

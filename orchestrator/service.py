@@ -53,6 +53,7 @@ class Orchestrator:
             facts=self.registry.facts,
             channels=self.registry.channels,
             named_segments=self.settings.segments,
+            named_segments_doc=self.settings.document,
             compile_message=self._compile_message,
             offers=self.registry.offers,
             settings=self.settings,

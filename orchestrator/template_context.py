@@ -160,6 +160,9 @@ def _synthetic_offer(now: datetime) -> dict[str, Any]:
         "kind": "amount_off",
         "value": Decimal("20.00"),
         "min_spend": Decimal("100.00"),
+        "cap": None,
+        "item": "招牌菜",
+        "valid_from": now,
         "expires_at": now + timedelta(days=14),
         "description": "满100减20",
     }

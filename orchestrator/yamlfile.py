@@ -7,6 +7,7 @@ indexes, as pydantic reports ``loc``) to its 1-based (line, column).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,29 @@ _PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe loader; every value is built by ``_construct`` below, so no Python objects can be created."""
+    """Safe loader with YAML 1.2 scalars; every value is built by ``_construct`` below, so no Python objects
+    can be created.
+
+    YAML 1.1 (PyYAML's default) reads ``on``/``off``/``yes``/``no`` as booleans and ``10:00`` as the number
+    600: a schedule's ``on: order_paid`` or ``time: 10:00`` would silently mean something else. Like YAML 1.2,
+    only ``true``/``false`` are booleans here and numbers are plain decimal (or 0x/0o) numbers.
+    """
+
+
+_BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 def _construct(loader: _Loader, node: yaml.Node, path: Path_, positions: dict, file: str) -> Any:
@@ -65,15 +88,16 @@ def _construct(loader: _Loader, node: yaml.Node, path: Path_, positions: dict, f
         line, column = positions[path]
         raise InputError(f"YAML tag {node.tag!r} is not allowed", file=file, line=line, column=column)
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
+        explicit = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+        loader.flatten_mapping(node)  # resolves YAML merge keys (<<); merged entries come first
+        merged = len(node.value) - explicit
         result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool) and key is not None:
+        for index, (key_node, value_node) in enumerate(node.value):
+            if not isinstance(key_node, yaml.ScalarNode):
                 line = key_node.start_mark.line + 1
                 raise InputError("a mapping key must be a plain value", file=file, line=line)
-            key = str(key) if not isinstance(key, str) else key
-            if key in result:
+            key = key_node.value  # the key as written: `on:` is the word on, not true
+            if key in result and index >= merged and _first_explicit(node, key, merged) < index:
                 raise InputError(
                     f"duplicate key {key!r}",
                     file=file,
@@ -89,6 +113,12 @@ def _construct(loader: _Loader, node: yaml.Node, path: Path_, positions: dict, f
     return loader.construct_object(node, deep=True)
 
 
+def _first_explicit(node: yaml.MappingNode, key: str, merged: int) -> int:
+    """Index of the first explicit (not merged) entry for ``key``: an explicit key may override a merged one,
+    but not another explicit one."""
+    return next(i for i, (k, _) in enumerate(node.value) if i >= merged and k.value == key)
+
+
 def parse_yaml(text: str, file: str) -> YamlDocument:
     loader = _Loader(text)
     try:
@@ -98,6 +128,9 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != mark.line:
+            # an unclosed bracket or quote: the parser notices late; say where the construct began
+            problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
         raise InputError(
             f"invalid YAML: {problem}",
             file=file,
@@ -108,6 +141,7 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
         raise InputError(f"invalid YAML: {exc}", file=file) from None
     finally:
         loader.dispose()
+    positions.setdefault((), (1, 1))  # an empty document is still located: at its first line
     return YamlDocument(data=data, file=file, positions=positions)
 
 

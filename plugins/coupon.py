@@ -30,13 +30,14 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator import codes
 from orchestrator.campaign.schema import Budget, Condition
 from orchestrator.channels import Channel, CompiledMessage, MessageOptions, RenderedMessage, SendResult
 from orchestrator.db.models import Campaign, Coupon, OfferBudget
+from orchestrator.db.types import Money
 from orchestrator.hookspecs import hookimpl
 from orchestrator.offers import Grant, OfferKind, Withheld
 
@@ -261,7 +262,9 @@ class CouponOffer(OfferKind):
         if budget and budget.max_issued is not None:
             condition.append(OfferBudget.issued + 1 <= budget.max_issued)
         if budget and budget.max_face_value is not None:
-            condition.append(OfferBudget.face_value + face <= budget.max_face_value)
+            # both sides as Money, i.e. in fen: a bare Decimal limit would be compared in yuan
+            limit = literal(budget.max_face_value, Money())
+            condition.append(OfferBudget.face_value + literal(face, Money()) <= limit)
         taken = conn.execute(
             update(OfferBudget)
             .where(*condition)

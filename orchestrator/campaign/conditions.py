@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.campaign.catalog import FactSpec
 from orchestrator.durations import parse_duration
+from orchestrator.errors import InputError
 from orchestrator.yamlfile import YamlDocument
 
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte")
@@ -158,6 +159,11 @@ class ConditionParser:
             target_doc = self.named_doc or doc
             target_path = ("segments", value) if self.named_doc else path
             return self._parse(self.named[value], target_path, target_doc)
+        except InputError as exc:
+            if exc.file != doc.file and len(self._expanding) == 1:  # say which campaign line uses the segment
+                line, column = doc.position(path)
+                exc.message += f" (segment used at {doc.file}:{line}:{column})"
+            raise
         finally:
             self._expanding.pop()
 

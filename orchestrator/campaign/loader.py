@@ -59,6 +59,13 @@ class CampaignPlan:
         return self.campaign.name
 
 
+CONDITION_KEYS = ("segment", "when", "guard")
+
+
+def _fields(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
 _VOCABULARY = sorted(
     {
         (f.alias or name)
@@ -75,31 +82,51 @@ _VOCABULARY = sorted(
 )
 
 
-def _is_union_tag(part: Any) -> bool:
-    """pydantic adds union branch names (``FrequencyCap``, ``list[FrequencyCap]``) to error locations."""
-    return isinstance(part, str) and (part[:1].isupper() or "[" in part)
+def _yaml_path(doc: YamlDocument, prefix: tuple, loc: tuple) -> tuple:
+    """pydantic's error location as a path in the YAML document.
+
+    pydantic adds the names of union branches (``FrequencyCap``, ``list[FrequencyCap]``) to a location; they are
+    not keys in the file. A part is kept when the document has it at that place, or when it is the last part
+    (the key that is missing or unknown), unless that is a branch name.
+    """
+    path = tuple(prefix)
+    for i, part in enumerate(loc):
+        if (
+            isinstance(part, int)
+            or (*path, part) in doc.positions
+            or (i == len(loc) - 1 and not (isinstance(part, str) and (part[:1].isupper() or "[" in part)))
+        ):
+            path = (*path, part)
+    return path
 
 
-def _pydantic_problems(doc: YamlDocument, exc: ValidationError, prefix: tuple = ()) -> list[InputError]:
-    errors = [(tuple(p for p in err["loc"] if not _is_union_tag(p)), err) for err in exc.errors()]
+def _pydantic_problems(
+    doc: YamlDocument, exc: ValidationError, prefix: tuple = (), vocabulary: list[str] | None = None
+) -> list[InputError]:
+    errors = [(_yaml_path(doc, prefix, err["loc"]), err) for err in exc.errors()]
     # of a union's failed branches, keep the one that got furthest (a deeper error explains a shallower one)
     errors = [(loc, err) for loc, err in errors if not any(o[: len(loc)] == loc and o != loc for o, _ in errors)]
+    by_location: dict[tuple, list[dict]] = {}
+    for loc, err in errors:
+        by_location.setdefault(loc, []).append(err)
     problems = []
-    for inner, err in errors:
-        loc = (*prefix, *inner)
+    for loc, errs in by_location.items():
         key = loc[-1] if loc else None
-        hint = None
+        err = errs[0]
         if err["type"] == "extra_forbidden":
-            error = doc.error(loc, "", suggest(str(key), _VOCABULARY))  # positioned at the stray key itself
+            error = doc.error(loc, "", suggest(str(key), vocabulary or _VOCABULARY))  # at the stray key itself
             parent = format_path(loc[:-1])
             error.message = f"{parent}: unknown key {key!r}" if parent else f"unknown key {key!r}"
             problems.append(error)
-            continue
-        if err["type"] == "missing":
-            message, loc = f"missing required key {key!r}", loc[:-1]
+        elif err["type"] == "missing":
+            problems.append(doc.error(loc[:-1], f"missing required key {key!r}"))
+        elif key in CONDITION_KEYS:  # a condition of the wrong shape (or none at all)
+            problems.append(doc.error(loc, "expects a condition, e.g. {recency_days: {gte: 90}}"))
+        elif len(errs) > 1:  # every branch of a union failed at the same place: one message, not one each
+            expected = " or ".join(e["msg"].removeprefix("Input should be ") for e in errs)
+            problems.append(doc.error(loc, f"wrong type: expected {expected}"))
         else:
-            message = err["msg"].removeprefix("Value error, ")
-        problems.append(doc.error(loc, message, hint))
+            problems.append(doc.error(loc, err["msg"].removeprefix("Value error, ")))
     return problems
 
 
@@ -129,12 +156,14 @@ class CampaignLoader:
         doc = load_yaml(path)
         if not isinstance(doc.data, dict):
             raise CampaignInvalid(doc.file, [doc.error((), "a campaign file must be a mapping (name:, segment:, …)")])
+        parser = ConditionParser(doc, self.facts, self.named_segments, self.named_segments_doc)
         try:
             campaign = schema.Campaign.model_validate(doc.data)
         except ValidationError as exc:
-            raise CampaignInvalid(doc.file, _pydantic_problems(doc, exc)) from None
+            problems = _pydantic_problems(doc, exc)
+            problems += self._conditions_anyway(parser, doc.data, {p.line for p in problems})
+            raise CampaignInvalid(doc.file, problems) from None
         problems: list[InputError] = []
-        parser = ConditionParser(doc, self.facts, self.named_segments, self.named_segments_doc)
         segment = self._condition(parser, doc.data["segment"], ("segment",), problems)
         steps = []
         raw_steps = doc.data.get("steps")
@@ -165,6 +194,21 @@ class CampaignLoader:
             conditions=conditions,
         )
 
+    def _conditions_anyway(self, parser: ConditionParser, data: dict, reported: set) -> list[InputError]:
+        """When the schema fails, still check the conditions that can be read, so one pass lists them all."""
+        found: list[InputError] = []
+        places = [(data.get("segment"), ("segment",))]
+        if isinstance(data.get("steps"), list):
+            places += [
+                (step.get("when"), ("steps", i, "when"))
+                for i, step in enumerate(data["steps"])
+                if isinstance(step, dict)
+            ]
+        for condition, path in places:
+            if isinstance(condition, dict | list) and condition:
+                self._condition(parser, condition, path, found)
+        return [p for p in found if p.line not in reported]
+
     def _condition(self, parser: ConditionParser, data: Any, path: tuple, problems: list) -> Node | None:
         try:
             return parser.parse(data, path)
@@ -194,7 +238,7 @@ class CampaignLoader:
         try:
             validated = offer_class.options_model.model_validate(terms or {})
         except ValidationError as exc:
-            problems.extend(_pydantic_problems(doc, exc, (*path, kind)))
+            problems.extend(_pydantic_problems(doc, exc, (*path, kind), _fields(offer_class.options_model)))
             return None
         found = offer_class.check(validated, self.settings) if self.settings is not None else []
         problems.extend(doc.error((*path, kind, *where), message) for where, message in found)
@@ -212,7 +256,7 @@ class CampaignLoader:
             try:
                 options: BaseModel = channel.options_model.model_validate(raw_options or {})
             except ValidationError as exc:
-                problems.extend(_pydantic_problems(doc, exc, path))
+                problems.extend(_pydantic_problems(doc, exc, path, _fields(channel.options_model)))
                 continue
             if self.compile_message is None:
                 compiled[channel_name] = options
@@ -220,8 +264,14 @@ class CampaignLoader:
             try:
                 compiled[channel_name] = self.compile_message(channel_name, options, doc.file, has_offer)
             except InputError as exc:
+                line, column = doc.position(path)
                 if exc.file == doc.file and exc.line is None:  # an inline template: point at its block
-                    exc.line, exc.column = doc.position(path)
+                    exc.line, exc.column = line, column
+                elif exc.file != doc.file:  # a template file: say which campaign uses it, and where
+                    exc.message += f" (in {format_path(path)} of {doc.file}:{line})"
+                if not has_offer and "'None' has no attribute" in exc.message:
+                    exc.message += " — offer is empty because this step issues no offer"
+                    exc.hint = "add an offer: to the step, or leave offer.* out of its templates"
                 problems.append(exc)
         return compiled
 

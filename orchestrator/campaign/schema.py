@@ -184,13 +184,13 @@ class Campaign(_Model):
             raise ValueError("write either steps: or a top-level message:/offer:, not both")
         if self.steps is None and self.message is None:
             raise ValueError("a campaign needs steps: or a top-level message:")
-        if self.steps is not None and not self.steps:
-            raise ValueError("steps: is empty")
         return self
 
     @field_validator("steps")
     @classmethod
     def _unique_step_names(cls, steps: list[Step] | None) -> list[Step] | None:
+        if steps is not None and not steps:
+            raise ValueError("is empty: give at least one step")
         names = [step_name(s, i) for i, s in enumerate(steps or [])]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -210,8 +210,8 @@ def step_name(step: Step, index: int) -> str:
 
 def _link_conditions(node: Any) -> Any:
     if isinstance(node, dict):
-        if node == CONDITION_MARK:
-            return {"$ref": "#/$defs/Condition"}
+        if node.get("x-condition"):  # pydantic may add a title or description beside the mark
+            return {"$ref": "#/$defs/Condition", **{k: v for k, v in node.items() if k == "description"}}
         return {k: _link_conditions(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_link_conditions(v) for v in node]
