@@ -24,6 +24,8 @@ from orchestrator.config import Settings
 from orchestrator.errors import RuntimeFailure
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 
+OFFER_SKIP = "offer_"  # a member withheld by the offer is skipped with reason offer_<why>, e.g. offer_budget
+
 
 @dataclass
 class StepResult:
@@ -225,6 +227,8 @@ class CampaignRunner:
         first = rows[0]
         if first.state == "skipped":
             result.skipped[first.reason or "unknown"] += 1
+            if first.reason and first.reason.startswith(OFFER_SKIP):  # withheld by the offer: count it there too
+                result.steps[candidate.step.index].offers.add(Withheld(first.reason.removeprefix(OFFER_SKIP)))
             return False
         if first.state == "held_out":
             result.control += 1
@@ -256,7 +260,7 @@ class CampaignRunner:
         if outcome is not None:
             result.steps[step.index].offers.add(outcome)
             if isinstance(outcome, Withheld):
-                reason = f"offer_{outcome.reason}"
+                reason = OFFER_SKIP + outcome.reason
                 result.skipped[reason] += 1
                 intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", reason))
                 return False

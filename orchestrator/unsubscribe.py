@@ -36,11 +36,25 @@ def secret_key(base_dir: str | Path, *, create: bool = True) -> bytes:
     if not path.exists() and not create:
         return secrets.token_bytes(32)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
+        _create_key_file(path)
     return path.read_text().strip().encode()
+
+
+def _create_key_file(path: Path) -> None:
+    """Write the key to a private temporary file, then link it into place: the link is atomic and fails if
+    another process got there first, so two processes starting together end up with one key, never an
+    empty or half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32))
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process created it; use theirs
+    finally:
+        temporary.unlink()
 
 
 def sign(key: bytes, customer_id: str, channel: str) -> str:

@@ -105,9 +105,8 @@ class CouponTerms(BaseModel):
         if self.kind == "amount_off":
             text = f"{spend}减{_plain(self.value)}元" if spend else f"立减{_plain(self.value)}元"
         elif self.kind == "percent_off":
-            text = f"{spend}{_plain((100 - self.value) / 10)}折" + (
-                f"（最高减{_plain(self.cap)}元）" if self.cap else ""
-            )
+            share = f"{_plain((100 - self.value) / 10)}折"  # 20% off is 8折
+            text = (f"{spend}享{share}" if spend else share) + (f"（最高减{_plain(self.cap)}元）" if self.cap else "")
         elif self.kind == "free_item":
             text = f"{spend}免费{self.item}"
         else:

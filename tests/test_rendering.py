@@ -244,7 +244,13 @@ def test_synthetic_context_has_the_documented_shape():
     for key in ("customer_id", "name", "email", "phone", "tags", "attributes", "rfm_segment", "days_to_birthday"):
         assert key in customer
     assert isinstance(customer["monetary"], Decimal)
-    assert set(context["offer"]) == {"code", "kind", "value", "min_spend", "expires_at", "description"}
+    # the same keys the built-in coupon offer gives templates, so validate renders what a run renders
+    from orchestrator_plugins.coupon import CouponOffer, CouponTerms
+
+    from orchestrator.config import Settings
+
+    coupon = CouponOffer(CouponTerms(kind="amount_off", value=20, valid_days=14), Settings(), step=None)
+    assert set(context["offer"]) == set(coupon._context("ABCDEFGHJKMN", now))
     assert context["offer"]["expires_at"] > now
     assert context["campaign"]["name"] == "wake" and context["step"] == {"name": "sms-preview"}
     assert context["now"] == now and context["unsubscribe_url"].startswith("https://")

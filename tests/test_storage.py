@@ -85,8 +85,9 @@ def test_init_creates_and_upgrades(db_url, tmp_path, monkeypatch):
     assert json.loads(again.output)["revision"] == HEAD
 
 
-def test_an_older_database_is_upgraded_with_its_data(db_url):
+def test_an_older_database_is_upgraded_with_its_data(db_url, tmp_path, monkeypatch):
     """A database created by the first release keeps its members when ``init`` upgrades it."""
+    monkeypatch.chdir(tmp_path)  # init writes orchestrator.yaml into the working directory
     from alembic import command
 
     from orchestrator.db.engine import alembic_config, create_db_engine

@@ -177,7 +177,9 @@ class CampaignLoader:
             if offer and getattr(next(iter(offer.values())), "guard", None) is not None:
                 kind, terms = next(iter(offer.items()))
                 guard = self._condition(parser, terms.guard, (*base, "offer", kind, "guard"), problems)
-            messages = self._messages(doc, step, base, offer is not None, problems)
+            # a step that declares an offer renders with one, even when the offer itself is invalid: that
+            # problem is reported once, not again as "offer is None" in every template
+            messages = self._messages(doc, step, base, bool(step.offer), problems)
             name = schema.step_name(step, index)
             steps.append(StepPlan(index, name, when, offer, messages, guard))
         if problems:

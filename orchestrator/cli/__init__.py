@@ -15,6 +15,7 @@ import click
 from orchestrator import __version__
 from orchestrator.cli import analyze as analyze_commands
 from orchestrator.cli import campaigns as campaign_commands
+from orchestrator.cli import coupons as coupon_commands
 from orchestrator.cli import data as data_commands
 from orchestrator.cli import demo as demo_commands
 from orchestrator.cli import plugins as plugin_commands
@@ -78,6 +79,7 @@ for family in (
     demo_commands,
     analyze_commands,
     campaign_commands,
+    coupon_commands,
     plugin_commands,
 ):
     family.register(cli)

@@ -1,11 +1,11 @@
-"""Data commands: ``import customers FILE`` and ``import orders FILE``."""
+"""Data commands: ``import customers FILE``, ``import orders FILE`` and ``import redemptions FILE``."""
 
 from __future__ import annotations
 
 import click
 
-from orchestrator.data.importing import ImportResult, import_customers, import_orders
-from orchestrator.data.records import CUSTOMER_COLUMNS, ORDER_COLUMNS
+from orchestrator.data.importing import ImportResult, import_customers, import_orders, import_redemptions
+from orchestrator.data.records import CUSTOMER_COLUMNS, ORDER_COLUMNS, REDEMPTION_COLUMNS
 from orchestrator.output import emit_json, is_terminal
 
 
@@ -15,7 +15,7 @@ def register(cli: click.Group) -> None:
 
 @click.group("import")
 def import_group() -> None:
-    """Load members and orders from CSV files (UTF-8, with a header row).
+    """Load members, orders and coupon redemptions from CSV files (UTF-8, with a header row).
 
     Bad rows go to the reject file <name>.rejects.csv beside FILE, with their line and the reason, and good rows
     load; importing the same file again changes nothing. Extra columns are kept as attributes. Exit status 2
@@ -39,12 +39,34 @@ def customers_command(app, file: str, as_json: bool) -> None:
     _report(import_customers(app.engine, app.settings, file, progress=is_terminal()), as_json)
 
 
-@import_group.command("orders", help=_help("Import orders; their customers must be imported first.", ORDER_COLUMNS))
+ORDERS_HELP = (
+    "Import orders; their customers must be imported first.\n\n"
+    "The coupon_code of each paid order is redeemed on it. A coupon that cannot be redeemed does not reject the "
+    "order: it is counted and listed, with the reason, in <name>.coupon-refusals.csv beside FILE."
+)
+REDEMPTIONS_HELP = (
+    "Import coupon redemptions: each coupon code is redeemed on its (paid) order, checked as by "
+    "'coupons redeem'.\n\n"
+    "amount (the spend the coupon applies to; default the order's amount) and redeemed_at (default the order's "
+    "time) are optional. A refused row goes to the reject file with the reason; a coupon already redeemed on the "
+    "same order counts as unchanged."
+)
+
+
+@import_group.command("orders", help=_help(ORDERS_HELP, ORDER_COLUMNS))
 @click.argument("file", type=click.Path(path_type=str))
 @json_option
 @click.pass_obj
 def orders_command(app, file: str, as_json: bool) -> None:
     _report(import_orders(app.engine, app.settings, file, progress=is_terminal()), as_json)
+
+
+@import_group.command("redemptions", help=_help(REDEMPTIONS_HELP, REDEMPTION_COLUMNS))
+@click.argument("file", type=click.Path(path_type=str))
+@json_option
+@click.pass_obj
+def redemptions_command(app, file: str, as_json: bool) -> None:
+    _report(import_redemptions(app.engine, app.settings, file, progress=is_terminal()), as_json)
 
 
 def _report(result: ImportResult, as_json: bool) -> None:
@@ -57,3 +79,9 @@ def _report(result: ImportResult, as_json: bool) -> None:
     )
     if result.reject_file:
         click.echo(f"rejected rows and reasons: {result.reject_file}")
+    if result.coupons_redeemed or result.coupon_refusals:
+        click.echo(
+            f"coupons on paid orders: {result.coupons_redeemed or 0:,} redeemed, {result.coupon_refusals:,} refused"
+        )
+    if result.coupon_refusals_file:
+        click.echo(f"refused coupons and reasons: {result.coupon_refusals_file}")

@@ -7,38 +7,54 @@ one query, then insert the new rows, update the changed ones and leave identical
 applied in file order, so when an id occurs twice the later row wins and counts as updated or unchanged against
 the earlier one. The whole file is one transaction: a problem with the file found on its last line leaves the
 database and the folder as they were.
+
+Redemptions (``code, order_id[, amount][, redeemed_at]``) go through ``orchestrator.coupons.redeem`` row by row,
+in file order: a refused row is rejected with the refusal as its reason, a coupon already redeemed on the same
+order is unchanged. Orders pick up their coupons: after a batch of orders is written, the coupon code of every
+paid order in it is redeemed the same way (source ``orders_import``). A refusal there does not reject the order,
+which is real whatever happened to the coupon; it is counted (``coupon_refusals``) and written with its line,
+code, order and reason to ``<stem>.coupon-refusals.csv`` beside the file.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, bindparam, delete, insert, select, update
 
 from orchestrator.config import Settings
+from orchestrator.coupons import RedemptionRefused, redeem
 from orchestrator.data.csvfile import CsvSource, RejectWriter
 from orchestrator.data.records import (
     CONSENT_COLUMNS,
     CUSTOMER_COLUMNS,
     ORDER_COLUMNS,
+    REDEMPTION_REQUIRED_COLUMNS,
     CustomerRecord,
     OrderRecord,
+    RedemptionRecord,
     RowError,
     customer_reader,
     order_reader,
+    redemption_reader,
 )
 from orchestrator.db.models import Customer, CustomerConsent, CustomerTag, Order
+from orchestrator.errors import RuntimeFailure
 from orchestrator.timeutil import utcnow
 
 BATCH_SIZE = 2000
 CONSENT_SOURCE = "import"
+REDEMPTION_SOURCE = "import"  # coupon_redemptions.source of ``import redemptions``
+ORDER_COUPON_SOURCE = "orders_import"  # … and of the coupon codes on imported orders
 
 customers = cast(Table, Customer.__table__)
 customer_tags = cast(Table, CustomerTag.__table__)
@@ -56,9 +72,14 @@ CONSENT_CHANNELS = tuple(CONSENT_COLUMNS.values())
 
 @dataclass
 class ImportResult:
-    """What an import did; ``read == loaded + updated + unchanged + rejected``."""
+    """What an import did; ``read == loaded + updated + unchanged + rejected``.
 
-    kind: str  # "customers" | "orders"
+    Redemptions: ``loaded`` coupons were redeemed, ``unchanged`` ones had already been redeemed on the same
+    order, ``updated`` is always 0. Orders also report the coupon codes of their paid orders: newly redeemed
+    (``coupons_redeemed``) and refused (``coupon_refusals``, listed in ``coupon_refusals_file``).
+    """
+
+    kind: str  # "customers" | "orders" | "redemptions"
     file: str
     read: int = 0  # data rows read
     loaded: int = 0  # new rows inserted
@@ -66,9 +87,19 @@ class ImportResult:
     unchanged: int = 0  # existing rows identical to the file (re-import)
     rejected: int = 0
     reject_file: str | None = None
+    coupons_redeemed: int | None = None  # orders only
+    coupon_refusals: int | None = None  # orders only
+    coupon_refusals_file: str | None = None  # orders only
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.kind != "orders":
+            for key in _ORDER_ONLY:
+                del data[key]
+        return data
+
+
+_ORDER_ONLY = ("coupons_redeemed", "coupon_refusals", "coupon_refusals_file")
 
 
 @dataclass(slots=True)
@@ -78,8 +109,17 @@ class _Row:
     record: Any
 
 
+@dataclass(slots=True)
+class _Context:
+    """What applying a batch needs besides the rows."""
+
+    settings: Settings
+    now: datetime
+    refusals: CouponRefusalWriter | None = None  # orders: where refused coupon codes go
+
+
 _Reject = tuple[int, list[str], str]
-_Apply = Callable[[Connection, list[_Row], ImportResult, datetime], list[_Reject]]
+_Apply = Callable[[Connection, list[_Row], ImportResult, _Context], list[_Reject]]
 
 
 def import_customers(
@@ -92,8 +132,18 @@ def import_customers(
 def import_orders(
     engine: Engine, settings: Settings, path: str | os.PathLike, *, progress: bool = False
 ) -> ImportResult:
-    """Load an orders CSV (see ``records.ORDER_COLUMNS``); each order's customer must already exist."""
+    """Load an orders CSV (see ``records.ORDER_COLUMNS``); each order's customer must already exist.
+
+    The coupon code of every paid order is redeemed on it (see the module docstring).
+    """
     return _import(engine, settings, Path(path), "orders", progress)
+
+
+def import_redemptions(
+    engine: Engine, settings: Settings, path: str | os.PathLike, *, progress: bool = False
+) -> ImportResult:
+    """Load a redemptions CSV (``code, order_id[, amount][, redeemed_at]``); refused rows are rejected."""
+    return _import(engine, settings, Path(path), "redemptions", progress)
 
 
 def _import(engine: Engine, settings: Settings, path: Path, kind: str, progress: bool) -> ImportResult:
@@ -102,16 +152,23 @@ def _import(engine: Engine, settings: Settings, path: Path, kind: str, progress:
     with CsvSource(path, columns) as source:
         read_row = make_reader(source.header, settings)
         rejects = RejectWriter(source)
+        context = _Context(settings, utcnow())
+        if kind == "orders":
+            context.refusals = CouponRefusalWriter(source)
+            result.coupons_redeemed = result.coupon_refusals = 0
         try:
-            now = utcnow()
             with engine.begin() as conn, _progress_bar(source, progress) as advance:
                 for chunk in _chunks(source.records(), BATCH_SIZE):
-                    _import_batch(conn, chunk, read_row, apply, result, rejects, now)
+                    _import_batch(conn, chunk, read_row, apply, result, rejects, context)
                     advance()
         except BaseException:
             rejects.discard()
+            if context.refusals is not None:
+                context.refusals.discard()
             raise
         result.reject_file = rejects.commit()
+        if context.refusals is not None:
+            result.coupon_refusals_file = context.refusals.commit()
     return result
 
 
@@ -122,7 +179,7 @@ def _import_batch(
     apply: _Apply,
     result: ImportResult,
     rejects: RejectWriter,
-    now: datetime,
+    context: _Context,
 ) -> None:
     """Validate, then apply the valid rows; rejects are written in line order, whichever check caught them."""
     rows: list[_Row] = []
@@ -132,7 +189,7 @@ def _import_batch(
             rows.append(_Row(line, fields, read_row(fields)))
         except RowError as exc:
             bad.append((line, fields, str(exc)))
-    bad += apply(conn, rows, result, now)
+    bad += apply(conn, rows, result, context)
     for line, fields, reason in sorted(bad, key=lambda reject: reject[0]):
         rejects.write(line, fields, reason)
     result.read += len(chunk)
@@ -230,7 +287,8 @@ def _customer_state(record: CustomerRecord) -> tuple:
     return (record.values, record.tags, record.consents)
 
 
-def _apply_customers(conn: Connection, rows: list[_Row], result: ImportResult, now: datetime) -> list[_Reject]:
+def _apply_customers(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> list[_Reject]:
+    now = context.now
     stored = _stored_customers(conn, {row.record.key for row in rows})
     inserts, updates = _plan(rows, {k: s.state() for k, s in stored.items()}, _customer_state, result)
     new_pks = _insert_customers(conn, list(inserts.values()), now)
@@ -312,8 +370,9 @@ def _write_consents(
 # --- orders ----------------------------------------------------------------------------------------------------------
 
 
-def _apply_orders(conn: Connection, rows: list[_Row], result: ImportResult, now: datetime) -> list[_Reject]:
-    """Resolve each order's customer (rejecting unknown ones), then insert / update the orders."""
+def _apply_orders(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> list[_Reject]:
+    """Resolve each order's customer (rejecting unknown ones), insert / update the orders, redeem their coupons."""
+    now = context.now
     customer_pks = _customer_pks(conn, {row.record.customer_id for row in rows})
     known: list[_Row] = []
     rejects: list[_Reject] = []
@@ -331,7 +390,98 @@ def _apply_orders(conn: Connection, rows: list[_Row], result: ImportResult, now:
     if inserts:
         conn.execute(insert(orders), [{**r.values, "created_at": now, "updated_at": now} for r in inserts.values()])
     _update_rows(conn, orders, [(found[k][0], r.values) for k, r in updates.items()], now)
+    _redeem_order_coupons(conn, known, result, context)
     return rejects
+
+
+def _redeem_order_coupons(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> None:
+    """Redeem the coupon code of each paid order of the batch, as the order now stands (its last row), in the
+    order the orders first appear in the file."""
+    last = {row.record.key: row for row in rows}  # keys keep their first position, values are the last row
+    for row in last.values():
+        values = row.record.values
+        code = values.get("coupon_code")
+        if values["status"] != "paid" or not code:
+            continue
+        try:
+            redemption = redeem(conn, context.settings, code, values["order_id"], source=ORDER_COUPON_SOURCE)
+        except RedemptionRefused as refused:
+            assert context.refusals is not None
+            context.refusals.write(row.line, code, values["order_id"], refused.detail)
+            result.coupon_refusals = (result.coupon_refusals or 0) + 1
+            continue
+        if redemption.new:
+            result.coupons_redeemed = (result.coupons_redeemed or 0) + 1
+
+
+# --- redemptions -----------------------------------------------------------------------------------------------------
+
+
+def _apply_redemptions(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> list[_Reject]:
+    """Redeem row by row, in file order (a bundled coupon may need its partner's row before it)."""
+    rejects: list[_Reject] = []
+    for row in rows:
+        record: RedemptionRecord = row.record
+        try:
+            redemption = redeem(
+                conn,
+                context.settings,
+                record.code,
+                record.order_id,
+                amount=record.amount,
+                at=record.redeemed_at,
+                source=REDEMPTION_SOURCE,
+            )
+        except RedemptionRefused as refused:
+            rejects.append((row.line, row.fields, refused.detail))
+            continue
+        if redemption.new:
+            result.loaded += 1
+        else:
+            result.unchanged += 1
+    return rejects
+
+
+class CouponRefusalWriter:
+    """``<stem>.coupon-refusals.csv``: ``line, code, order_id, reason`` of each refused coupon of an orders file.
+
+    Created only when there is a refusal, through a temporary file that :meth:`commit` puts in place (removing a
+    stale one when there were none this time) and :meth:`discard` throws away, like the reject file.
+    """
+
+    COLUMNS = ("line", "code", "order_id", "reason")
+
+    def __init__(self, source: CsvSource):
+        self.path = source.path.with_name(f"{source.path.stem}.coupon-refusals.csv")
+        self.encoding = "utf-8-sig" if source.has_bom else "utf-8"
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+        self._temp: Path | None = None
+
+    def write(self, line: int, code: str, order_id: str, reason: str) -> None:
+        if self._writer is None:
+            try:
+                fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot write the coupon refusals file next to the input: {exc}") from None
+            self._temp = Path(temp)
+            self._file = open(fd, "w", encoding=self.encoding, newline="")  # noqa: SIM115 (closed in commit/discard)
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(self.COLUMNS)
+        self._writer.writerow([line, code, order_id, reason])
+
+    def commit(self) -> str | None:
+        if self._file is None or self._temp is None:
+            self.path.unlink(missing_ok=True)
+            return None
+        self._file.close()
+        os.replace(self._temp, self.path)
+        return str(self.path)
+
+    def discard(self) -> None:
+        if self._file is not None and self._temp is not None:
+            self._file.close()
+            self._temp.unlink(missing_ok=True)
 
 
 def _customer_pks(conn: Connection, keys: set[str]) -> dict[str, int]:
@@ -344,4 +494,5 @@ def _customer_pks(conn: Connection, keys: set[str]) -> dict[str, int]:
 _KINDS: dict[str, tuple[tuple[str, ...], Callable[..., Callable[[list[str]], Any]], _Apply]] = {
     "customers": (CUSTOMER_COLUMNS, customer_reader, _apply_customers),
     "orders": (ORDER_COLUMNS, order_reader, _apply_orders),
+    "redemptions": (REDEMPTION_REQUIRED_COLUMNS, redemption_reader, _apply_redemptions),
 }

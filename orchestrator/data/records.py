@@ -52,6 +52,8 @@ ORDER_COLUMNS = (
     "coupon_code",
     "category",
 )
+REDEMPTION_COLUMNS = ("code", "order_id", "amount", "redeemed_at")
+REDEMPTION_REQUIRED_COLUMNS = ("code", "order_id")  # amount and redeemed_at may be left out of the header
 CONSENT_COLUMNS = {"email_opt_in": "email", "sms_opt_in": "sms"}
 TAG_SEPARATOR = ";"
 MAX_TAG_LENGTH = 64
@@ -86,6 +88,14 @@ class OrderRecord:
     @property
     def key(self) -> str:
         return self.values["order_id"]
+
+
+@dataclass(slots=True)
+class RedemptionRecord:
+    code: str  # as written; ``orchestrator.coupons.redeem`` normalises and checks it
+    order_id: str
+    amount: Decimal | None = None
+    redeemed_at: datetime | None = None
 
 
 Parser = Callable[[str], Any]
@@ -287,5 +297,23 @@ def order_reader(header: list[str], settings: Settings) -> Callable[[list[str]],
     def read(fields: list[str]) -> OrderRecord:
         values = rows.read(fields)
         return OrderRecord(values, values.pop("customer_id"))
+
+    return read
+
+
+def redemption_reader(header: list[str], settings: Settings) -> Callable[[list[str]], RedemptionRecord]:
+    """Rows of ``code, order_id[, amount][, redeemed_at]``; the optional columns may be absent from the header."""
+    parsers: dict[str, Parser] = {
+        "code": text(32),
+        "order_id": text(64),
+        "amount": amount,
+        "redeemed_at": timestamp(settings.tz),
+    }
+    present = {name.lower() for name in header}
+    rows = RowReader(header, {k: p for k, p in parsers.items() if k in present}, REDEMPTION_REQUIRED_COLUMNS)
+
+    def read(fields: list[str]) -> RedemptionRecord:
+        values = rows.read(fields)
+        return RedemptionRecord(values["code"], values["order_id"], values.get("amount"), values.get("redeemed_at"))
 
     return read
