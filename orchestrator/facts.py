@@ -194,13 +194,19 @@ def paid_orders(
     *columns: Any,
     since: datetime | None = None,
     where: Iterable[ColumnElement[bool]] = (),
+    members_only: bool = True,
 ) -> Select:
     """``select(*columns)`` over members' paid orders at or before ``at``; extra conditions in ``where``
-    (a category, a payment method, a daypart …) make windowed or filtered facts."""
-    return (
-        select(*columns)
-        .select_from(orders.join(customers, customers.c.id == orders.c.customer_pk))
-        .where(member_condition(ctx), *paid_order_conditions(ctx, since), *where)
+    (a category, a payment method, a daypart …) make windowed or filtered facts.
+
+    ``members_only=False`` leaves out the join to ``customers``: for per-customer figures that are joined back
+    to members anyway, the join inside the aggregate is work without effect.
+    """
+    statement = select(*columns).where(*paid_order_conditions(ctx, since), *where)
+    if not members_only:
+        return statement.select_from(orders)
+    return statement.select_from(orders.join(customers, customers.c.id == orders.c.customer_pk)).where(
+        member_condition(ctx)
     )
 
 
@@ -222,6 +228,7 @@ def order_stats(
     *,
     since: datetime | None = None,
     where: Iterable[ColumnElement[bool]] = (),
+    members_only: bool = True,
 ) -> Select:
     """One row per buying member: ``customer_pk``, paid ``orders``, ``monetary_minor`` (spend in fen),
     ``first_order_at`` and ``last_order_at``. With ``since``/``where`` it is the windowed / filtered variant."""
@@ -234,6 +241,7 @@ def order_stats(
         func.max(orders.c.ordered_at).label("last_order_at"),
         since=since,
         where=where,
+        members_only=members_only,
     ).group_by(orders.c.customer_pk)
 
 
@@ -424,7 +432,8 @@ class CustomerFacts:
 
     @cached_property
     def _order_stats(self) -> FromClause:
-        return order_stats(self.ctx).cte()
+        # joined to member rows, so it need not filter members itself (see paid_orders)
+        return order_stats(self.ctx, members_only=False).subquery("order_stats")
 
     @cached_property
     def _above_store_aov(self) -> FromClause:
@@ -432,7 +441,8 @@ class CustomerFacts:
 
     @cached_property
     def _rfm(self) -> FromClause:
-        scores = rfm_scores(self.ctx, self._order_stats).subquery("rfm_scores")
+        # ranks are among buying *members*: the statistics behind them must leave non-members out
+        scores = rfm_scores(self.ctx, order_stats(self.ctx).subquery("member_stats")).subquery("rfm_scores")
         return rfm_segments(scores).subquery("rfm")
 
     def join_source(self, name: str, source: FromClause) -> FromClause:

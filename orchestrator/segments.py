@@ -163,6 +163,12 @@ class SegmentCompiler:
             "daypart_orders": self._daypart_orders,
             "bought_category": self._bought_category,
         }
+        # whole days since a moment: compared as a range on the moment itself (see _days_since)
+        self._day_counts: dict[str, Callable[[], ColumnElement[datetime]]] = {
+            "recency_days": lambda: self.facts.last_order_at,
+            "first_order_days": lambda: self.facts.first_order_at,
+            "signup_days": lambda: customers.c.signup_at,
+        }
         # facts compared by a predicate of their own rather than an expression and an operator
         self._predicates: dict[str, Callable[[Compare], ColumnElement[bool]]] = {
             "days_to_birthday": self._days_to_birthday,
@@ -193,12 +199,51 @@ class SegmentCompiler:
     def _compare(self, node: Compare) -> ColumnElement[bool]:
         if node.fact in self._predicates:
             return self._predicates[node.fact](node)
+        if node.fact in self._day_counts:
+            return self._days_since(self._day_counts[node.fact](), node)
         spec = self.catalog[node.fact]
         build = self._builders.get(node.fact) or (lambda n: spec.build(self, n))
         expression = build(node)
         tests = [apply_operator(expression, op, value) for op, value in node.ops]
         # two-valued logic: NULL matches no comparison, so NOT of it matches
         return and_(expression.is_not(None), *tests)
+
+    def _days_since(self, moment: ColumnElement[datetime], node: Compare) -> ColumnElement[bool]:
+        """``whole days from moment to at  OP  n``, rewritten exactly as a range on ``moment``.
+
+        floor((at − moment) / 1 day) ≥ n  ⟺  moment ≤ at − n days, and < n ⟺ moment > at − n days; the other
+        operators follow. The database then compares a timestamp column with a constant (an index range, or a
+        HAVING on max(ordered_at)) instead of computing a day count for every row.
+        """
+        at = self.ctx.at.astimezone(UTC)
+
+        def days_ago(n: int) -> datetime:
+            return at - timedelta(days=n)
+
+        def equals(n: int) -> ColumnElement[bool]:
+            return and_(moment <= days_ago(n), moment > days_ago(n + 1))
+
+        tests = []
+        for op, value in node.ops:
+            if op == "gte":
+                tests.append(moment <= days_ago(value))
+            elif op == "gt":
+                tests.append(moment <= days_ago(value + 1))
+            elif op == "lt":
+                tests.append(moment > days_ago(value))
+            elif op == "lte":
+                tests.append(moment > days_ago(value + 1))
+            elif op == "eq":
+                tests.append(equals(value))
+            elif op == "ne":
+                tests.append(not_(equals(value)))
+            elif op == "between":
+                tests.append(and_(moment <= days_ago(value[0]), moment > days_ago(value[1] + 1)))
+            elif op == "in":
+                tests.append(or_(*(equals(v) for v in value)))
+            elif op == "not_in":
+                tests.append(not_(or_(*(equals(v) for v in value))))
+        return and_(moment.is_not(None), *tests)
 
     # -- facts needing more than a column ---------------------------------------------------------------------
     def since(self, node: Compare) -> datetime | None:
