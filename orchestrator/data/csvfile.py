@@ -161,41 +161,43 @@ def _open(path: Path) -> IO[bytes]:
         raise InputError(f"cannot open the file: {exc.strerror}", file=str(path)) from None
 
 
-class RejectWriter:
-    """The reject file: the original columns plus ``line`` and ``reason``, created only when a row is rejected.
+class SideFile:
+    """A CSV written beside the input (rejects, refusals), created only when a row is written.
 
-    Rows go to a temporary file beside the input; :meth:`commit` puts it in place (or removes a stale reject
-    file from an earlier import when there were no rejects this time), :meth:`discard` throws it away, so a
+    Rows go to a temporary file in the same folder; :meth:`commit` puts it in place (or removes a stale file of
+    that name from an earlier import when nothing was written this time), :meth:`discard` throws it away, so a
     failed import leaves the folder as it was.
     """
 
-    def __init__(self, source: CsvSource):
-        self.path = reject_path(source.path)
-        self.header = source.header
-        self.encoding = "utf-8-sig" if source.has_bom else "utf-8"  # round-trips through Excel like the input
+    def __init__(self, path: Path, header: list[str], *, bom: bool, what: str):
+        self.path = path
+        self.header = header
+        self.encoding = "utf-8-sig" if bom else "utf-8"  # round-trips through Excel like the input
+        self.what = what
         self.count = 0
         self._file: IO[str] | None = None
+        self._temp: Path | None = None
         self._writer = None
 
-    def write(self, line: int, fields: list[str], reason: str) -> None:
+    def write(self, row: list) -> None:
         if self._writer is None:
             self._writer = self._create()
-        self._writer.writerow([line, reason, *fields])
+        self._writer.writerow(row)
         self.count += 1
 
     def _create(self):
         try:
             fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         except OSError as exc:
-            raise RuntimeFailure(f"cannot write the reject file next to the input: {exc}") from None
+            raise RuntimeFailure(f"cannot write the {self.what} next to the input: {exc}") from None
         self._file = open(fd, "w", encoding=self.encoding, newline="")  # noqa: SIM115 (closed in commit/discard)
         self._temp = Path(temp)
         writer = csv.writer(self._file)
-        writer.writerow([*_reject_columns(self.header), *self.header])
+        writer.writerow(self.header)
         return writer
 
     def commit(self) -> str | None:
-        if self._file is None:
+        if self._file is None or self._temp is None:
             self.path.unlink(missing_ok=True)
             return None
         self._file.close()
@@ -203,9 +205,20 @@ class RejectWriter:
         return str(self.path)
 
     def discard(self) -> None:
-        if self._file is not None:
+        if self._file is not None and self._temp is not None:
             self._file.close()
             self._temp.unlink(missing_ok=True)
+
+
+class RejectWriter(SideFile):
+    """The reject file: ``line`` and ``reason``, then the original columns of each rejected row."""
+
+    def __init__(self, source: CsvSource):
+        header = [*_reject_columns(source.header), *source.header]
+        super().__init__(reject_path(source.path), header, bom=source.has_bom, what="reject file")
+
+    def reject(self, line: int, fields: list[str], reason: str) -> None:
+        self.write([line, reason, *fields])
 
 
 def _reject_columns(header: list[str]) -> list[str]:

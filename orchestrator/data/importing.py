@@ -18,22 +18,20 @@ code, order and reason to ``<stem>.coupon-refusals.csv`` beside the file.
 
 from __future__ import annotations
 
-import csv
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, bindparam, delete, insert, select, update
 
 from orchestrator.config import Settings
 from orchestrator.coupons import RedemptionRefused, redeem
-from orchestrator.data.csvfile import CsvSource, RejectWriter
+from orchestrator.data.csvfile import CsvSource, RejectWriter, SideFile
 from orchestrator.data.records import (
     CONSENT_COLUMNS,
     CUSTOMER_COLUMNS,
@@ -48,7 +46,6 @@ from orchestrator.data.records import (
     redemption_reader,
 )
 from orchestrator.db.models import Customer, CustomerConsent, CustomerTag, Order
-from orchestrator.errors import RuntimeFailure
 from orchestrator.timeutil import utcnow
 
 BATCH_SIZE = 2000
@@ -191,7 +188,7 @@ def _import_batch(
             bad.append((line, fields, str(exc)))
     bad += apply(conn, rows, result, context)
     for line, fields, reason in sorted(bad, key=lambda reject: reject[0]):
-        rejects.write(line, fields, reason)
+        rejects.reject(line, fields, reason)
     result.read += len(chunk)
     result.rejected += len(bad)
 
@@ -407,7 +404,7 @@ def _redeem_order_coupons(conn: Connection, rows: list[_Row], result: ImportResu
             redemption = redeem(conn, context.settings, code, values["order_id"], source=ORDER_COUPON_SOURCE)
         except RedemptionRefused as refused:
             assert context.refusals is not None
-            context.refusals.write(row.line, code, values["order_id"], refused.detail)
+            context.refusals.refuse(row.line, code, values["order_id"], refused.detail)
             result.coupon_refusals = (result.coupon_refusals or 0) + 1
             continue
         if redemption.new:
@@ -442,46 +439,15 @@ def _apply_redemptions(conn: Connection, rows: list[_Row], result: ImportResult,
     return rejects
 
 
-class CouponRefusalWriter:
-    """``<stem>.coupon-refusals.csv``: ``line, code, order_id, reason`` of each refused coupon of an orders file.
-
-    Created only when there is a refusal, through a temporary file that :meth:`commit` puts in place (removing a
-    stale one when there were none this time) and :meth:`discard` throws away, like the reject file.
-    """
-
-    COLUMNS = ("line", "code", "order_id", "reason")
+class CouponRefusalWriter(SideFile):
+    """``<stem>.coupon-refusals.csv``: ``line, code, order_id, reason`` of each refused coupon of an orders file."""
 
     def __init__(self, source: CsvSource):
-        self.path = source.path.with_name(f"{source.path.stem}.coupon-refusals.csv")
-        self.encoding = "utf-8-sig" if source.has_bom else "utf-8"
-        self._file: IO[str] | None = None
-        self._writer: Any = None
-        self._temp: Path | None = None
+        path = source.path.with_name(f"{source.path.stem}.coupon-refusals.csv")
+        super().__init__(path, ["line", "code", "order_id", "reason"], bom=source.has_bom, what="coupon refusals file")
 
-    def write(self, line: int, code: str, order_id: str, reason: str) -> None:
-        if self._writer is None:
-            try:
-                fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            except OSError as exc:
-                raise RuntimeFailure(f"cannot write the coupon refusals file next to the input: {exc}") from None
-            self._temp = Path(temp)
-            self._file = open(fd, "w", encoding=self.encoding, newline="")  # noqa: SIM115 (closed in commit/discard)
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(self.COLUMNS)
-        self._writer.writerow([line, code, order_id, reason])
-
-    def commit(self) -> str | None:
-        if self._file is None or self._temp is None:
-            self.path.unlink(missing_ok=True)
-            return None
-        self._file.close()
-        os.replace(self._temp, self.path)
-        return str(self.path)
-
-    def discard(self) -> None:
-        if self._file is not None and self._temp is not None:
-            self._file.close()
-            self._temp.unlink(missing_ok=True)
+    def refuse(self, line: int, code: str, order_id: str, reason: str) -> None:
+        self.write([line, code, order_id, reason])
 
 
 def _customer_pks(conn: Connection, keys: set[str]) -> dict[str, int]:
