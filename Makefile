@@ -44,6 +44,7 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
 
 bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/bench_segments.py
 	$(BIN)/python benchmarks/bench_import_analyze.py
 
 clean:
