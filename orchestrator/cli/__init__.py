@@ -18,6 +18,7 @@ from orchestrator.cli import campaigns as campaign_commands
 from orchestrator.cli import coupons as coupon_commands
 from orchestrator.cli import data as data_commands
 from orchestrator.cli import demo as demo_commands
+from orchestrator.cli import ledger as ledger_commands
 from orchestrator.cli import plugins as plugin_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
@@ -80,6 +81,7 @@ for family in (
     analyze_commands,
     campaign_commands,
     coupon_commands,
+    ledger_commands,
     plugin_commands,
 ):
     family.register(cli)
