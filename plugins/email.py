@@ -1,11 +1,18 @@
-"""The built-in ``email`` channel: HTML plus plain-text messages, delivered to a file outbox of ``.eml`` files.
+"""The built-in ``email`` channel: HTML plus plain-text messages, over SMTP or to a file outbox of ``.eml`` files.
 
-With no SMTP provider configured (SMTP comes later) every message is written as a real MIME file into
-``channels.email.outbox`` (default ``outbox/email``, relative to the config file's folder): a new user sees exactly
-what would be sent, and any mail client opens it. Configuration (``channels.email`` in the config file)::
+With no SMTP provider configured every message is written as a real MIME file into ``channels.email.outbox``
+(default ``outbox/email``, relative to the config file's folder): a new user sees exactly what would be sent, and
+any mail client opens it. With ``smtp:`` configured the same bytes go to that server, one connection reused across
+batches (``orchestrator_plugins.email_smtp`` documents the keys and how replies map to results). Configuration
+(``channels.email`` in the config file)::
 
     outbox: outbox/email
     from: "Shop <noreply@example.com>"
+    smtp:                       # optional
+      host: smtp.example.com
+      security: starttls
+      username: mailer
+      password: ${SMTP_PASSWORD}
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
+from orchestrator_plugins.email_smtp import Envelope, SmtpSender, load_config
 from pydantic import ConfigDict, Field, model_validator
 
 from orchestrator.channels import Channel, CompiledMessage, MessageOptions, OutgoingMessage, RenderedMessage, SendResult
@@ -61,6 +69,14 @@ class EmailChannel(Channel):
     contact_field = "email"
     consent = "email"
     options_model = EmailOptions
+
+    def __init__(self, config: Mapping[str, Any], settings: Any):
+        super().__init__(config, settings)
+        self._smtp: SmtpSender | None = None
+        if smtp := config.get("smtp"):
+            smtp_config = load_config(smtp, settings)
+            ca_file = settings.resolve_path(smtp_config.ca_file) if smtp_config.ca_file else None
+            self._smtp = SmtpSender(smtp_config, ca_file)
 
     def validate_contact(self, value: str) -> str | None:
         try:
@@ -101,13 +117,39 @@ class EmailChannel(Channel):
         return getattr(options, "from_", None) or self.config.get("from") or DEFAULT_FROM
 
     def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        if self._smtp is not None:
+            return self._smtp.send([self._envelope(message) for message in messages])
         outbox = self.settings.resolve_path(self.config.get("outbox") or DEFAULT_OUTBOX)
         return [self._write(outbox, message) for message in messages]
 
+    def close(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+
+    def _mime(self, outgoing: OutgoingMessage) -> EmailMessage | SendResult:
+        """The message as both paths send it, or the permanent result of a message that cannot be built."""
+        try:
+            return build_mime(outgoing, now=datetime.now(self.settings.tz))
+        except (ValueError, TypeError) as exc:
+            return SendResult.permanent(f"cannot build the message: {exc}")
+
+    def _envelope(self, outgoing: OutgoingMessage) -> Envelope | SendResult:
+        msg = self._mime(outgoing)
+        if isinstance(msg, SendResult):
+            return msg
+        try:
+            data = msg.as_bytes()
+        except (ValueError, TypeError) as exc:
+            return SendResult.permanent(f"cannot build the message: {exc}")
+        return Envelope(sender=msg["From"].addresses[0].addr_spec, recipient=outgoing.contact, data=data)
+
     def _write(self, outbox: Path, outgoing: OutgoingMessage) -> SendResult:
         """One message to one file; a failure is this message's result, never the batch's exception."""
+        msg = self._mime(outgoing)
+        if isinstance(msg, SendResult):
+            return msg
         try:
-            data = build_mime(outgoing, now=datetime.now(self.settings.tz)).as_bytes()
+            data = msg.as_bytes()
         except (ValueError, TypeError) as exc:
             return SendResult.permanent(f"cannot build the message: {exc}")
         file_name = outbox_file_name(outgoing)
