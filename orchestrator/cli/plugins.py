@@ -27,7 +27,9 @@ def plugins(as_json: bool) -> None:
     if not infos:
         click.echo("no plugins loaded")
         return
-    table = Table("name", "kind", "source", "hooks")
+    table = Table(title="plugins")
+    for column in ("name", "kind", "source", "hooks"):
+        table.add_column(column, overflow="fold")  # full module names, wrapped, on narrow terminals
     for info in infos:
         table.add_row(info.name, info.kind, info.source, ", ".join(info.hooks))
     Console().print(table)
