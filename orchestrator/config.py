@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from orchestrator.campaign.schema import DispatchSettings, FrequencyCap
 from orchestrator.errors import InputError
 from orchestrator.timeutil import zone
 from orchestrator.yamlfile import YamlDocument, format_path, load_yaml
@@ -59,6 +60,19 @@ class CLVConfig(_Section):
     min_tenure_days: int = Field(90, ge=1)
 
 
+class PoliciesConfig(_Section):
+    """Contact-policy defaults for every campaign; a campaign's own ``dispatch`` setting replaces the default
+    (a campaign's ``frequency_cap`` replaces the default caps as a whole, it does not add to them)."""
+
+    frequency_cap: FrequencyCap | list[FrequencyCap] | None = None
+    quiet_hours: str | None = Field(None, description="local quiet window, e.g. '21:00-09:00'")
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        return DispatchSettings._window(value)  # the same rule as a campaign's quiet_hours
+
+
 class TierRule(_Section):
     name: str
     min_spend: Decimal = Decimal("0")
@@ -98,7 +112,7 @@ class Settings(_Section):
     templates: list[str] = Field(default_factory=lambda: ["templates"])
     campaigns: str = "campaigns"
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    policies: dict[str, Any] = Field(default_factory=dict)
+    policies: PoliciesConfig = PoliciesConfig()
 
     # where the file was read from; relative paths in it resolve against its folder (the working
     # directory when there is no file)

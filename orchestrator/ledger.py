@@ -42,6 +42,7 @@ class IntendedDelivery:
     reason: str | None = None
     contact: str | None = None
     coupon_pk: int | None = None
+    deferred_until: datetime | None = None  # quiet hours: when the message may go
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
             "reason": d.reason,
             "contact": d.contact,
             "coupon_pk": d.coupon_pk,
+            "deferred_until": d.deferred_until,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,

@@ -4,6 +4,11 @@
 the run and its delivery rows before sending, so that running it again with the same ``--at`` continues the
 same run instead of starting a second one. The audience streams through in batches; nothing here holds the
 whole audience in memory.
+
+A member in their quiet hours is decided like any other (policies, control group, offer) but their delivery rows
+are written ``deferred`` with ``deferred_until`` instead of ``pending``, and nothing is sent to them in this run;
+``RunResult.deferred`` counts those rows (messages, like ``messages``). Sending them when the window ends is the
+scheduler's job, not this module's.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class RunResult:
     conditions: list[dict[str, Any]] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
     messages: int = 0
+    deferred: int = 0  # messages deferred by quiet hours: written, not sent now
     outcomes: Counter = field(default_factory=Counter)  # sent / failed / already_done, for real runs
     samples: list[dict[str, Any]] = field(default_factory=list)
     run_id: int | None = None
@@ -83,6 +89,7 @@ class RunResult:
             "conditions": self.conditions,
             "skipped": dict(self.skipped),
             "messages": self.messages,
+            "deferred": self.deferred,
             "channels": dict(channels),
             "offers": {"issued": offers.issued, "withheld": offers.withheld, "face_value": offers.face_value},
             "samples": self.samples,
@@ -100,6 +107,7 @@ class Candidate:
     step: StepPlan
     plan: policies.ContactPlan | None = None
     grant: Grant | None = None
+    deferred_until: datetime | None = None  # set when quiet hours defer this member
 
 
 class CampaignRunner:
@@ -118,6 +126,12 @@ class CampaignRunner:
         self.channels = channels
         self.offers = offers  # (step index, offer kind) -> offer instance
         self.build_context = build_context  # (customer, step, channel, grant, at) -> template context
+        # the campaign's own dispatch settings, else the config's defaults; transactional bypasses both
+        dispatch, defaults = plan.campaign.dispatch, settings.policies
+        transactional = dispatch.transactional
+        cap_setting = dispatch.frequency_cap if dispatch.frequency_cap is not None else defaults.frequency_cap
+        self.caps = [] if transactional else policies.caps_of(cap_setting)
+        self.quiet = None if transactional else policies.QuietHours.parse(dispatch.quiet_hours or defaults.quiet_hours)
 
     # -- the stages -------------------------------------------------------------------------------------------
     def _contact(self, candidate: Candidate, lookups: policies.BatchLookups) -> policies.ContactPlan:
@@ -201,6 +215,8 @@ class CampaignRunner:
                 conn,
                 [c.customer["pk"] for c in fresh],
                 [c.customer.get(f) for c in fresh for f in ("email", "phone", "wechat_openid")],
+                self.caps,
+                at,
             )
             for (index, _kind), offer in self.offers.items():
                 members = [c.customer for c in fresh if c.step.index == index]
@@ -238,6 +254,9 @@ class CampaignRunner:
             kind = next(iter(candidate.step.offer))
             candidate.grant = self.offers[(candidate.step.index, kind)].recall(conn, first.coupon_pk)
             result.steps[candidate.step.index].offers.add(candidate.grant)
+        if first.state == "deferred":
+            result.deferred += len(rows)
+            return False
         return True
 
     def _decide(self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended) -> bool:
@@ -265,11 +284,26 @@ class CampaignRunner:
                 intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", reason))
                 return False
             candidate.grant = outcome
+        if self.quiet:
+            zone = policies.customer_zone(customer, self.settings.tz)
+            candidate.deferred_until = self.quiet.deferred_until(run["at"], zone)
+        state = "deferred" if candidate.deferred_until else "pending"
         for name, contact in plan.channels:
             coupon_pk = candidate.grant.coupon_pk if candidate.grant else None
             intended.append(
-                ledger.IntendedDelivery(customer["pk"], name, step.name, contact=contact, coupon_pk=coupon_pk)
+                ledger.IntendedDelivery(
+                    customer["pk"],
+                    name,
+                    step.name,
+                    state,
+                    contact=contact,
+                    coupon_pk=coupon_pk,
+                    deferred_until=candidate.deferred_until,
+                )
             )
+        if candidate.deferred_until:
+            result.deferred += len(plan.channels)
+            return False
         return True
 
     def _dispatch(self, contacted: list[Candidate], existing: dict, result: RunResult, at, dry_run, sample) -> None:

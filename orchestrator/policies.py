@@ -5,7 +5,22 @@ who will not be contacted. Consent and suppression always apply, transactional o
 customer ends in exactly one of: contacted on one or more channels, held out (control group), or skipped
 with one reason.
 
-Lookups are made per batch (one query for a batch's consents, one for its suppressions), never per customer.
+Lookups are made per batch (one query for a batch's consents, one for its suppressions, one for its recent
+sends), never per customer.
+
+Frequency caps (``dispatch.frequency_cap``, else ``policies.frequency_cap`` in the config) count messages actually
+sent to a customer by any campaign: delivery rows in state ``sent`` whose ``sent_at`` is later than ``at - per``.
+A send exactly ``per`` before ``at`` has left the window and does not count. There is no upper bound: a send
+recorded after ``at`` (a late or resumed run, or a run for a past ``at``) counts too, since it is recent by any
+reading and the cap exists to protect the customer. A cap with ``channel`` counts and limits that channel only, so
+the customer falls back to the next channel in preference order; a cap without one counts every channel and
+limits the customer on all of them. A customer at or over a cap is skipped with reason ``frequency_cap``;
+consent, suppression and a missing contact are reported first, as the more lasting reasons. Transactional
+campaigns bypass caps, never consent or suppression.
+
+Quiet hours (``dispatch.quiet_hours``, else ``policies.quiet_hours``) are read in the customer's own time zone
+(``customers.timezone``, else the configured one): start inclusive, end exclusive, and a window may wrap past
+midnight. A customer inside the window is not dropped but *deferred*: see ``QuietHours``.
 """
 
 from __future__ import annotations
@@ -14,13 +29,17 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, case, func, or_, select
 
+from orchestrator.campaign.schema import FrequencyCap
 from orchestrator.channels import Channel
-from orchestrator.db.models import CustomerConsent, Suppression
+from orchestrator.db.models import CustomerConsent, Delivery, Suppression
+from orchestrator.timeutil import zone
 
 # skip reasons (the ledger and reports use these names)
 NO_CONTACT = "no_contact"
@@ -28,6 +47,7 @@ NO_CONSENT = "no_consent"
 SUPPRESSED = "suppressed"
 CONTROL = "control_group"
 NO_STEP = "no_step"
+FREQUENCY_CAP = "frequency_cap"
 
 
 def in_control_group(campaign: str, customer_id: str, percent: Decimal) -> bool:
@@ -50,9 +70,16 @@ class ContactPlan:
 
 
 class BatchLookups:
-    """Consents and suppressions for one batch of customers, fetched with one query each."""
+    """Consents, suppressions and (when caps apply) recent sends for one batch of customers, one query each."""
 
-    def __init__(self, conn: Connection, customer_pks: Sequence[int], addresses: Iterable[str]):
+    def __init__(
+        self,
+        conn: Connection,
+        customer_pks: Sequence[int],
+        addresses: Iterable[str],
+        caps: Sequence[FrequencyCap] = (),
+        at: datetime | None = None,
+    ):
         self.consents: dict[int, dict[str, bool]] = defaultdict(dict)
         rows = conn.execute(
             select(CustomerConsent.customer_pk, CustomerConsent.channel, CustomerConsent.opted_in).where(
@@ -74,6 +101,19 @@ class BatchLookups:
                 self.by_customer[pk].add(channel)
             if address:
                 self.by_address[address].add(channel)
+        self.caps = list(caps)
+        self.sent: dict[int, list[int]] = {}  # customer -> sends counted by each cap, in ``caps`` order
+        if self.caps and customer_pks:
+            if at is None:
+                raise ValueError("frequency caps need the run time")
+            self.sent = recent_sends(conn, customer_pks, self.caps, at)
+
+    def capped(self, customer_pk: int, channel: str | None) -> bool:
+        """At or over a cap: the all-channel caps with ``channel=None``, that channel's caps otherwise."""
+        counts = self.sent.get(customer_pk)
+        if not counts:
+            return False
+        return any(cap.channel == channel and n >= cap.max for cap, n in zip(self.caps, counts, strict=True))
 
     def has_consent(self, customer_pk: int, consent: str | None) -> bool:
         return consent is None or self.consents.get(customer_pk, {}).get(consent, False)
@@ -81,6 +121,88 @@ class BatchLookups:
     def is_suppressed(self, customer_pk: int, channel: str, contact: str) -> bool:
         scopes = self.by_customer.get(customer_pk, set()) | self.by_address.get(contact, set())
         return None in scopes or channel in scopes
+
+
+def recent_sends(
+    conn: Connection, customer_pks: Sequence[int], caps: Sequence[FrequencyCap], at: datetime
+) -> dict[int, list[int]]:
+    """Per customer, the sends each cap counts: one grouped query for the batch, whatever the number of caps."""
+    at = at.astimezone(UTC)
+    starts = [at - cap.per for cap in caps]
+    columns = []
+    for cap, start in zip(caps, starts, strict=True):
+        condition = Delivery.sent_at > start
+        if cap.channel is not None:
+            condition = condition & (Delivery.channel == cap.channel)
+        columns.append(func.sum(case((condition, 1), else_=0)))
+    rows = conn.execute(
+        select(Delivery.customer_pk, *columns)
+        .where(
+            Delivery.customer_pk.in_(customer_pks),
+            Delivery.state == "sent",
+            Delivery.sent_at > min(starts),
+        )
+        .group_by(Delivery.customer_pk)
+    )
+    return {row[0]: [int(n or 0) for n in row[1:]] for row in rows}
+
+
+def caps_of(setting: FrequencyCap | Sequence[FrequencyCap] | None) -> list[FrequencyCap]:
+    if setting is None:
+        return []
+    return [setting] if isinstance(setting, FrequencyCap) else list(setting)
+
+
+def _clock(text: str) -> time:
+    hours, minutes = text.strip().split(":")
+    return time(int(hours), int(minutes))
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A local quiet window such as ``21:00-09:00``: start inclusive, end exclusive, possibly across midnight.
+
+    A customer whose local time at the run time is inside the window is deferred: their delivery rows are written
+    in state ``deferred`` with ``deferred_until`` the window's end in their zone (as UTC), and nothing is sent now.
+    Their offer is still issued in this run (they will be contacted, and budgets and exclusivity are decided once,
+    here); the row keeps the coupon. Sending deferred rows when their time comes is the scheduler's job.
+    """
+
+    start: time
+    end: time
+
+    @classmethod
+    def parse(cls, window: str | None) -> QuietHours | None:
+        if not window:
+            return None
+        start, end = window.split("-")
+        return cls(_clock(start), _clock(end))
+
+    def contains(self, local: time) -> bool:
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def deferred_until(self, at: datetime, tz: ZoneInfo) -> datetime | None:
+        """None when ``at`` is outside the window in ``tz``; else the window's next end, as an aware UTC time."""
+        local = at.astimezone(tz)
+        if not self.contains(local.time().replace(tzinfo=None)):
+            return None
+        end = datetime.combine(local.date(), self.end)
+        if end <= local.replace(tzinfo=None):
+            end += timedelta(days=1)
+        # wall-clock time in the zone (a DST gap resolves forward through UTC round-tripping)
+        return end.replace(tzinfo=tz).astimezone(UTC)
+
+
+def customer_zone(customer: Mapping[str, Any], default: ZoneInfo) -> ZoneInfo:
+    name = customer.get("timezone")
+    if not name:
+        return default
+    try:
+        return zone(name)
+    except ValueError:  # an unknown zone in the data: the configured one rather than failing the run
+        return default
 
 
 def plan_contact(
@@ -104,6 +226,8 @@ def plan_contact(
             failure = (NO_CONSENT, channel.name)
         elif lookups.is_suppressed(customer["pk"], channel.name, contact):
             failure = (SUPPRESSED, channel.name)
+        elif lookups.capped(customer["pk"], channel.name):
+            failure = (FREQUENCY_CAP, channel.name)
         else:
             plan.channels.append((channel.name, contact))
             if strategy == "first_reachable":
@@ -112,4 +236,6 @@ def plan_contact(
         first_failure = first_failure or failure
     if not plan.channels and first_failure:
         plan.reason, plan.detail = first_failure
+    elif plan.channels and lookups.capped(customer["pk"], None):
+        plan.channels, plan.reason, plan.detail = [], FREQUENCY_CAP, None
     return plan
