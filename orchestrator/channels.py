@@ -95,6 +95,9 @@ class Channel(ABC):
     consent: ClassVar[str | None] = None
     #: the model of this channel's ``message:`` block in campaign files
     options_model: ClassVar[type[MessageOptions]] = MessageOptions
+    #: whether a delivery reaches the member as a message: such deliveries count toward, and are limited by,
+    #: frequency caps (a coupon put in the member's wallet is not one)
+    is_message: ClassVar[bool] = True
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
         """``config`` is ``channels.<name>`` from the config file; ``settings`` the whole ``Settings``."""

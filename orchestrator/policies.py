@@ -141,10 +141,18 @@ def recent_sends(
             Delivery.customer_pk.in_(customer_pks),
             Delivery.state == "sent",
             Delivery.sent_at > min(starts),
+            Delivery.channel.not_in(not_messages()),
         )
         .group_by(Delivery.customer_pk)
     )
     return {row[0]: [int(n or 0) for n in row[1:]] for row in rows}
+
+
+def not_messages() -> list[str]:
+    """Channels whose deliveries are not messages to the member (``Channel.is_message``), from the plugins."""
+    from orchestrator.plugins import registry
+
+    return [name for name, channel in registry().channels.items() if not channel.is_message]
 
 
 def caps_of(setting: FrequencyCap | Sequence[FrequencyCap] | None) -> list[FrequencyCap]:
@@ -226,7 +234,7 @@ def plan_contact(
             failure = (NO_CONSENT, channel.name)
         elif lookups.is_suppressed(customer["pk"], channel.name, contact):
             failure = (SUPPRESSED, channel.name)
-        elif lookups.capped(customer["pk"], channel.name):
+        elif channel.is_message and lookups.capped(customer["pk"], channel.name):
             failure = (FREQUENCY_CAP, channel.name)
         else:
             plan.channels.append((channel.name, contact))
@@ -237,5 +245,9 @@ def plan_contact(
     if not plan.channels and first_failure:
         plan.reason, plan.detail = first_failure
     elif plan.channels and lookups.capped(customer["pk"], None):
-        plan.channels, plan.reason, plan.detail = [], FREQUENCY_CAP, None
+        # over the all-channel cap: messages are dropped, a wallet coupon (not a message) still goes
+        by_name = {channel.name: channel for channel in channels}
+        plan.channels = [(name, contact) for name, contact in plan.channels if not by_name[name].is_message]
+        if not plan.channels:
+            plan.reason, plan.detail = FREQUENCY_CAP, None
     return plan

@@ -339,6 +339,7 @@ class CouponChannel(Channel):
     contact_field = "customer_id"
     consent = None
     options_model = WalletOptions
+    is_message = False  # nothing reaches the member's inbox: not limited by, nor counted in, frequency caps
 
     def compile(self, options: WalletOptions, templates: Any) -> CompiledMessage:
         text = options.text or "{{ offer.description }}"

@@ -412,3 +412,38 @@ def test_quiet_hours_default_from_config(env: Env):
     check(predicted, exp)
     check(data, exp)
     assert set(exp.deferred) == {"C01", "C06"}
+
+
+def test_a_wallet_coupon_is_not_a_message_for_the_caps(env: Env):
+    """A coupon put in the member's wallet reaches no inbox: it neither counts toward a cap nor is held back by
+    one, while the e-mail announcing it does both."""
+    recent = timedelta(minutes=30)  # only this test's own sends fall in the window, not SENDS
+
+    def wallet_campaign(name: str, caps: list[dict] | None) -> Path:
+        data: dict = {
+            "name": name,
+            "segment": {"frequency": {"gte": 1}},
+            "offer": {"coupon": {"kind": "amount_off", "value": 10, "valid_days": 7}},
+            "message": {"coupon": {}, "email": {"subject": "Hi", "text": "{{ offer.code }}"}},
+            "dispatch": {"strategy": "all", **({"frequency_cap": caps} if caps else {})},
+        }
+        path = env.tmp / f"{name}.yaml"
+        path.write_text(json.dumps(data), encoding="utf-8")
+        return path
+
+    env.json("run", str(wallet_campaign("wallet", None)), "--at", AT.isoformat())
+    both = {
+        cid
+        for cid, rs in env.rows("wallet").items()
+        if {r.channel for r in rs if r.state == "sent"} == {"coupon", "email"}
+    }
+    assert both
+    # coupon + e-mail are one message: a cap of 2 holds back none of them
+    env.json("run", str(env.campaign("after", {"frequency_cap": cap(2, recent)})), "--at", AT.isoformat())
+    capped = {cid for cid, rs in env.rows("after").items() if rs[0].reason == "frequency_cap"}
+    assert not capped & both
+    # now two messages each: over a cap of 1 the e-mail stops, the wallet coupon still goes
+    env.json("run", str(wallet_campaign("wallet-again", [cap(1, recent)])), "--at", AT.isoformat())
+    again = env.rows("wallet-again")
+    for cid in both:
+        assert {(r.channel, r.state) for r in again[cid]} == {("coupon", "sent")}, cid
