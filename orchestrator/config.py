@@ -12,21 +12,29 @@ import os
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from orchestrator.campaign.schema import DispatchSettings, FrequencyCap
-from orchestrator.errors import InputError
-from orchestrator.timeutil import zone
-from orchestrator.yamlfile import YamlDocument, format_path, load_yaml
+from orchestrator.errors import InputError, InputErrors
+from orchestrator.timeutil import DailyWindow, zone
+from orchestrator.yamlfile import YamlDocument, load_yaml, validation_problems
 
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 DATABASE_ENV = "ORCHESTRATOR_DATABASE_URL"
 DEFAULT_CONFIG_NAME = "orchestrator.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///orchestrator.db"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _window(text: str) -> str:
+    DailyWindow.parse(text)
+    return text
+
+
+Window = Annotated[str, AfterValidator(_window)]  # HH:MM-HH:MM, checked where it is written
 
 
 class _Section(BaseModel):
@@ -97,7 +105,7 @@ class Settings(_Section):
         ]
     )
     # shop-local hours of each daypart (start inclusive, end exclusive; a window may wrap past midnight)
-    dayparts: dict[str, str] = Field(
+    dayparts: dict[str, Window] = Field(
         default_factory=lambda: {
             "breakfast": "06:00-10:00",
             "lunch": "11:00-14:00",
@@ -160,20 +168,19 @@ def _expand_env(value: Any, doc: YamlDocument, path: tuple = ()) -> Any:
     return _ENV_REF.sub(substitute, value)
 
 
+_VOCABULARY = sorted(
+    {
+        name
+        for model in (Settings, DatabaseConfig, AnalysisConfig, LifecycleConfig, CLVConfig, TierRule, PoliciesConfig)
+        for name in model.model_fields
+    }
+)
+
+
 def validation_error(doc: YamlDocument, exc: ValidationError) -> InputError:
-    """The first pydantic error as an InputError pointing at the file and line; all of them in the message."""
-    problems = []
-    first = None
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        line, _ = doc.position(loc)
-        where = f"line {line}: " if line else ""
-        problems.append(f"{where}{format_path(loc) or '(top level)'}: {err['msg']}")
-        first = first or loc
-    error = doc.error(first or (), problems[0].split(": ", 1)[-1] if len(problems) == 1 else "invalid settings")
-    if len(problems) > 1:
-        error.message += "\n  " + "\n  ".join(problems)
-    return error
+    """Every problem, each at its line."""
+    problems = validation_problems(doc, exc, vocabulary=_VOCABULARY)
+    return problems[0] if len(problems) == 1 else InputErrors(doc.file, problems)
 
 
 def load_settings(path: str | os.PathLike | None = None) -> Settings:

@@ -51,6 +51,7 @@ from orchestrator import codes
 from orchestrator.config import Settings
 from orchestrator.db.models import COUPON_STATES, Campaign, CampaignRun, Coupon, CouponRedemption, Customer, Order
 from orchestrator.errors import InputError
+from orchestrator.timeutil import DailyWindow
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -315,17 +316,8 @@ def _check_time(coupon: Row, ordered_at: datetime, settings: Settings, refuse) -
 
 
 def in_daypart(clock: time, window: str | None) -> bool:
-    """Whether a local time of day is in an ``HH:MM-HH:MM`` window (start inclusive, end exclusive, may wrap)."""
-    if not window:
-        return False
-    start, end = (_minutes(part) for part in window.split("-"))
-    minute = clock.hour * 60 + clock.minute
-    return start <= minute < end if start < end else (minute >= start or minute < end)
-
-
-def _minutes(clock: str) -> int:
-    hours, minutes = clock.strip().split(":")
-    return int(hours) * 60 + int(minutes)
+    """Whether a local time of day is in a daypart's ``HH:MM-HH:MM`` window (None: a daypart not configured)."""
+    return bool(window) and DailyWindow.parse(window).contains(clock)
 
 
 @dataclass(frozen=True, slots=True)

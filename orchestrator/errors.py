@@ -55,5 +55,17 @@ class InputError(OrchestratorError):
         return text
 
 
+class InputErrors(InputError):
+    """Several problems with one input, each with its own position; shown as the list it is."""
+
+    def __init__(self, file: str, problems: list[InputError]):
+        first = problems[0]
+        super().__init__(first.message, file=file, line=first.line, column=first.column, hint=first.hint)
+        self.problems = problems
+
+    def render(self) -> str:
+        return "\n".join(p.render() for p in self.problems)
+
+
 class RuntimeFailure(OrchestratorError):
     exit_code = 1

@@ -29,7 +29,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,7 +39,7 @@ from sqlalchemy import Connection, case, func, or_, select
 from orchestrator.campaign.schema import FrequencyCap
 from orchestrator.channels import Channel
 from orchestrator.db.models import CustomerConsent, Delivery, Suppression
-from orchestrator.timeutil import zone
+from orchestrator.timeutil import DailyWindow, zone
 
 # skip reasons (the ledger and reports use these names)
 NO_CONTACT = "no_contact"
@@ -161,11 +161,6 @@ def caps_of(setting: FrequencyCap | Sequence[FrequencyCap] | None) -> list[Frequ
     return [setting] if isinstance(setting, FrequencyCap) else list(setting)
 
 
-def _clock(text: str) -> time:
-    hours, minutes = text.strip().split(":")
-    return time(int(hours), int(minutes))
-
-
 @dataclass(frozen=True)
 class QuietHours:
     """A local quiet window such as ``21:00-09:00``: start inclusive, end exclusive, possibly across midnight.
@@ -176,27 +171,18 @@ class QuietHours:
     here); the row keeps the coupon. Sending deferred rows when their time comes is the scheduler's job.
     """
 
-    start: time
-    end: time
+    window: DailyWindow
 
     @classmethod
     def parse(cls, window: str | None) -> QuietHours | None:
-        if not window:
-            return None
-        start, end = window.split("-")
-        return cls(_clock(start), _clock(end))
-
-    def contains(self, local: time) -> bool:
-        if self.start < self.end:
-            return self.start <= local < self.end
-        return local >= self.start or local < self.end
+        return cls(DailyWindow.parse(window)) if window else None
 
     def deferred_until(self, at: datetime, tz: ZoneInfo) -> datetime | None:
         """None when ``at`` is outside the window in ``tz``; else the window's next end, as an aware UTC time."""
         local = at.astimezone(tz)
-        if not self.contains(local.time().replace(tzinfo=None)):
+        if not self.window.contains(local.time()):
             return None
-        end = datetime.combine(local.date(), self.end)
+        end = datetime.combine(local.date(), self.window.end)
         if end <= local.replace(tzinfo=None):
             end += timedelta(days=1)
         # wall-clock time in the zone (a DST gap resolves forward through UTC round-tripping)

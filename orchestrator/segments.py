@@ -41,7 +41,7 @@ from orchestrator.config import Settings
 from orchestrator.db.models import Coupon, CustomerConsent, CustomerTag
 from orchestrator.db.types import Money
 from orchestrator.facts import CustomerFacts, FactContext, amount_minor, customers, integer_sum, orders
-from orchestrator.timeutil import zone
+from orchestrator.timeutil import DailyWindow, zone
 
 # --- the facts of the condition language ---------------------------------------------------------------------
 
@@ -97,11 +97,6 @@ def offset_history(zone_name: str, until_year: int) -> tuple[tuple[datetime | No
             history.append((high.replace(microsecond=0), offset(high)))
         moment = following
     return tuple(history)
-
-
-def _minutes(clock: str) -> int:
-    hours, minutes = clock.strip().split(":")
-    return int(hours) * 60 + int(minutes)
 
 
 def _local_date(ctx: FactContext) -> date:
@@ -277,9 +272,10 @@ class SegmentCompiler:
         return _as_money(spend)
 
     def _daypart_orders(self, node: Compare) -> ColumnElement[int]:
-        start, end = (_minutes(p) for p in self.ctx.settings.dayparts[node.param("daypart")].split("-"))
+        window = DailyWindow.parse(self.ctx.settings.dayparts[node.param("daypart")])
+        start, end = window.start_minute, window.end_minute
         minute = LocalMinuteOfDay(orders.c.ordered_at, self._utc_offset_minutes(orders.c.ordered_at))
-        in_part = and_(minute >= start, minute < end) if start < end else or_(minute >= start, minute < end)
+        in_part = or_(minute >= start, minute < end) if window.wraps else and_(minute >= start, minute < end)
         return self._count_orders(node, in_part)
 
     def _utc_offset_minutes(self, column: ColumnElement[datetime]) -> ColumnElement[int]:

@@ -6,7 +6,8 @@ Input without an offset is read in the configured default time zone; storage kee
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 SECONDS_PER_DAY = 86400
@@ -58,3 +59,48 @@ def utcnow() -> datetime:
 def whole_days(start: datetime, end: datetime) -> int:
     """Whole elapsed days (24-hour periods) from ``start`` to ``end``, as the SQL facts compute them."""
     return (end - start) // timedelta(days=1)
+
+
+def parse_clock(text: str) -> time:
+    """A time of day written ``HH:MM`` (24-hour)."""
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a time of day in HH:MM form")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True)
+class DailyWindow:
+    """A time-of-day window such as ``11:00-14:00`` (dayparts) or ``21:00-09:00`` (quiet hours): the start is
+    in it, the end is not, and it wraps past midnight when the end comes before the start."""
+
+    start: time
+    end: time
+
+    @classmethod
+    def parse(cls, text: str) -> DailyWindow:
+        parts = str(text).split("-")
+        if len(parts) != 2:
+            raise ValueError(f"{text!r} is not a window like 21:00-09:00")
+        start, end = (parse_clock(part) for part in parts)
+        if start == end:
+            raise ValueError(f"{text!r}: start and end are the same, so the window is empty")
+        return cls(start, end)
+
+    @property
+    def wraps(self) -> bool:
+        return self.end < self.start
+
+    @property
+    def start_minute(self) -> int:
+        return self.start.hour * 60 + self.start.minute
+
+    @property
+    def end_minute(self) -> int:
+        return self.end.hour * 60 + self.end.minute
+
+    def contains(self, clock: time) -> bool:
+        clock = clock.replace(tzinfo=None)
+        if self.wraps:
+            return clock >= self.start or clock < self.end
+        return self.start <= clock < self.end

@@ -7,12 +7,15 @@ indexes, as pydantic reports ``loc``) to its 1-based (line, column).
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from orchestrator.errors import InputError
 
@@ -159,3 +162,67 @@ def load_yaml(path: str | Path) -> YamlDocument:
         line = raw[: exc.start].count(b"\n") + 1
         raise InputError("is not UTF-8 text", file=str(path), line=line, hint="save the file as UTF-8") from None
     return parse_yaml(text, str(path))
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str | None:
+    """``did you mean 'segment'?`` for a near miss among ``candidates``."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
+def _yaml_path(doc: YamlDocument, prefix: tuple, loc: tuple) -> tuple:
+    """pydantic's error location as a path in the YAML document.
+
+    pydantic adds the names of union branches (``FrequencyCap``, ``list[FrequencyCap]``) and of validators to a
+    location; they are not keys in the file. A part is kept when the document has it at that place, or when it
+    is the last part (the key that is missing or unknown), unless that is such a name.
+    """
+    path = tuple(prefix)
+    for i, part in enumerate(loc):
+        if (
+            isinstance(part, int)
+            or (*path, part) in doc.positions
+            or (i == len(loc) - 1 and not (isinstance(part, str) and (part[:1].isupper() or "[" in part)))
+        ):
+            path = (*path, part)
+    return path
+
+
+def validation_problems(
+    doc: YamlDocument,
+    exc: ValidationError,
+    prefix: tuple = (),
+    vocabulary: Iterable[str] = (),
+    shapes: Mapping[str, str] | None = None,
+) -> list[InputError]:
+    """pydantic's errors about a document as ``InputError``s at their lines, one per place.
+
+    Unknown keys get a "did you mean" from ``vocabulary``; ``shapes`` gives the message for a value of the wrong
+    shape at a known key (instead of one message per failed branch of a union).
+    """
+    vocabulary, shapes = list(vocabulary), shapes or {}
+    errors = [(_yaml_path(doc, prefix, err["loc"]), err) for err in exc.errors()]
+    # of a union's failed branches, keep the one that got furthest (a deeper error explains a shallower one)
+    errors = [(loc, err) for loc, err in errors if not any(o[: len(loc)] == loc and o != loc for o, _ in errors)]
+    by_location: dict[tuple, list[dict]] = {}
+    for loc, err in errors:
+        by_location.setdefault(loc, []).append(err)
+    problems = []
+    for loc, errs in by_location.items():
+        key = loc[-1] if loc else None
+        err = errs[0]
+        if err["type"] == "extra_forbidden":
+            error = doc.error(loc, "", suggest(str(key), vocabulary))  # at the stray key itself
+            parent = format_path(loc[:-1])
+            error.message = f"{parent}: unknown key {key!r}" if parent else f"unknown key {key!r}"
+            problems.append(error)
+        elif err["type"] == "missing":
+            problems.append(doc.error(loc[:-1], f"missing required key {key!r}"))
+        elif key in shapes:
+            problems.append(doc.error(loc, shapes[key]))
+        elif len(errs) > 1:  # every branch of a union failed at the same place: one message, not one each
+            expected = " or ".join(e["msg"].removeprefix("Input should be ") for e in errs)
+            problems.append(doc.error(loc, f"wrong type: expected {expected}"))
+        else:
+            problems.append(doc.error(loc, err["msg"].removeprefix("Value error, ")))
+    return problems

@@ -67,6 +67,7 @@ def test_missing_env_reference_names_file_and_line(tmp_path, monkeypatch):
         ("timezone: [unclosed\n", 2, "invalid YAML"),
         ("- just\n- a list\n", 1, "mapping"),
         ("currency: CNY\ncurrency: USD\n", 2, "duplicate key"),
+        ("dayparts:\n  lunch: 11:00-25:00\n", 2, "dayparts.lunch"),
     ],
 )
 def test_bad_config_is_an_input_error_with_line(tmp_path, text, line, fragment):

@@ -12,7 +12,6 @@ OP is one of eq, ne, gt, gte, lt, lte, in, not_in, between. A mapping with sever
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,7 +21,7 @@ from typing import Any
 from orchestrator.campaign.catalog import FactSpec
 from orchestrator.durations import parse_duration
 from orchestrator.errors import InputError
-from orchestrator.yamlfile import YamlDocument
+from orchestrator.yamlfile import YamlDocument, suggest
 
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte")
 OPERATORS = (*COMPARISONS, "in", "not_in", "between")
@@ -64,11 +63,6 @@ class Compare:
 
 
 Node = All | Any_ | Not | Tags | Compare
-
-
-def suggest(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
 
 
 class ConditionParser:

@@ -18,21 +18,13 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.campaign import schema
 from orchestrator.campaign.catalog import FactSpec
-from orchestrator.campaign.conditions import ConditionParser, Node, suggest
-from orchestrator.errors import InputError
-from orchestrator.yamlfile import YamlDocument, format_path, load_yaml
+from orchestrator.campaign.conditions import ConditionParser, Node
+from orchestrator.errors import InputError, InputErrors
+from orchestrator.yamlfile import YamlDocument, format_path, load_yaml, suggest, validation_problems
 
 
-class CampaignInvalid(InputError):
+class CampaignInvalid(InputErrors):
     """A campaign file with one or more problems; ``problems`` lists each with its position."""
-
-    def __init__(self, file: str, problems: list[InputError]):
-        first = problems[0]
-        super().__init__(first.message, file=file, line=first.line, column=first.column, hint=first.hint)
-        self.problems = problems
-
-    def render(self) -> str:
-        return "\n".join(p.render() for p in self.problems)
 
 
 @dataclass
@@ -59,7 +51,8 @@ class CampaignPlan:
         return self.campaign.name
 
 
-CONDITION_KEYS = ("segment", "when", "guard")
+# a condition of the wrong shape (or none at all) is explained as such, not as pydantic's union of types
+CONDITION_SHAPES = dict.fromkeys(("segment", "when", "guard"), "expects a condition, e.g. {recency_days: {gte: 90}}")
 
 
 def _fields(model: type[BaseModel]) -> list[str]:
@@ -82,52 +75,10 @@ _VOCABULARY = sorted(
 )
 
 
-def _yaml_path(doc: YamlDocument, prefix: tuple, loc: tuple) -> tuple:
-    """pydantic's error location as a path in the YAML document.
-
-    pydantic adds the names of union branches (``FrequencyCap``, ``list[FrequencyCap]``) to a location; they are
-    not keys in the file. A part is kept when the document has it at that place, or when it is the last part
-    (the key that is missing or unknown), unless that is a branch name.
-    """
-    path = tuple(prefix)
-    for i, part in enumerate(loc):
-        if (
-            isinstance(part, int)
-            or (*path, part) in doc.positions
-            or (i == len(loc) - 1 and not (isinstance(part, str) and (part[:1].isupper() or "[" in part)))
-        ):
-            path = (*path, part)
-    return path
-
-
 def _pydantic_problems(
     doc: YamlDocument, exc: ValidationError, prefix: tuple = (), vocabulary: list[str] | None = None
 ) -> list[InputError]:
-    errors = [(_yaml_path(doc, prefix, err["loc"]), err) for err in exc.errors()]
-    # of a union's failed branches, keep the one that got furthest (a deeper error explains a shallower one)
-    errors = [(loc, err) for loc, err in errors if not any(o[: len(loc)] == loc and o != loc for o, _ in errors)]
-    by_location: dict[tuple, list[dict]] = {}
-    for loc, err in errors:
-        by_location.setdefault(loc, []).append(err)
-    problems = []
-    for loc, errs in by_location.items():
-        key = loc[-1] if loc else None
-        err = errs[0]
-        if err["type"] == "extra_forbidden":
-            error = doc.error(loc, "", suggest(str(key), vocabulary or _VOCABULARY))  # at the stray key itself
-            parent = format_path(loc[:-1])
-            error.message = f"{parent}: unknown key {key!r}" if parent else f"unknown key {key!r}"
-            problems.append(error)
-        elif err["type"] == "missing":
-            problems.append(doc.error(loc[:-1], f"missing required key {key!r}"))
-        elif key in CONDITION_KEYS:  # a condition of the wrong shape (or none at all)
-            problems.append(doc.error(loc, "expects a condition, e.g. {recency_days: {gte: 90}}"))
-        elif len(errs) > 1:  # every branch of a union failed at the same place: one message, not one each
-            expected = " or ".join(e["msg"].removeprefix("Input should be ") for e in errs)
-            problems.append(doc.error(loc, f"wrong type: expected {expected}"))
-        else:
-            problems.append(doc.error(loc, err["msg"].removeprefix("Value error, ")))
-    return problems
+    return validation_problems(doc, exc, prefix, vocabulary or _VOCABULARY, CONDITION_SHAPES)
 
 
 class CampaignLoader:

@@ -7,8 +7,7 @@ options model; offers by their offer kind. Everything else is checked here.
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -23,7 +22,7 @@ from pydantic import (
 )
 
 from orchestrator.durations import parse_duration
-from orchestrator.timeutil import zone
+from orchestrator.timeutil import DailyWindow, parse_clock, zone
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 CONDITION_MARK = {"x-condition": True}  # replaced by a $ref to the catalog-built Condition schema
@@ -38,13 +37,6 @@ Duration = Annotated[
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-def _clock(value: str) -> time:
-    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
-    if not match:
-        raise ValueError(f"{value!r} is not a time of day in HH:MM form")
-    return time(int(match.group(1)), int(match.group(2)))
 
 
 class Schedule(_Model):
@@ -72,7 +64,7 @@ class Schedule(_Model):
     @classmethod
     def _time(cls, value: str | None) -> str | None:
         if value is not None:
-            _clock(value)
+            parse_clock(value)
         return value
 
     @model_validator(mode="after")
@@ -121,14 +113,8 @@ class DispatchSettings(_Model):
     @field_validator("quiet_hours")
     @classmethod
     def _window(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = value.split("-")
-        if len(parts) != 2:
-            raise ValueError(f"{value!r} is not a window like 21:00-09:00")
-        start, end = (_clock(p) for p in parts)
-        if start == end:
-            raise ValueError("quiet_hours: start and end are the same")
+        if value is not None:
+            DailyWindow.parse(value)
         return value
 
 

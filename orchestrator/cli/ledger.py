@@ -6,13 +6,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import click
-import phonenumbers
 from sqlalchemy import desc, func, select
 
 from orchestrator import suppressions
 from orchestrator.db.models import DELIVERY_STATES, SUPPRESSION_REASONS, Campaign, CampaignRun, Customer, Delivery
 from orchestrator.errors import InputError
 from orchestrator.output import emit_json, to_json
+from orchestrator.template_context import mask_phone
 
 LIST_BATCH = 500
 
@@ -331,12 +331,7 @@ def mask_contact(contact: str | None) -> str | None:
         local, _, domain = contact.rpartition("@")
         return f"{local[:1]}***@{domain}"
     if contact.startswith("+"):
-        try:
-            number = phonenumbers.parse(contact, None)
-            national = str(number.national_number)
-            return f"+{number.country_code} {national[:3]}****{national[-4:]}" if len(national) > 7 else "****"
-        except phonenumbers.NumberParseException:
-            pass
+        return mask_phone(contact)
     return f"{contact[:1]}***" if len(contact) > 4 else "***"  # another kind of address (e.g. an openid)
 
 
