@@ -7,14 +7,18 @@ knows which channel it serves; it only calls the methods below:
    and ``compile`` turns it into a ``CompiledMessage`` (templates loaded and syntax-checked once);
 2. per customer, ``contact_of`` picks and normalises the address (``None``: not reachable on this channel);
 3. per customer, ``render`` produces the message parts from the compiled templates and the context;
-4. per batch, ``send`` delivers ``OutgoingMessage`` objects and returns one ``SendResult`` per message, in order.
+4. per batch, ``send`` delivers ``OutgoingMessage`` objects and yields one ``SendResult`` per message, in order.
+
+``send`` should be a generator that yields each message's result as soon as the provider answered: the dispatcher
+records every result in the ledger the moment it is yielded, so a crash can repeat at most the one message whose
+answer was not yet recorded. A ``send`` that returns a list is accepted too, at the price of a whole batch in doubt.
 """
 
 from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -121,8 +125,9 @@ class Channel(ABC):
         """Render one customer's message from the compiled templates."""
 
     @abstractmethod
-    def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        """Deliver a batch; one result per message, in the same order. Never raise for one bad message."""
+    def send(self, messages: Sequence[OutgoingMessage]) -> Iterable[SendResult]:
+        """Deliver a batch; yield one result per message, in the same order, as each one is known. Never raise
+        for one bad message: a bad message is its own permanent result."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once when a run is done."""

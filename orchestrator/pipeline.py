@@ -329,7 +329,7 @@ class CampaignRunner:
             self._send(name, messages, result)
 
     def _send(self, channel_name: str, messages: list[OutgoingMessage], result: RunResult) -> None:
-        results = self.channels[channel_name].send(messages)
+        results = list(self.channels[channel_name].send(messages))
         if len(results) != len(messages):
             raise RuntimeFailure(
                 f"channel {channel_name} returned {len(results)} results for {len(messages)} messages",

@@ -24,7 +24,7 @@ the delivery row that carries it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -351,8 +351,9 @@ class CouponChannel(Channel):
             self.name, {"text": compiled.templates["text"].render(context), "code": str(offer.get("code", ""))}
         )
 
-    def send(self, messages) -> list[SendResult]:
-        return [SendResult.sent(provider_id=m.message.parts["code"] or None) for m in messages]
+    def send(self, messages) -> Iterator[SendResult]:
+        for message in messages:
+            yield SendResult.sent(provider_id=message.message.parts["code"] or None)
 
 
 @hookimpl

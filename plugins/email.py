@@ -21,7 +21,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -116,11 +116,13 @@ class EmailChannel(Channel):
     def _sender(self, options: MessageOptions) -> str:
         return getattr(options, "from_", None) or self.config.get("from") or DEFAULT_FROM
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+    def send(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult]:
         if self._smtp is not None:
-            return self._smtp.send([self._envelope(message) for message in messages])
+            yield from self._smtp.send([self._envelope(message) for message in messages])
+            return
         outbox = self.settings.resolve_path(self.config.get("outbox") or DEFAULT_OUTBOX)
-        return [self._write(outbox, message) for message in messages]
+        for message in messages:
+            yield self._write(outbox, message)
 
     def close(self) -> None:
         if self._smtp is not None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -135,25 +135,26 @@ class SmtpSender:
     def where(self) -> str:
         return f"{self.config.host}:{self.config.effective_port}"
 
-    def send(self, items: Sequence[Envelope | SendResult]) -> list[SendResult]:
-        """One result per item, in order; items that are already a result (could not be built) pass through."""
+    def send(self, items: Sequence[Envelope | SendResult]) -> Iterator[SendResult]:
+        """One result per item, in order, each yielded as soon as the server answered it; items that are already
+        a result (could not be built) pass through."""
         if not any(isinstance(item, Envelope) for item in items):
-            return [item for item in items if isinstance(item, SendResult)]
+            yield from (item for item in items if isinstance(item, SendResult))
+            return
         try:
             conn = self._connection()
         except _NoConnection as exc:
-            return [item if isinstance(item, SendResult) else SendResult.transient(str(exc)) for item in items]
-        results: list[SendResult] = []
+            yield from (item if isinstance(item, SendResult) else SendResult.transient(str(exc)) for item in items)
+            return
         lost: str | None = None
         for item in items:
             if isinstance(item, SendResult):
-                results.append(item)
+                yield item
             elif lost is not None:
-                results.append(SendResult.transient(f"not attempted: {lost}"))
+                yield SendResult.transient(f"not attempted: {lost}")
             else:
                 result, lost = self._deliver(conn, item)
-                results.append(result)
-        return results
+                yield result
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

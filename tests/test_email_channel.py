@@ -77,7 +77,7 @@ def test_render_produces_subject_html_text_and_unsubscribe_headers(channel, temp
 
 def test_send_writes_a_real_mime_file(channel, templates, settings, tmp_path):
     message = compiled(channel, templates, template="email/winback.html.j2", reply_to="care@example.com")
-    [result] = channel.send([outgoing(channel, message, "run-1:C000042:email")])
+    [result] = list(channel.send([outgoing(channel, message, "run-1:C000042:email")]))
     assert result.status is SendStatus.SENT
     path = tmp_path / "mail" / "out" / result.provider_id
     assert path.suffix == ".eml" and path.is_file()
@@ -104,14 +104,14 @@ def test_send_writes_a_real_mime_file(channel, templates, settings, tmp_path):
 
 def test_text_template_replaces_the_derived_text_part(channel, templates, tmp_path):
     message = compiled(channel, templates, template="email/winback.html.j2", text_template="email/winback.txt.j2")
-    [result] = channel.send([outgoing(channel, message, "k1")])
+    [result] = list(channel.send([outgoing(channel, message, "k1")]))
     parsed = read_eml(tmp_path / "mail" / "out" / result.provider_id)
     assert parsed.get_body(("plain",)).get_content() == "张伟：券码 SYN7-Q2KX-8ZD4\n"
 
 
 def test_text_only_email_is_a_single_plain_part(channel, templates, tmp_path):
     message = compiled(channel, templates, text="{{ customer.name }}，您好")
-    [result] = channel.send([outgoing(channel, message, "k-text")])
+    [result] = list(channel.send([outgoing(channel, message, "k-text")]))
     parsed = read_eml(tmp_path / "mail" / "out" / result.provider_id)
     assert parsed.get_content_type() == "text/plain"
     assert parsed.get_content().strip() == "张伟，您好"
@@ -120,8 +120,8 @@ def test_text_only_email_is_a_single_plain_part(channel, templates, tmp_path):
 def test_resending_the_same_delivery_overwrites_its_file(channel, templates, tmp_path):
     message = compiled(channel, templates, html="<p>{{ customer.name }}</p>")
     key = "run-1/C000042/email"  # a key with characters that cannot be in a file name
-    first = channel.send([outgoing(channel, message, key)])
-    again = channel.send([outgoing(channel, message, key), outgoing(channel, message, "run-1:C000043:email")])
+    first = list(channel.send([outgoing(channel, message, key)]))
+    again = list(channel.send([outgoing(channel, message, key), outgoing(channel, message, "run-1:C000043:email")]))
     assert first[0].provider_id == again[0].provider_id
     assert "/" not in first[0].provider_id
     assert len(list((tmp_path / "mail" / "out").iterdir())) == 2
@@ -135,7 +135,7 @@ def test_a_write_failure_is_transient_for_that_message_only(channel, templates, 
     message = compiled(channel, templates, html="<p>hi</p>")
     blocked = tmp_path / "mail" / "out" / "blocked.eml"
     blocked.mkdir(parents=True)  # a directory where the file should go: os.replace fails
-    results = channel.send([outgoing(channel, message, "ok-1"), outgoing(channel, message, "blocked")])
+    results = list(channel.send([outgoing(channel, message, "ok-1"), outgoing(channel, message, "blocked")]))
     assert [r.status for r in results] == [SendStatus.SENT, SendStatus.TRANSIENT]
     assert "blocked.eml" in results[1].error
     assert not list(blocked.parent.glob(".*.tmp"))
@@ -145,7 +145,7 @@ def test_default_outbox_and_sender(tmp_path, templates):
     settings = Settings(base_dir=str(tmp_path))
     channel = EmailChannel({}, settings)
     message = channel.compile(EmailOptions.model_validate({"subject": "Hi", "html": "<p>x</p>"}), templates)
-    [result] = channel.send([outgoing(channel, message, "k")])
+    [result] = list(channel.send([outgoing(channel, message, "k")]))
     parsed = read_eml(tmp_path / "outbox" / "email" / result.provider_id)
     assert parsed["From"] == "Shop <noreply@example.com>"
 

@@ -196,8 +196,8 @@ def test_a_batch_goes_over_one_connection_with_the_outbox_bytes(tmp_path: Path):
     with smtp_server(handler) as server:
         channel = make_channel(tmp_path, server.port)
         batch = messages(channel, tmp_path, 5)
-        results = channel.send(batch)
-        again = channel.send(batch[:1])  # the next batch reuses the connection
+        results = list(channel.send(batch))
+        again = list(channel.send(batch[:1]))  # the next batch reuses the connection
         channel.close()
 
     assert [r.status for r in results + again] == [SendStatus.SENT] * 6
@@ -206,7 +206,7 @@ def test_a_batch_goes_over_one_connection_with_the_outbox_bytes(tmp_path: Path):
 
     outbox_settings = Settings(base_dir=str(tmp_path), channels={"email": {"from": SENDER, "outbox": "out"}})
     outbox = EmailChannel(outbox_settings.channels["email"], outbox_settings)
-    files = [tmp_path / "out" / r.provider_id for r in outbox.send(batch)]
+    files = [tmp_path / "out" / r.provider_id for r in list(outbox.send(batch))]
     for message, received, file in zip(batch, handler.messages, files, strict=False):
         assert received.mail_from == "shop@example.com" and received.rcpt_tos == [message.contact]
         assert comparable(received.content) == comparable(file.read_bytes())  # the same builder, same bytes
@@ -226,7 +226,7 @@ def test_refused_recipients_are_permanent_or_transient_with_the_servers_text(tmp
     handler = Recorder(refuse=refuse)
     with smtp_server(handler) as server:
         channel = make_channel(tmp_path, server.port)
-        results = channel.send(messages(channel, tmp_path, 5))
+        results = list(channel.send(messages(channel, tmp_path, 5)))
         channel.close()
 
     statuses = [r.status for r in results]
@@ -243,14 +243,14 @@ def test_a_connection_dropped_mid_batch_leaves_the_rest_transient(tmp_path: Path
     with smtp_server(handler) as server:
         channel = make_channel(tmp_path, server.port)
         batch = messages(channel, tmp_path, 5)
-        results = channel.send(batch)
+        results = list(channel.send(batch))
         assert [r.status for r in results] == [SendStatus.SENT] * 2 + [SendStatus.TRANSIENT] * 3
         assert "connection to 127.0.0.1" in results[2].error and "lost" in results[2].error
         assert all(r.error.startswith("not attempted: ") for r in results[3:])
         assert [m.rcpt_tos[0] for m in handler.messages] == ["c1@example.com", "c2@example.com"]
 
         handler.drop_after = None
-        retry = channel.send(batch[2:])  # the ledger's retry: a new connection, the rest delivered once
+        retry = list(channel.send(batch[2:]))  # the ledger's retry: a new connection, the rest delivered once
         channel.close()
 
     assert [r.status for r in retry] == [SendStatus.SENT] * 3
@@ -264,14 +264,14 @@ def test_a_connection_the_server_closed_between_batches_is_reopened(tmp_path: Pa
     with smtp_server(handler) as server:
         channel = make_channel(tmp_path, server.port)
         batch = messages(channel, tmp_path, 4)
-        assert [r.status for r in channel.send(batch[:2])] == [SendStatus.SENT] * 2
+        assert [r.status for r in list(channel.send(batch[:2]))] == [SendStatus.SENT] * 2
         for transport in handler.transports:
             server.loop.call_soon_threadsafe(transport.close)
         deadline = time.monotonic() + 5
         while not all(t.is_closing() for t in handler.transports) and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.1)  # the FIN reaches the client
-        assert [r.status for r in channel.send(batch[2:])] == [SendStatus.SENT] * 2
+        assert [r.status for r in list(channel.send(batch[2:]))] == [SendStatus.SENT] * 2
         channel.close()
     assert len(handler.messages) == 4 and len(handler.peers) == 2
 
@@ -295,7 +295,7 @@ def test_auth_with_the_password_from_the_environment(tmp_path: Path, monkeypatch
         settings = load_settings(write_config(tmp_path, server.port, credentials))
         assert settings.channels["email"]["smtp"]["password"] == "s3cret"
         channel = EmailChannel(settings.channels["email"], settings)
-        results = channel.send(messages(channel, tmp_path, 2))
+        results = list(channel.send(messages(channel, tmp_path, 2)))
         channel.close()
     assert [r.status for r in results] == [SendStatus.SENT] * 2
     assert [m.login for m in handler.messages] == ["mailer", "mailer"]
@@ -310,7 +310,7 @@ def test_a_wrong_password_leaves_every_message_transient(tmp_path: Path, monkeyp
         credentials = f"      username: mailer\n      password: ${{{PASSWORD_ENV}}}\n"
         settings = load_settings(write_config(tmp_path, server.port, credentials))
         channel = EmailChannel(settings.channels["email"], settings)
-        results = channel.send(messages(channel, tmp_path, 3))
+        results = list(channel.send(messages(channel, tmp_path, 3)))
         channel.close()
     assert [r.status for r in results] == [SendStatus.TRANSIENT] * 3
     assert all(r.error.startswith(f"cannot log in to 127.0.0.1:{server.port}: 535 ") for r in results)
@@ -325,13 +325,13 @@ def test_starttls_with_a_self_signed_certificate(tmp_path: Path, certificate, mo
     with smtp_server(handler, **tls, **auth) as server:
         extra = {"security": "starttls", "username": "mailer", "password": "s3cret"}
         channel = make_channel(tmp_path, server.port, ca_file=str(certificate[0]), **extra)
-        results = channel.send(messages(channel, tmp_path, 3))
+        results = list(channel.send(messages(channel, tmp_path, 3)))
         channel.close()
 
         untrusted = make_channel(tmp_path, server.port, **extra)  # the system's CAs do not know this certificate
-        refused = untrusted.send(messages(untrusted, tmp_path, 2))
+        refused = list(untrusted.send(messages(untrusted, tmp_path, 2)))
         plain = make_channel(tmp_path, server.port)  # no TLS: the server requires it
-        not_secured = plain.send(messages(plain, tmp_path, 2))
+        not_secured = list(plain.send(messages(plain, tmp_path, 2)))
     assert [r.status for r in results] == [SendStatus.SENT] * 3
     assert handler.tls_peers == handler.peers and len(handler.peers) == 1
     assert [r.status for r in refused] == [SendStatus.TRANSIENT] * 2
@@ -345,7 +345,7 @@ def test_implicit_tls(tmp_path: Path, certificate):
     handler = Recorder()
     with smtp_server(handler, ssl_context=server_tls(certificate)) as server:
         channel = make_channel(tmp_path, server.port, security="ssl", ca_file=str(certificate[0]))
-        results = channel.send(messages(channel, tmp_path, 2))
+        results = list(channel.send(messages(channel, tmp_path, 2)))
         channel.close()
     assert [r.status for r in results] == [SendStatus.SENT] * 2
     assert handler.tls_peers == handler.peers and len(handler.peers) == 1
@@ -356,7 +356,7 @@ def test_a_slow_server_times_out_as_transient(tmp_path: Path):
     with smtp_server(handler) as server:
         channel = make_channel(tmp_path, server.port, timeout=0.5)
         started = time.monotonic()
-        results = channel.send(messages(channel, tmp_path, 3))
+        results = list(channel.send(messages(channel, tmp_path, 3)))
         elapsed = time.monotonic() - started
         channel.close()
     assert [r.status for r in results] == [SendStatus.TRANSIENT] * 3
@@ -369,12 +369,12 @@ def test_a_server_that_never_greets_or_is_not_there(tmp_path: Path):
         silent.bind(("127.0.0.1", 0))
         silent.listen(5)
         channel = make_channel(tmp_path, silent.getsockname()[1], timeout=0.5)
-        results = channel.send(messages(channel, tmp_path, 2))
+        results = list(channel.send(messages(channel, tmp_path, 2)))
     assert [r.status for r in results] == [SendStatus.TRANSIENT] * 2
     assert results[0].error.startswith("cannot connect to 127.0.0.1:")
 
     nobody = make_channel(tmp_path, free_port())
-    results = nobody.send(messages(nobody, tmp_path, 2))
+    results = list(nobody.send(messages(nobody, tmp_path, 2)))
     nobody.close()
     assert [r.status for r in results] == [SendStatus.TRANSIENT] * 2
     assert "ConnectionRefusedError" in results[0].error
@@ -387,7 +387,7 @@ def test_an_internationalised_address_needs_smtputf8(tmp_path: Path, smtputf8: b
         channel = make_channel(tmp_path, server.port)
         batch = messages(channel, tmp_path, 2)
         batch[0].contact = "张伟@example.com"
-        results = channel.send(batch)
+        results = list(channel.send(batch))
         channel.close()
     if smtputf8:
         assert [r.status for r in results] == [SendStatus.SENT] * 2
