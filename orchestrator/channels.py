@@ -75,6 +75,9 @@ class SendResult:
     status: SendStatus
     provider_id: str | None = None
     error: str | None = None
+    #: with a permanent result: the provider says this address must not be contacted again on this channel
+    #: ("unsubscribed", "bounced", "complained", "do_not_contact"); the dispatcher adds the suppression
+    suppress: str | None = None
 
     @classmethod
     def sent(cls, provider_id: str | None = None) -> SendResult:
@@ -85,8 +88,19 @@ class SendResult:
         return cls(SendStatus.TRANSIENT, error=error)
 
     @classmethod
-    def permanent(cls, error: str) -> SendResult:
-        return cls(SendStatus.PERMANENT, error=error)
+    def permanent(cls, error: str, suppress: str | None = None) -> SendResult:
+        return cls(SendStatus.PERMANENT, error=error, suppress=suppress)
+
+
+def http_result(status: int, reason: str, provider_id: str | None = None) -> SendResult:
+    """The usual reading of an HTTP provider's status: 2xx sent; 408, 425, 429 and 5xx worth retrying (the
+    dispatcher retries with backoff, so plugins never loop); any other 4xx is final."""
+    if 200 <= status < 300:
+        return SendResult.sent(provider_id)
+    error = f"HTTP {status}: {reason}".strip()
+    if status in (408, 425, 429) or status >= 500:
+        return SendResult.transient(error)
+    return SendResult.permanent(error)
 
 
 class Channel(ABC):
