@@ -61,7 +61,9 @@ class OutgoingMessage:
     customer_id: str
     contact: str
     message: RenderedMessage
-    idempotency_key: str = ""
+    idempotency_key: str = ""  # stable across retries and resumes; pass it to providers that deduplicate
+    run_id: int | None = None
+    campaign: str = ""
 
 
 class SendStatus(enum.StrEnum):

@@ -25,6 +25,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -184,6 +185,13 @@ class Delivery(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+    # dispatch: a transient failure waits until next_attempt_at; a claim is a lease that expires with its process
+    next_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claim_expires: Mapped[datetime | None]
+    # what happened after sending, where a channel reports it (e.g. a call centre's call outcomes)
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    outcome_at: Mapped[datetime | None]
 
     __table_args__ = (
         UniqueConstraint("run_pk", "customer_pk", "channel"),
@@ -191,6 +199,31 @@ class Delivery(Base):
         # frequency caps count a customer's recent sends across campaigns
         Index("ix_deliveries_customer_sent", "customer_pk", "sent_at"),
     )
+
+
+class DeliveryPayload(Base):
+    """The rendered message of a delivery not yet final, so that any dispatch process can send it as decided.
+
+    Kept apart from ``deliveries`` (which is scanned by caps and reports) and deleted once the delivery is final.
+    ``body`` is zlib-compressed JSON of the ``RenderedMessage``.
+    """
+
+    __tablename__ = "delivery_payloads"
+
+    delivery_pk: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ProviderQuota(Base):
+    """A provider's rate limit, shared by every dispatch process: a GCRA theoretical arrival time for the
+    per-second rate, and the count sent on the current day for the daily cap."""
+
+    __tablename__ = "provider_quotas"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tat: Mapped[datetime | None]
+    day: Mapped[date | None]
+    day_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Coupon(Base):
