@@ -41,6 +41,8 @@ class CompiledMessage:
     channel: str
     options: MessageOptions
     templates: Mapping[str, Any]  # part name -> compiled template (e.g. "subject", "html", "text")
+    #: advice found while compiling (``validate`` prints it; it does not make the campaign invalid)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
