@@ -81,6 +81,45 @@ class PoliciesConfig(_Section):
         return DispatchSettings._window(value)  # the same rule as a campaign's quiet_hours
 
 
+class RetryConfig(_Section):
+    """Transient failures retry after first_delay, doubling up to max_delay, each delay with full jitter (a random
+    point in [delay/2, delay]); a message fails for good after max_attempts or max_age_hours from its creation."""
+
+    max_attempts: int = Field(8, ge=1)
+    max_age_hours: float = Field(24, gt=0)
+    first_delay_seconds: float = Field(30, ge=0)
+    max_delay_seconds: float = Field(3600, ge=0)
+
+
+class BreakerConfig(_Section):
+    """A channel whose provider fails transiently on failure_rate of its last `window` attempts (once at least
+    min_calls were made) is paused for cooldown_seconds, then tried with one message before it resumes."""
+
+    window: int = Field(50, ge=1)
+    min_calls: int = Field(20, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    cooldown_seconds: float = Field(30, ge=0)
+
+
+class RateLimitConfig(_Section):
+    """A provider's limits, shared by every dispatch process on the same database."""
+
+    per_second: float | None = Field(None, gt=0)
+    per_day: int | None = Field(None, ge=1)
+
+
+class DispatchConfig(_Section):
+    """How deliveries are sent. ``retry``, ``breaker`` and ``rate_limit`` may also be given per channel, as
+    ``channels.<name>.retry`` and so on, replacing these for that channel."""
+
+    claim_size: int = Field(50, ge=1, le=10_000)  # messages a process claims and sends at a time
+    lease_seconds: float = Field(300, gt=0)  # a claim held longer is presumed abandoned
+    linger_seconds: float = Field(60, ge=0)  # how long a run waits for retries before leaving them to `resume`
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+
 class TierRule(_Section):
     name: str
     min_spend: Decimal = Decimal("0")
@@ -121,6 +160,7 @@ class Settings(_Section):
     campaigns: str = "campaigns"
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     policies: PoliciesConfig = PoliciesConfig()
+    dispatch: DispatchConfig = DispatchConfig()
 
     # where the file was read from; relative paths in it resolve against its folder (the working
     # directory when there is no file)
@@ -171,7 +211,19 @@ def _expand_env(value: Any, doc: YamlDocument, path: tuple = ()) -> Any:
 _VOCABULARY = sorted(
     {
         name
-        for model in (Settings, DatabaseConfig, AnalysisConfig, LifecycleConfig, CLVConfig, TierRule, PoliciesConfig)
+        for model in (
+            Settings,
+            DatabaseConfig,
+            AnalysisConfig,
+            LifecycleConfig,
+            CLVConfig,
+            TierRule,
+            PoliciesConfig,
+            DispatchConfig,
+            RetryConfig,
+            BreakerConfig,
+            RateLimitConfig,
+        )
         for name in model.model_fields
     }
 )

@@ -5,12 +5,15 @@ is what makes a run resumable without repeats: after a crash, rows still ``pendi
 state are not touched.
 
 States: pending -> sent | failed | skipped(reason) | deferred(until); held_out for the control group.
+A run is running (being planned), waiting (planned; messages left to send later) or done.
 """
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +21,8 @@ from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator.db.models import Campaign, CampaignRun, Delivery
+from orchestrator.channels import RenderedMessage
+from orchestrator.db.models import Campaign, CampaignRun, Delivery, DeliveryPayload
 from orchestrator.timeutil import utcnow
 
 FINAL_STATES = ("sent", "failed", "skipped", "held_out")
@@ -43,6 +47,15 @@ class IntendedDelivery:
     contact: str | None = None
     coupon_pk: int | None = None
     deferred_until: datetime | None = None  # quiet hours: when the message may go
+    message: RenderedMessage | None = None  # what will be sent; stored with the row until it is final
+
+
+def encode_payload(message: RenderedMessage) -> bytes:
+    return zlib.compress(json.dumps(asdict(message), ensure_ascii=False, separators=(",", ":")).encode(), 6)
+
+
+def decode_payload(body: bytes) -> RenderedMessage:
+    return RenderedMessage(**json.loads(zlib.decompress(body)))
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,7 @@ def open_run(engine: Engine, campaign_pk: int, scheduled_at: datetime, content_h
 def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[IntendedDelivery]) -> dict:
     """Write delivery rows (existing ones are kept as they are) and return {(customer, channel): (id, state)}."""
     now = utcnow()
+    intended = list(deliveries)
     rows = [
         {
             "run_pk": run_pk,
@@ -161,7 +175,7 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
             "created_at": now,
             "updated_at": now,
         }
-        for d in deliveries
+        for d in intended
     ]
     insert_ignoring_duplicates(conn, Delivery.__table__, rows, ["run_pk", "customer_pk", "channel"])
     pks = list({r["customer_pk"] for r in rows})
@@ -172,37 +186,49 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
             Delivery.run_pk == run_pk, Delivery.customer_pk.in_(pks)
         )
     )
-    return {(r.customer_pk, r.channel): (r.id, r.state) for r in found}
+    written = {(r.customer_pk, r.channel): (r.id, r.state) for r in found}
+    payloads = [
+        {"delivery_pk": written[(d.customer_pk, d.channel)][0], "body": encode_payload(d.message)}
+        for d in intended
+        if d.message is not None and written[(d.customer_pk, d.channel)][1] in ("pending", "deferred")
+    ]
+    insert_ignoring_duplicates(conn, DeliveryPayload.__table__, payloads, ["delivery_pk"])
+    return written
 
 
-def record_result(
-    conn: Connection,
-    delivery_id: int,
-    state: str,
-    *,
-    provider_id: str | None = None,
-    error: str | None = None,
-) -> None:
-    now = utcnow()
-    values: dict[str, Any] = {
-        "state": state,
-        "attempts": Delivery.attempts + 1,
-        "updated_at": now,
-        "provider_id": provider_id,
-        "last_error": error,
-    }
-    if state == "sent":
-        values["sent_at"] = now
-    conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
-
-
-def finish_run(engine: Engine, run_pk: int, summary: dict) -> None:
+def finish_run(engine: Engine, run_pk: int, summary: dict) -> str:
+    """Close the run's planning: ``done`` when every delivery is final, else ``waiting`` (messages pending a
+    retry or deferred by quiet hours, which ``orchestrator dispatch`` sends when due). Returns the state."""
     with engine.begin() as conn:
+        waiting = conn.execute(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.run_pk == run_pk, Delivery.state.in_(("pending", "deferred")))
+        ).scalar_one()
+        state = "waiting" if waiting else "done"
         conn.execute(
             update(CampaignRun)
             .where(CampaignRun.id == run_pk)
-            .values(state="done", finished_at=utcnow(), summary=summary)
+            .values(state=state, finished_at=None if waiting else utcnow(), summary=summary)
         )
+    return state
+
+
+def close_if_complete(conn: Connection, run_pk: int) -> bool:
+    """Mark a ``waiting`` run done once nothing of it is pending or deferred any more."""
+    waiting = conn.execute(
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.run_pk == run_pk, Delivery.state.in_(("pending", "deferred")))
+    ).scalar_one()
+    if waiting:
+        return False
+    conn.execute(
+        update(CampaignRun)
+        .where(CampaignRun.id == run_pk, CampaignRun.state == "waiting")
+        .values(state="done", finished_at=utcnow())
+    )
+    return True
 
 
 def state_counts(conn: Connection, run_pk: int) -> dict[str, Any]:

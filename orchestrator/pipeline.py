@@ -1,14 +1,16 @@
 """One campaign run: segment -> contact policies -> control group -> offer -> render -> dispatch.
 
 ``run`` and ``dry_run`` are the same code path. A dry run writes nothing and sends nothing; a real run writes
-the run and its delivery rows before sending, so that running it again with the same ``--at`` continues the
-same run instead of starting a second one. The audience streams through in batches; nothing here holds the
-whole audience in memory.
+the run and, per batch of the audience, every decision as a delivery row - with the rendered message of each one
+to be sent - before anything is sent, so that running it again with the same ``--at`` continues the same run
+instead of starting a second one. After each batch is written, the dispatcher (``orchestrator.dispatch``) sends
+what is due; at the end it waits for retries up to ``dispatch.linger_seconds``. The audience streams through in
+batches; nothing here holds the whole audience in memory.
 
 A member in their quiet hours is decided like any other (policies, control group, offer) but their delivery rows
-are written ``deferred`` with ``deferred_until`` instead of ``pending``, and nothing is sent to them in this run;
-``RunResult.deferred`` counts those rows (messages, like ``messages``). Sending them when the window ends is the
-scheduler's job, not this module's.
+are written ``deferred`` with ``deferred_until`` instead of ``pending``, and nothing is sent to them by the run;
+``RunResult.deferred`` counts those rows (messages, like ``messages``). ``orchestrator dispatch`` sends them once
+their time has come.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from sqlalchemy import Connection, Engine
 
 from orchestrator import ledger, policies
 from orchestrator.campaign.loader import CampaignPlan, StepPlan
-from orchestrator.channels import Channel, OutgoingMessage, RenderedMessage, SendStatus
+from orchestrator.channels import Channel, RenderedMessage
 from orchestrator.config import Settings
-from orchestrator.errors import RuntimeFailure
+from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 
 OFFER_SKIP = "offer_"  # a member withheld by the offer is skipped with reason offer_<why>, e.g. offer_budget
@@ -64,10 +66,12 @@ class RunResult:
     skipped: Counter = field(default_factory=Counter)
     messages: int = 0
     deferred: int = 0  # messages deferred by quiet hours: written, not sent now
-    outcomes: Counter = field(default_factory=Counter)  # sent / failed / already_done, for real runs
+    outcomes: Counter = field(default_factory=Counter)  # sent / failed / retrying / already_<state>, real runs
     samples: list[dict[str, Any]] = field(default_factory=list)
     run_id: int | None = None
     resumed: bool = False
+    state: str | None = None  # the run's state afterwards: done, or waiting (messages left for `dispatch`)
+    dispatch: DrainReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         offers = OfferTally()
@@ -95,7 +99,9 @@ class RunResult:
             "samples": self.samples,
         }
         if not self.dry_run:
-            data.update(run_id=self.run_id, resumed=self.resumed, outcomes=dict(self.outcomes))
+            data.update(run_id=self.run_id, resumed=self.resumed, outcomes=dict(self.outcomes), state=self.state)
+            if self.dispatch is not None and (self.dispatch.open or self.dispatch.paused):
+                data.update(open=dict(self.dispatch.open), paused=dict(self.dispatch.paused))
         return data
 
 
@@ -158,7 +164,8 @@ class CampaignRunner:
         return self.channels[channel_name].render(candidate.step.messages[channel_name], context)
 
     # -- a run ------------------------------------------------------------------------------------------------
-    def execute(self, at: datetime, *, dry_run: bool, sample: int = 3) -> RunResult:
+    def execute(self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True) -> RunResult:
+        """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing."""
         from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
 
         audience = Audience(self.engine, self.settings, self.plan, at)
@@ -166,6 +173,7 @@ class CampaignRunner:
         result.steps = [StepResult(step.name) for step in self.plan.steps]
         result.conditions = audience.funnel()
         run: dict[str, Any] = {"campaign": self.plan.name, "at": at}
+        dispatcher = None
         if not dry_run:
             with self.engine.begin() as conn:
                 campaign_pk = ledger.upsert_campaign(
@@ -178,12 +186,23 @@ class CampaignRunner:
             ref = ledger.open_run(self.engine, campaign_pk, at, self.plan.content_hash)
             result.run_id, result.resumed = ref.pk, not ref.created
             run.update(run_pk=ref.pk, campaign_pk=campaign_pk)
-        for batch in audience.batches(self.plan.campaign.dispatch.batch_size):
-            self._batch(batch, result, run, at, dry_run, sample)
-        for channel in self.channels.values():
-            channel.close()
+            if send:
+                dispatcher = Dispatcher(self.engine, self.settings, self.channels.__getitem__)
+                result.dispatch = DrainReport()
+        try:
+            for batch in audience.batches(self.plan.campaign.dispatch.batch_size):
+                self._batch(batch, result, run, at, dry_run, sample)
+                if dispatcher is not None:  # send what this batch made due; retries wait for the end
+                    result.dispatch.merge(dispatcher.drain(result.run_id, linger=0))
+            if dispatcher is not None:
+                result.dispatch.merge(dispatcher.drain(result.run_id))
+        finally:
+            for channel in self.channels.values():
+                channel.close()
         if not dry_run:
-            ledger.finish_run(self.engine, result.run_id, _json_summary(result))
+            if result.dispatch is not None:
+                result.outcomes.update(result.dispatch.outcomes)
+            result.state = ledger.finish_run(self.engine, result.run_id, _json_summary(result))
         return result
 
     def _batch(self, batch: list[dict[str, Any]], result: RunResult, run, at, dry_run: bool, sample: int) -> None:
@@ -223,21 +242,16 @@ class CampaignRunner:
                 if members:
                     offer.prepare(conn, members, run, dry_run)
             intended: list[ledger.IntendedDelivery] = []
-            contacted: list[Candidate] = []
             for candidate in candidates:
                 rows = recorded.get(candidate.customer["pk"])
                 if rows is not None:
-                    decided = self._replay(conn, candidate, rows, result)
+                    self._replay(conn, candidate, rows, result)
                 else:
-                    decided = self._decide(conn, candidate, lookups, result, run, dry_run, intended)
-                if decided:
-                    contacted.append(candidate)
-            existing = {} if dry_run else ledger.record_intended(conn, run["run_pk"], intended)
-            for pk, rows in recorded.items():
-                existing.update({(pk, r.channel): (r.id, r.state) for r in rows})
-        self._dispatch(contacted, existing, result, at, dry_run, sample)
+                    self._decide(conn, candidate, lookups, result, run, dry_run, intended, sample)
+            if not dry_run:
+                ledger.record_intended(conn, run["run_pk"], intended)
 
-    def _replay(self, conn, candidate: Candidate, rows: list[ledger.RecordedDelivery], result: RunResult) -> bool:
+    def _replay(self, conn, candidate: Candidate, rows: list[ledger.RecordedDelivery], result: RunResult) -> None:
         """A customer this run already decided about (an earlier, interrupted invocation): count what the ledger
         says and never decide again, so that a resumed run issues no second offer and sends nothing twice."""
         first = rows[0]
@@ -245,36 +259,38 @@ class CampaignRunner:
             result.skipped[first.reason or "unknown"] += 1
             if first.reason and first.reason.startswith(OFFER_SKIP):  # withheld by the offer: count it there too
                 result.steps[candidate.step.index].offers.add(Withheld(first.reason.removeprefix(OFFER_SKIP)))
-            return False
+            return
         if first.state == "held_out":
             result.control += 1
-            return False
-        candidate.plan = policies.ContactPlan(channels=[(r.channel, r.contact) for r in rows])
+            return
         if first.coupon_pk is not None and candidate.step.offer:
             kind = next(iter(candidate.step.offer))
             candidate.grant = self.offers[(candidate.step.index, kind)].recall(conn, first.coupon_pk)
             result.steps[candidate.step.index].offers.add(candidate.grant)
         if first.state == "deferred":
             result.deferred += len(rows)
-            return False
-        return True
+            return
+        for row in rows:
+            self._count_message(candidate, row.channel, result)
+            if row.state != "pending":  # pending ones are the dispatcher's to send and count
+                result.outcomes["already_" + row.state] += 1
 
-    def _decide(self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended) -> bool:
-        """Policies, control group and offer for one customer; True when they are to be contacted."""
+    def _decide(self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended, sample) -> None:
+        """Policies, control group, offer and rendering for one customer, written to ``intended``."""
         customer, step = candidate.customer, candidate.step
         first_channel = next(iter(step.messages))
         candidate.plan = plan = self._contact(candidate, lookups)
         if plan.reason:
             result.skipped[plan.reason] += 1
             intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", plan.reason))
-            return False
+            return
         if policies.in_control_group(self.plan.name, customer["customer_id"], self.plan.campaign.control_group):
             result.control += 1
             for name, contact in plan.channels:
                 intended.append(
                     ledger.IntendedDelivery(customer["pk"], name, step.name, "held_out", policies.CONTROL, contact)
                 )
-            return False
+            return
         outcome = self._offer(conn, candidate, run, dry_run)
         if outcome is not None:
             result.steps[step.index].offers.add(outcome)
@@ -282,14 +298,20 @@ class CampaignRunner:
                 reason = OFFER_SKIP + outcome.reason
                 result.skipped[reason] += 1
                 intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", reason))
-                return False
+                return
             candidate.grant = outcome
         if self.quiet:
             zone = policies.customer_zone(customer, self.settings.tz)
             candidate.deferred_until = self.quiet.deferred_until(run["at"], zone)
         state = "deferred" if candidate.deferred_until else "pending"
         for name, contact in plan.channels:
-            coupon_pk = candidate.grant.coupon_pk if candidate.grant else None
+            rendered = self._render(candidate, name, run["at"])
+            if candidate.deferred_until:
+                result.deferred += 1
+            else:
+                self._count_message(candidate, name, result)
+                if len(result.samples) < sample:
+                    result.samples.append(_sample(candidate, name, contact, rendered))
             intended.append(
                 ledger.IntendedDelivery(
                     customer["pk"],
@@ -297,51 +319,16 @@ class CampaignRunner:
                     step.name,
                     state,
                     contact=contact,
-                    coupon_pk=coupon_pk,
+                    coupon_pk=candidate.grant.coupon_pk if candidate.grant else None,
                     deferred_until=candidate.deferred_until,
+                    message=rendered,
                 )
             )
-        if candidate.deferred_until:
-            result.deferred += len(plan.channels)
-            return False
-        return True
 
-    def _dispatch(self, contacted: list[Candidate], existing: dict, result: RunResult, at, dry_run, sample) -> None:
-        by_channel: dict[str, list[OutgoingMessage]] = {}
-        for candidate in contacted:
-            for name, contact in candidate.plan.channels:
-                step_result = result.steps[candidate.step.index]
-                step_result.channels[name] += 1
-                result.messages += 1
-                delivery_id, state = existing.get((candidate.customer["pk"], name), (None, "pending"))
-                if state != "pending":
-                    result.outcomes["already_" + state] += 1
-                    continue
-                rendered = self._render(candidate, name, at)
-                if len(result.samples) < sample:
-                    result.samples.append(_sample(candidate, name, contact, rendered))
-                if dry_run:
-                    continue
-                key = f"run{result.run_id}-d{delivery_id}"
-                message = OutgoingMessage(delivery_id, candidate.customer["customer_id"], contact, rendered, key)
-                by_channel.setdefault(name, []).append(message)
-        for name, messages in by_channel.items():
-            self._send(name, messages, result)
-
-    def _send(self, channel_name: str, messages: list[OutgoingMessage], result: RunResult) -> None:
-        results = list(self.channels[channel_name].send(messages))
-        if len(results) != len(messages):
-            raise RuntimeFailure(
-                f"channel {channel_name} returned {len(results)} results for {len(messages)} messages",
-                hint="a channel's send() must return one result per message, in order",
-            )
-        with self.engine.begin() as conn:
-            for message, outcome in zip(messages, results, strict=True):
-                state = {SendStatus.SENT: "sent", SendStatus.PERMANENT: "failed"}.get(outcome.status, "pending")
-                ledger.record_result(
-                    conn, message.delivery_id, state, provider_id=outcome.provider_id, error=outcome.error
-                )
-                result.outcomes[state if state != "pending" else "retry_pending"] += 1
+    @staticmethod
+    def _count_message(candidate: Candidate, channel: str, result: RunResult) -> None:
+        result.steps[candidate.step.index].channels[channel] += 1
+        result.messages += 1
 
 
 def _sample(candidate: Candidate, channel: str, contact: str, rendered: RenderedMessage) -> dict[str, Any]:

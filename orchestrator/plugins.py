@@ -17,7 +17,14 @@ from orchestrator import hookspecs
 from orchestrator.errors import RuntimeFailure
 
 ENTRY_POINT_GROUP = "orchestrator.plugins"
-BUILTIN_PLUGINS: tuple[str, ...] = ("orchestrator_plugins.email", "orchestrator_plugins.coupon")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "orchestrator_plugins.email",
+    "orchestrator_plugins.coupon",
+    "orchestrator_plugins.webhook",
+    "orchestrator_plugins.wechat",
+    "orchestrator_plugins.sms",
+    "orchestrator_plugins.call_list",
+)
 
 
 @dataclass(frozen=True)

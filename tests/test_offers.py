@@ -27,11 +27,20 @@ from typing import Any
 import pytest
 import yaml
 from orchestrator_plugins.coupon import CouponTerms
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from orchestrator import codes
 from orchestrator.config import Settings
-from orchestrator.db.models import Campaign, CampaignRun, Coupon, Customer, Delivery, OfferBudget, Suppression
+from orchestrator.db.models import (
+    Campaign,
+    CampaignRun,
+    Coupon,
+    Customer,
+    Delivery,
+    DeliveryPayload,
+    OfferBudget,
+    Suppression,
+)
 from orchestrator.policies import in_control_group
 from tests import dataset
 from tests.clitools import Cli
@@ -966,28 +975,29 @@ def test_a_resumed_run_issues_no_second_coupon(env: Env):
 
 def test_an_interrupted_run_sends_the_coupon_it_already_issued(env: Env):
     file, exp = resume_setup(env)
-    first = env.run(file)
-    coupons = env.coupons(first["run_id"])
-    deliveries = env.deliveries(first["run_id"])
+    planned = env.json("run", str(file), "--at", _text(AT), "--plan-only")
+    assert planned["outcomes"] == {} and planned["state"] == "waiting"
+    coupons = env.coupons(planned["run_id"])
+    deliveries = env.deliveries(planned["run_id"])
     lost = sorted(cid for cid in exp.issued)[:2]
-    # as if the process died after the coupon and delivery rows were committed, before the send
+    # as if an earlier process had sent everything but these two and then died
     with env.engine.begin() as conn:
-        for cid in lost:
+        for cid in set(exp.contacted) - set(lost):
             conn.execute(
                 Delivery.__table__.update()
                 .where(Delivery.id == deliveries[cid].id)
-                .values(state="pending", sent_at=None, provider_id=None, attempts=0)
+                .values(state="sent", provider_id=f"earlier-{cid}")
             )
-            (env.outbox / deliveries[cid].provider_id).unlink()
+            conn.execute(delete(DeliveryPayload).where(DeliveryPayload.delivery_pk == deliveries[cid].id))
     again = env.run(file)
     assert again["resumed"] is True
     assert again["outcomes"] == {"sent": 2, "already_sent": len(exp.contacted) - 2}
     assert env.count(Coupon) == len(dataset.COUPONS) + len(exp.issued)
-    after = env.deliveries(first["run_id"])
+    after = env.deliveries(planned["run_id"])
     for cid in lost:
         assert after[cid].state == "sent" and after[cid].coupon_pk == coupons[cid].id
         mail = env.mail(after[cid].provider_id)
-        assert mail["code"] == codes.display(coupons[cid].code)  # the same coupon, not a new one
+        assert mail["code"] == codes.display(coupons[cid].code)  # the coupon issued when planning, not a new one
         assert mail["description"] == "立减20元"
 
 

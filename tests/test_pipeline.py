@@ -22,10 +22,10 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
 from orchestrator.config import Settings
-from orchestrator.db.models import Base, CampaignRun, Coupon, Customer, Delivery, Suppression
+from orchestrator.db.models import Base, CampaignRun, Coupon, Customer, Delivery, DeliveryPayload, Suppression
 from orchestrator.policies import in_control_group
 from tests import dataset
 from tests.clitools import Cli
@@ -476,39 +476,38 @@ def test_running_again_at_the_same_time_continues_the_same_run(env: Env):
 
 
 def test_an_interrupted_run_sends_only_what_was_not_sent(env: Env):
-    first = env.run()
+    planned = env.run("--plan-only")
     exp = expected_run(AT)
-    sent = [(d, cid) for d, cid in env.deliveries() if d.state == "sent"]
-    assert len(sent) >= 3
-    interrupted = {d.id: d.provider_id for d, _ in sent[:2]}
-    # as if the process died after writing these rows and before sending them
+    assert planned["outcomes"] == {} and planned["state"] == "waiting" and env.outbox_files() == {}
+    pending = [d for d, _ in env.deliveries() if d.state == "pending"]
+    assert len(pending) == len(exp.contacted) >= 3
+    # as if an earlier process had sent two of them and then died
+    earlier = {d.id: f"earlier-{d.id}" for d in pending[:2]}
     with env.engine.begin() as conn:
-        conn.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(list(interrupted)))
-            .values(state="pending", sent_at=None, provider_id=None, attempts=0)
-        )
-        conn.execute(update(CampaignRun).where(CampaignRun.id == first["run_id"]).values(state="running"))
-    for name in interrupted.values():
-        (env.outbox / name).unlink()
-    untouched = env.outbox_files()
+        for delivery_id, provider_id in earlier.items():
+            conn.execute(
+                update(Delivery).where(Delivery.id == delivery_id).values(state="sent", provider_id=provider_id)
+            )
+            conn.execute(delete(DeliveryPayload).where(DeliveryPayload.delivery_pk == delivery_id))
+        conn.execute(update(CampaignRun).where(CampaignRun.id == planned["run_id"]).values(state="running"))
     tables_before = table_counts(env.engine)
     again = env.run()
-    assert again["run_id"] == first["run_id"] and again["resumed"] is True
-    assert again["outcomes"] == {"sent": 2, "already_sent": len(exp.contacted) - 2}
+    assert again["run_id"] == planned["run_id"] and again["resumed"] is True
+    assert again["outcomes"] == {"sent": len(exp.contacted) - 2, "already_sent": 2}
     check_against(again, exp)
-    assert table_counts(env.engine) == tables_before  # no new delivery, run or coupon rows
-    files = env.outbox_files()
-    assert {k: v for k, v in files.items() if k in untouched} == untouched
-    assert set(files) - set(untouched) == set(interrupted.values())
+    assert {k: v for k, v in table_counts(env.engine).items() if k != "delivery_payloads"} == {
+        k: v for k, v in tables_before.items() if k != "delivery_payloads"
+    }  # no new delivery, run or coupon rows
+    assert len(env.outbox_files()) == len(exp.contacted) - 2
     states = {d.id: d for d, _ in env.deliveries()}
-    for delivery_id, name in interrupted.items():
-        assert states[delivery_id].state == "sent" and states[delivery_id].provider_id == name
-        assert states[delivery_id].attempts == 1
-    check_ledger_and_outbox(env, first["run_id"], exp)
+    for delivery_id, provider_id in earlier.items():
+        assert states[delivery_id].provider_id == provider_id  # not sent a second time
+    for delivery in pending[2:]:
+        assert states[delivery.id].state == "sent" and states[delivery.id].attempts == 1
     with env.engine.connect() as conn:
         assert conn.execute(select(CampaignRun.state)).scalar_one() == "done"
         assert conn.execute(select(func.count()).select_from(Coupon)).scalar_one() == tables_before["coupons"]
+        assert conn.execute(select(func.count()).select_from(DeliveryPayload)).scalar_one() == 0
 
 
 def test_a_campaign_with_one_top_level_message_runs_as_step_main(env: Env):

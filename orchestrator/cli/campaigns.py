@@ -89,12 +89,18 @@ def dry_run(app, file: str, at_text: str | None, sample: int, as_json: bool) -> 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @AT_OPTION
+@click.option(
+    "--plan-only",
+    is_flag=True,
+    help="Write every decision and rendered message to the ledger but send nothing: `orchestrator dispatch` "
+    "(any number of processes) sends them.",
+)
 @JSON_OPTION
 @click.pass_obj
-def run(app, file: str, at_text: str | None, as_json: bool) -> None:
+def run(app, file: str, at_text: str | None, plan_only: bool, as_json: bool) -> None:
     """Run a campaign once. ``--at`` is the run's scheduled time: the same time continues the same run."""
     at = app.parse_at(at_text)  # every input is checked before anything is written
     service = Orchestrator(app.settings, app.engine)
     plan = service.load(file)
-    result = service.runner(plan).execute(at, dry_run=False, sample=0)
+    result = service.runner(plan).execute(at, dry_run=False, sample=0, send=not plan_only)
     emit_json(result.to_dict()) if as_json else print_run(result)

@@ -1,0 +1,297 @@
+"""The ledger side of dispatch: claim due deliveries, and record one message's result.
+
+A claim is a lease (``claimed_by``, ``claim_expires``) on rows that stay ``pending``: if the process dies, the
+lease runs out (or is released at once when the holder is a dead process on this host) and another process sends
+them. The claim is one ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING id``; on PostgreSQL the inner select is
+``FOR UPDATE SKIP LOCKED``, so concurrent claimers take different rows without waiting for each other. Every
+result update is conditional on the row still being claimed by this process, so a process that lost its lease
+can never overwrite what the next holder recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
+
+from orchestrator import suppressions
+from orchestrator.channels import OutgoingMessage, RenderedMessage, SendResult
+from orchestrator.db.models import Campaign, CampaignRun, Customer, Delivery, DeliveryPayload
+from orchestrator.ledger import decode_payload
+
+HOST = socket.gethostname()[:40]
+
+
+def worker_name() -> str:
+    """``host:pid:nonce``; the host and pid let a restarted process release the claims of a dead one."""
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    run_pk: int
+    customer_pk: int
+    customer_id: str
+    channel: str
+    contact: str | None
+    attempts: int
+    created_at: datetime
+    campaign: str
+    message: RenderedMessage | None  # None only if the payload row is missing
+
+    def outgoing(self) -> OutgoingMessage:
+        return OutgoingMessage(
+            delivery_id=self.id,
+            customer_id=self.customer_id,
+            contact=self.contact or "",
+            message=self.message,
+            idempotency_key=f"run{self.run_pk}-d{self.id}",
+            run_id=self.run_pk,
+            campaign=self.campaign,
+        )
+
+
+def due(now: datetime, deferred_due_at: datetime | None):
+    """Pending rows whose retry time has come; with ``deferred_due_at``, also rows deferred until then."""
+    pending = and_(
+        Delivery.state == "pending", or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)
+    )
+    if deferred_due_at is None:
+        return pending
+    return or_(pending, and_(Delivery.state == "deferred", Delivery.deferred_until <= deferred_due_at))
+
+
+def unclaimed(now: datetime):
+    return or_(Delivery.claim_expires.is_(None), Delivery.claim_expires < now)
+
+
+def due_channels(conn: Connection, run_pk: int, now: datetime, deferred_due_at: datetime | None) -> list[str]:
+    query = select(Delivery.channel).where(Delivery.run_pk == run_pk, due(now, deferred_due_at), unclaimed(now))
+    return sorted(conn.execute(query.distinct()).scalars())
+
+
+def next_wake(conn: Connection, run_pk: int, deferred_due_at: datetime | None) -> datetime | None:
+    """The earliest time a pending row of this run becomes due (retries, other processes' leases)."""
+    times = [
+        conn.execute(
+            select(func.min(Delivery.next_attempt_at)).where(Delivery.run_pk == run_pk, Delivery.state == "pending")
+        ).scalar(),
+        conn.execute(
+            select(func.min(Delivery.claim_expires)).where(Delivery.run_pk == run_pk, Delivery.state == "pending")
+        ).scalar(),
+    ]
+    if deferred_due_at is not None:
+        times.append(
+            conn.execute(
+                select(func.min(Delivery.deferred_until)).where(
+                    Delivery.run_pk == run_pk,
+                    Delivery.state == "deferred",
+                    Delivery.deferred_until <= deferred_due_at,
+                )
+            ).scalar()
+        )
+    times = [t for t in times if t is not None]
+    return min(times) if times else None
+
+
+def open_count(conn: Connection, run_pk: int) -> dict[str, int]:
+    rows = conn.execute(
+        select(Delivery.state, func.count())
+        .where(Delivery.run_pk == run_pk, Delivery.state.in_(("pending", "deferred")))
+        .group_by(Delivery.state)
+    )
+    return dict(rows.all())
+
+
+def claim(
+    conn: Connection,
+    *,
+    run_pk: int,
+    channel: str,
+    limit: int,
+    worker: str,
+    now: datetime,
+    lease: timedelta,
+    deferred_due_at: datetime | None = None,
+) -> list[Claimed]:
+    candidates = (
+        select(Delivery.id)
+        .where(Delivery.run_pk == run_pk, Delivery.channel == channel, due(now, deferred_due_at), unclaimed(now))
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    ids = (
+        conn.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(candidates.scalar_subquery()))
+            .values(state="pending", claimed_by=worker, claim_expires=now + lease)
+            .returning(Delivery.id)
+        )
+        .scalars()
+        .all()
+    )
+    if not ids:
+        return []
+    rows = conn.execute(
+        select(
+            Delivery.id,
+            Delivery.run_pk,
+            Delivery.customer_pk,
+            Customer.customer_id,
+            Delivery.channel,
+            Delivery.contact,
+            Delivery.attempts,
+            Delivery.created_at,
+            Campaign.name,
+            DeliveryPayload.body,
+        )
+        .join(Customer, Customer.id == Delivery.customer_pk)
+        .join(CampaignRun, CampaignRun.id == Delivery.run_pk)
+        .join(Campaign, Campaign.id == CampaignRun.campaign_pk)
+        .outerjoin(DeliveryPayload, DeliveryPayload.delivery_pk == Delivery.id)
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.id)
+    )
+    return [Claimed(*row[:-1], decode_payload(row.body) if row.body is not None else None) for row in rows]
+
+
+def release_dead_claims(conn: Connection, run_pk: int) -> int:
+    """Release claims held by processes of this host that no longer exist (a crash, a SIGKILL), so that a
+    restarted dispatcher does not wait for their leases to run out."""
+    holders = conn.execute(
+        select(Delivery.claimed_by)
+        .where(Delivery.run_pk == run_pk, Delivery.state == "pending", Delivery.claimed_by.like(f"{HOST}:%"))
+        .distinct()
+    ).scalars()
+    dead = [holder for holder in holders if not _alive(holder)]
+    if not dead:
+        return 0
+    released = conn.execute(
+        update(Delivery)
+        .where(Delivery.run_pk == run_pk, Delivery.state == "pending", Delivery.claimed_by.in_(dead))
+        .values(claimed_by=None, claim_expires=None)
+    )
+    return released.rowcount
+
+
+def _alive(holder: str) -> bool:
+    try:
+        pid = int(holder.split(":")[1])
+    except (IndexError, ValueError):
+        return True  # not ours to judge
+    if pid == os.getpid():
+        return False  # an earlier dispatcher in this very process, since gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mine(claimed: Claimed, worker: str):
+    return and_(Delivery.id == claimed.id, Delivery.claimed_by == worker, Delivery.state == "pending")
+
+
+def record_sent(conn: Connection, claimed: Claimed, worker: str, result: SendResult, now: datetime) -> bool:
+    done = conn.execute(
+        update(Delivery)
+        .where(_mine(claimed, worker))
+        .values(
+            state="sent",
+            sent_at=now,
+            updated_at=now,
+            provider_id=result.provider_id,
+            last_error=None,
+            attempts=Delivery.attempts + 1,
+            claimed_by=None,
+            claim_expires=None,
+            next_attempt_at=None,
+        )
+    ).rowcount
+    conn.execute(delete(DeliveryPayload).where(DeliveryPayload.delivery_pk == claimed.id))
+    return bool(done)
+
+
+def record_failed(
+    conn: Connection, claimed: Claimed, worker: str, error: str, now: datetime, *, suppress_address: bool
+) -> bool:
+    return _final_failure(conn, claimed, worker, error, now, None, suppress_address)
+
+
+def record_permanent(
+    conn: Connection, claimed: Claimed, worker: str, result: SendResult, now: datetime, *, suppress_address: bool
+) -> bool:
+    return _final_failure(conn, claimed, worker, result.error or "failed", now, result.suppress, suppress_address)
+
+
+def _final_failure(conn, claimed, worker, error, now, suppress, suppress_address) -> bool:
+    done = conn.execute(
+        update(Delivery)
+        .where(_mine(claimed, worker))
+        .values(
+            state="failed",
+            updated_at=now,
+            last_error=error,
+            attempts=Delivery.attempts + 1,
+            claimed_by=None,
+            claim_expires=None,
+            next_attempt_at=None,
+        )
+    ).rowcount
+    conn.execute(delete(DeliveryPayload).where(DeliveryPayload.delivery_pk == claimed.id))
+    if done and suppress:
+        target = (
+            suppressions.Target(address=claimed.contact)
+            if suppress_address and claimed.contact
+            else suppressions.Target(customer_pk=claimed.customer_pk, customer_id=claimed.customer_id)
+        )
+        suppressions.add(
+            conn,
+            target,
+            channel=claimed.channel,
+            reason=suppress,
+            source="provider",
+            note=f"{claimed.campaign}: {error}"[:500],
+            now=now,
+        )
+    return bool(done)
+
+
+def record_retry(
+    conn: Connection, claimed: Claimed, worker: str, error: str, now: datetime, retry_at: datetime
+) -> bool:
+    return bool(
+        conn.execute(
+            update(Delivery)
+            .where(_mine(claimed, worker))
+            .values(
+                updated_at=now,
+                last_error=error,
+                attempts=Delivery.attempts + 1,
+                next_attempt_at=retry_at,
+                claimed_by=None,
+                claim_expires=None,
+            )
+        ).rowcount
+    )
+
+
+def release(conn: Connection, claimed: Sequence[Claimed], worker: str) -> None:
+    """Give back claimed rows that were not attempted (the channel was paused mid-batch)."""
+    ids = [c.id for c in claimed]
+    if ids:
+        conn.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids), Delivery.claimed_by == worker, Delivery.state == "pending")
+            .values(claimed_by=None, claim_expires=None)
+        )

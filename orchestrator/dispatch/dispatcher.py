@@ -1,0 +1,226 @@
+"""The dispatch loop: claim what is due, send it, record each result the moment the channel yields it.
+
+``Dispatcher.drain(run)`` keeps going while something is due now; when nothing is, it waits for the next thing
+that will be (a retry time, a breaker's cooldown, a rate limit's next token) if that is at most ``linger`` seconds
+away, and otherwise returns, leaving the rest ``pending`` for ``orchestrator resume`` or the scheduler. Channels are
+served round-robin, ``claim_size`` messages at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
+
+from orchestrator.channels import Channel, SendResult, SendStatus
+from orchestrator.config import BreakerConfig, RateLimitConfig, RetryConfig, Settings
+from orchestrator.dispatch import claims
+from orchestrator.dispatch.breaker import CircuitBreaker
+from orchestrator.dispatch.quotas import Quota
+from orchestrator.dispatch.retry import RetryPolicy
+from orchestrator.errors import InputError, RuntimeFailure
+from orchestrator.timeutil import utcnow
+
+ADDRESS_FIELDS = ("email", "phone", "wechat_openid")  # a provider's suppression follows these addresses
+
+
+@dataclass
+class DrainReport:
+    outcomes: Counter = field(default_factory=Counter)  # sent, failed, retrying (a transient failure, to retry)
+    paused: dict[str, str] = field(default_factory=dict)  # channel -> why it is paused (breaker, rate limit)
+    open: dict[str, int] = field(default_factory=dict)  # rows left pending / deferred when the drain returned
+
+    def merge(self, other: DrainReport) -> None:
+        self.outcomes.update(other.outcomes)
+        self.paused.update(other.paused)
+        self.open = dict(other.open)
+
+
+@dataclass
+class _ChannelState:
+    channel: Channel
+    retry: RetryPolicy
+    breaker: CircuitBreaker
+    quota: Quota
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        channel_for: Callable[[str], Channel],
+        *,
+        worker: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.config = settings.dispatch
+        self.channel_for = channel_for
+        self.worker = worker or claims.worker_name()
+        self.sleep = sleep
+        self._states: dict[str, _ChannelState] = {}
+
+    def state(self, name: str) -> _ChannelState:
+        if name not in self._states:
+            own = self.settings.channels.get(name, {})
+            self._states[name] = _ChannelState(
+                channel=self.channel_for(name),
+                retry=RetryPolicy(self._setting(name, own, "retry", RetryConfig, self.config.retry)),
+                breaker=CircuitBreaker(self._setting(name, own, "breaker", BreakerConfig, self.config.breaker)),
+                quota=Quota(
+                    self.engine,
+                    name,
+                    self._setting(name, own, "rate_limit", RateLimitConfig, self.config.rate_limit),
+                    self.settings.tz,
+                ),
+            )
+        return self._states[name]
+
+    def _setting(self, channel: str, own: dict[str, Any], key: str, model: type[BaseModel], default: BaseModel):
+        """``channels.<channel>.<key>`` over the ``dispatch.<key>`` default."""
+        if key not in own:
+            return default
+        try:
+            return model.model_validate({**default.model_dump(), **dict(own[key] or {})})
+        except (ValidationError, TypeError) as exc:
+            raise InputError(
+                f"channels.{channel}.{key}: {exc}".splitlines()[0],
+                file=self.settings.source,
+                hint=f"keys: {', '.join(model.model_fields)}",
+            ) from None
+
+    def close(self) -> None:
+        for state in self._states.values():
+            state.channel.close()
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def drain(self, run_pk: int, *, linger: float | None = None, deferred_due_at: datetime | None = None):
+        """Send what is due for this run; see the module docstring for when it returns."""
+        linger = self.config.linger_seconds if linger is None else linger
+        report = DrainReport()
+        with self.engine.begin() as conn:
+            claims.release_dead_claims(conn, run_pk)
+        while True:
+            now = utcnow()
+            with self.engine.connect() as conn:
+                names = claims.due_channels(conn, run_pk, now, deferred_due_at)
+            waits: list[float] = []
+            progressed = False
+            for name in names:
+                sent, wait = self._serve(run_pk, name, deferred_due_at, report)
+                progressed |= sent
+                if wait is not None:
+                    waits.append(wait)
+            if progressed:
+                continue
+            with self.engine.connect() as conn:
+                wake = claims.next_wake(conn, run_pk, deferred_due_at)
+            if wake is not None:
+                waits.append(max(0.0, (wake - utcnow()).total_seconds()))
+            if not waits or min(waits) > linger:
+                break
+            self.sleep(max(min(waits), 0.01))
+        with self.engine.connect() as conn:
+            report.open = claims.open_count(conn, run_pk)
+        return report
+
+    def _serve(self, run_pk: int, name: str, deferred_due_at, report: DrainReport) -> tuple[bool, float | None]:
+        """One claim of one channel: (whether anything was attempted, seconds until it may go on if paused)."""
+        state = self.state(name)
+        allowed = state.breaker.allowed()
+        if allowed == 0:
+            report.paused[name] = f"circuit breaker open after repeated failures ({state.breaker.opened}x)"
+            return False, state.breaker.reopens_in()
+        want = self.config.claim_size if allowed is None else allowed
+        granted, wait = state.quota.acquire(want)
+        if granted == 0:
+            report.paused[name] = "rate limit"
+            return False, wait
+        now = utcnow()
+        with self.engine.begin() as conn:
+            batch = claims.claim(
+                conn,
+                run_pk=run_pk,
+                channel=name,
+                limit=granted,
+                worker=self.worker,
+                now=now,
+                lease=timedelta(seconds=self.config.lease_seconds),
+                deferred_due_at=deferred_due_at,
+            )
+        state.quota.give_back(granted - len(batch))
+        if not batch:
+            return False, None
+        report.paused.pop(name, None)
+        self._send(state, batch, report)
+        return True, None
+
+    def _send(self, state: _ChannelState, batch: list[claims.Claimed], report: DrainReport) -> None:
+        sendable = [c for c in batch if c.message is not None]
+        for missing in (c for c in batch if c.message is None):
+            self._record(state, missing, SendResult.permanent("no rendered message in the ledger"), report)
+        if not sendable:
+            return
+        results = _results(state.channel, sendable)
+        attempted = 0
+        try:
+            for claimed in sendable:
+                result = next(results)
+                attempted += 1
+                self._record(state, claimed, result, report)
+                if state.breaker.allowed() == 0:
+                    break  # opened mid-batch: the rest stay pending, untried
+        finally:
+            results.close()
+            if attempted < len(sendable):
+                with self.engine.begin() as conn:
+                    claims.release(conn, sendable[attempted:], self.worker)
+
+    def _record(self, state: _ChannelState, claimed: claims.Claimed, result: SendResult, report) -> None:
+        now = utcnow()
+        by_address = state.channel.contact_field in ADDRESS_FIELDS
+        with self.engine.begin() as conn:
+            if result.status == SendStatus.SENT:
+                claims.record_sent(conn, claimed, self.worker, result, now)
+                report.outcomes["sent"] += 1
+            elif result.status == SendStatus.PERMANENT:
+                claims.record_permanent(conn, claimed, self.worker, result, now, suppress_address=by_address)
+                report.outcomes["failed"] += 1
+            else:
+                decision = state.retry.after_failure(claimed.attempts + 1, claimed.created_at, now)
+                error = result.error or "transient failure"
+                if decision.retry_at is None:
+                    claims.record_failed(
+                        conn, claimed, self.worker, f"{decision.why_not}: {error}", now, suppress_address=by_address
+                    )
+                    report.outcomes["failed"] += 1
+                else:
+                    claims.record_retry(conn, claimed, self.worker, error, now, decision.retry_at)
+                    report.outcomes["retrying"] += 1
+        state.breaker.record(result.status == SendStatus.TRANSIENT)
+
+
+def _results(channel: Channel, batch: list[claims.Claimed]) -> Iterator[SendResult]:
+    """The channel's results, checked to be one per message; closing this closes the channel's generator."""
+    produced = iter(channel.send([c.outgoing() for c in batch]))
+    try:
+        for count, _ in enumerate(batch, start=1):
+            try:
+                yield next(produced)
+            except StopIteration:
+                raise RuntimeFailure(
+                    f"channel {channel.name} returned {count - 1} results for {len(batch)} messages",
+                    hint="a channel's send() must yield one result per message, in order",
+                ) from None
+    finally:
+        close = getattr(produced, "close", None)
+        if close is not None:
+            close()
