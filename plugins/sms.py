@@ -1,0 +1,217 @@
+"""The built-in ``sms`` channel: text messages to E.164 mobile numbers, through an HTTP gateway or a file outbox.
+
+With no ``gateway:`` configured every message is written as one JSON file (``to``, ``text``, ``segments``,
+``customer_id``, ``campaign``, ``idempotency_key``) into ``channels.sms.outbox`` (default ``outbox/sms``,
+relative to the config file's folder), named from the delivery's idempotency key so that a resend overwrites its
+file. With ``gateway:`` the messages go to that HTTP API (``orchestrator_plugins.sms_gateway`` documents the keys
+and how answers map to results). Configuration (``channels.sms`` in the config file)::
+
+    outbox: outbox/sms
+    signature: "【某网店】"        # optional: put in front of every text that does not start with it
+    opt_out_text: "回T退订"        # appended unless the text already contains it ("" turns it off)
+    opt_out_keywords: [T, TD, STOP, UNSUBSCRIBE, 退订, N]   # replies that unsubscribe (import sms-replies)
+    gateway:                       # optional
+      url: https://sms.example.com/v1/messages
+      headers: {Authorization: "Bearer ${SMS_TOKEN}"}
+      fields: {to: "{{ to }}", content: "{{ text }}"}
+
+``rate_limit``, ``cost_per_message``, ``cost_per_segment`` and ``retry`` belong to the dispatcher and are accepted
+here untouched. In a campaign, ``message: {sms: {text: "…"}}`` (an inline template) or
+``message: {sms: {template: sms/new_arrivals.txt.j2}}`` (a template file). Rendering measures each text:
+``measures = {"sms_segments": n, "encoding": "GSM-7" | "UCS-2", "chars": len}`` (see ``sms_text``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import phonenumbers
+from orchestrator_plugins.sms_gateway import GatewaySender, SmsRequest
+from orchestrator_plugins.sms_gateway import load_config as load_gateway_config
+from orchestrator_plugins.sms_replies import register as register_reply_commands
+from orchestrator_plugins.sms_text import (
+    DEFAULT_OPT_OUT_KEYWORDS,
+    DEFAULT_OPT_OUT_TEXT,
+    count_segments,
+    with_opt_out,
+    with_signature,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.channels import Channel, CompiledMessage, MessageOptions, OutgoingMessage, RenderedMessage, SendResult
+from orchestrator.errors import InputError
+from orchestrator.hookspecs import hookimpl
+from orchestrator.rendering import TemplateLoader
+
+DEFAULT_OUTBOX = "outbox/sms"
+MOBILE_TYPES = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+CONFIG_HINT = "keys: outbox, signature, opt_out_text, opt_out_keywords, gateway (and the dispatcher's rate_limit, …)"
+
+
+class SmsOptions(MessageOptions):
+    """``message: {sms: {...}}``: the text as an inline template (``text``) or a template file (``template``)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SmsOptions:
+        if self.text and self.template:
+            raise ValueError("give the SMS text as either `template` (a file) or `text` (inline), not both")
+        if not (self.text or self.template):
+            raise ValueError("an SMS needs its text: `template` (a .txt template file) or `text` (inline)")
+        return self
+
+
+class SmsConfig(BaseModel):
+    """``channels.sms``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outbox: str = DEFAULT_OUTBOX
+    signature: str | None = None
+    opt_out_text: str | None = DEFAULT_OPT_OUT_TEXT
+    opt_out_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUT_KEYWORDS), min_length=1)
+    gateway: Any = None
+    # the dispatcher's keys: accepted, read elsewhere
+    rate_limit: Any = None
+    cost_per_message: Any = None
+    cost_per_segment: Any = None
+    retry: Any = None
+
+
+def load_config(raw: Mapping[str, Any], settings: Any) -> SmsConfig:
+    try:
+        return SmsConfig.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(sms)'}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise InputError(
+            f"channels.sms: {problems}", file=getattr(settings, "source", None), hint=CONFIG_HINT
+        ) from None
+
+
+class SmsChannel(Channel):
+    name = "sms"
+    contact_field = "phone"
+    consent = "sms"
+    options_model = SmsOptions
+
+    def __init__(self, config: Mapping[str, Any], settings: Any):
+        super().__init__(config, settings)
+        self.sms_config = load_config(config, settings)
+        self._gateway: GatewaySender | None = None
+        if self.sms_config.gateway is not None:
+            source = getattr(settings, "source", None)
+            self._gateway = GatewaySender(load_gateway_config(self.sms_config.gateway, settings), source)
+
+    def validate_contact(self, value: str) -> str | None:
+        try:
+            number = phonenumbers.parse(str(value).strip(), self.settings.default_region)
+        except phonenumbers.NumberParseException:
+            return None
+        if not phonenumbers.is_valid_number(number) or phonenumbers.number_type(number) not in MOBILE_TYPES:
+            return None  # a landline or a malformed number cannot receive a text
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+    def compile(self, options: MessageOptions, templates: TemplateLoader) -> CompiledMessage:
+        opts = options if isinstance(options, SmsOptions) else SmsOptions.model_validate(options.model_dump())
+        if opts.template:
+            text = templates.load(opts.template, html=False)
+        else:
+            text = templates.from_string(opts.text or "", label="inline sms text")
+        return CompiledMessage(channel=self.name, options=opts, templates={"text": text})
+
+    def render(self, compiled: CompiledMessage, context: Mapping[str, Any]) -> RenderedMessage:
+        # surrounding whitespace (a template file's final newline) would be billed as characters
+        text = compiled.templates["text"].render(context).strip()
+        text = with_opt_out(with_signature(text, self.sms_config.signature), self.sms_config.opt_out_text)
+        return RenderedMessage(channel=self.name, parts={"text": text}, measures=count_segments(text).measures())
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult]:
+        if self._gateway is not None:
+            yield from self._gateway.send([_request(message) for message in messages])
+            return
+        outbox = self.settings.resolve_path(self.sms_config.outbox)
+        for message in messages:
+            yield _write(outbox, message)
+
+    def close(self) -> None:
+        if self._gateway is not None:
+            self._gateway.close()
+
+
+def _request(message: OutgoingMessage) -> SmsRequest:
+    text = message.message.parts.get("text", "")
+    segments = message.message.measures.get("sms_segments") or count_segments(text).segments
+    return SmsRequest(
+        to=message.contact,
+        text=text,
+        idempotency_key=message.idempotency_key,
+        customer_id=message.customer_id,
+        campaign=message.campaign,
+        segments=segments,
+    )
+
+
+def _write(outbox: Path, message: OutgoingMessage) -> SendResult:
+    """One message to one JSON file; a failure is this message's result, never the batch's exception."""
+    request = _request(message)
+    data = json.dumps(
+        {
+            "to": request.to,
+            "text": request.text,
+            "segments": request.segments,
+            "customer_id": request.customer_id,
+            "campaign": request.campaign,
+            "idempotency_key": request.idempotency_key,
+        },
+        ensure_ascii=False,
+        indent=2,
+    ).encode()
+    file_name = outbox_file_name(message.idempotency_key)
+    try:
+        write_atomically(outbox / file_name, data + b"\n")
+    except OSError as exc:
+        return SendResult.transient(f"cannot write {outbox / file_name}: {exc.strerror or exc}")
+    return SendResult.sent(provider_id=file_name)
+
+
+def outbox_file_name(key: str) -> str:
+    """A safe file name from the idempotency key: the same delivery always maps to the same file (a resend
+    overwrites it); when sanitising changed the key (or it is long), a hash keeps distinct keys distinct."""
+    if not key:
+        return f"{os.urandom(16).hex()}.json"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).lstrip(".")
+    if safe != key or len(safe) > 120:
+        safe = f"{safe[:100]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return f"{safe}.json"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, then rename: a reader (or a killed process) never sees half a message."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@hookimpl
+def register_channels() -> list[type[Channel]]:
+    return [SmsChannel]
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    register_reply_commands(cli)
