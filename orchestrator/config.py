@@ -105,6 +105,7 @@ class RateLimitConfig(_Section):
     """A provider's limits, shared by every dispatch process on the same database."""
 
     per_second: float | None = Field(None, gt=0)
+    burst: int | None = Field(None, ge=1)  # messages that may go at once; default a tenth of a second's worth
     per_day: int | None = Field(None, ge=1)
 
 

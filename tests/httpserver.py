@@ -89,6 +89,7 @@ class LoopbackServer:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as providers do: the client reuses its connection
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

@@ -20,6 +20,7 @@ from orchestrator.cli import data as data_commands
 from orchestrator.cli import demo as demo_commands
 from orchestrator.cli import ledger as ledger_commands
 from orchestrator.cli import plugins as plugin_commands
+from orchestrator.cli import runs as run_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
@@ -80,6 +81,7 @@ for family in (
     demo_commands,
     analyze_commands,
     campaign_commands,
+    run_commands,
     coupon_commands,
     ledger_commands,
     plugin_commands,

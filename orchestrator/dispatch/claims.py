@@ -76,23 +76,22 @@ def due_channels(conn: Connection, run_pk: int, now: datetime, deferred_due_at: 
     return sorted(conn.execute(query.distinct()).scalars())
 
 
-def next_wake(conn: Connection, run_pk: int, deferred_due_at: datetime | None) -> datetime | None:
-    """The earliest time a pending row of this run becomes due (retries, other processes' leases)."""
+def next_wake(
+    conn: Connection, run_pk: int, deferred_due_at: datetime | None, excluding: Sequence[str] = ()
+) -> datetime | None:
+    """The earliest time a row of this run becomes due (a retry, another process's lease, a deferral), leaving
+    out channels that are held back for their own reasons (their wait is known to the caller)."""
+    mine = and_(Delivery.run_pk == run_pk, Delivery.channel.not_in(list(excluding)) if excluding else True)
+    pending = and_(mine, Delivery.state == "pending")
     times = [
-        conn.execute(
-            select(func.min(Delivery.next_attempt_at)).where(Delivery.run_pk == run_pk, Delivery.state == "pending")
-        ).scalar(),
-        conn.execute(
-            select(func.min(Delivery.claim_expires)).where(Delivery.run_pk == run_pk, Delivery.state == "pending")
-        ).scalar(),
+        conn.execute(select(func.min(Delivery.next_attempt_at)).where(pending)).scalar(),
+        conn.execute(select(func.min(Delivery.claim_expires)).where(pending)).scalar(),
     ]
     if deferred_due_at is not None:
         times.append(
             conn.execute(
                 select(func.min(Delivery.deferred_until)).where(
-                    Delivery.run_pk == run_pk,
-                    Delivery.state == "deferred",
-                    Delivery.deferred_until <= deferred_due_at,
+                    mine, Delivery.state == "deferred", Delivery.deferred_until <= deferred_due_at
                 )
             ).scalar()
         )

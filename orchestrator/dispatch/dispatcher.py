@@ -114,15 +114,17 @@ class Dispatcher:
                 names = claims.due_channels(conn, run_pk, now, deferred_due_at)
             waits: list[float] = []
             progressed = False
+            held: list[str] = []  # channels that may not send now (breaker open, rate limit)
             for name in names:
                 sent, wait = self._serve(run_pk, name, deferred_due_at, report)
                 progressed |= sent
                 if wait is not None:
                     waits.append(wait)
+                    held.append(name)
             if progressed:
                 continue
             with self.engine.connect() as conn:
-                wake = claims.next_wake(conn, run_pk, deferred_due_at)
+                wake = claims.next_wake(conn, run_pk, deferred_due_at, excluding=held)
             if wake is not None:
                 waits.append(max(0.0, (wake - utcnow()).total_seconds()))
             if not waits or min(waits) > linger:

@@ -2,9 +2,10 @@
 
 Messages per second use GCRA (the generic cell rate algorithm): one row per provider holds the theoretical
 arrival time ``tat`` of the next message; taking ``n`` messages moves it ``n / rate`` seconds on, and is allowed
-while it stays within one second's burst of now. The daily cap counts messages per day in the configured time
-zone. Both are read and written under the row's lock in one short transaction, so two processes can never both
-take the last tokens (PostgreSQL: ``SELECT … FOR UPDATE``; SQLite: the write lock the first statement takes).
+while it stays within ``burst`` messages of now, so in any one second at most ``per_second + burst`` go out. The
+daily cap counts messages per day in the configured time zone. Both are read and written under the row's lock in
+one short transaction, so two processes can never both take the last tokens (PostgreSQL: ``SELECT … FOR
+UPDATE``; SQLite: the write lock the first statement takes).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Quota:
             tat = row.tat
             if self.config.per_second:
                 interval = 1.0 / self.config.per_second
-                burst = max(1.0, self.config.per_second)  # one second's worth may go at once
+                burst = float(self.config.burst or max(1, round(self.config.per_second / 10)))
                 tat = max(tat or now, now)
                 room = math.floor(((now - tat).total_seconds() + burst * interval) / interval + 1e-9)
                 granted = max(0, min(granted, room))

@@ -1,0 +1,76 @@
+"""Run commands: ``resume RUN`` and ``dispatch``."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.cli.render import print_run
+from orchestrator.dispatch.dispatcher import Dispatcher
+from orchestrator.output import emit_json
+from orchestrator.pipeline import RunResult
+from orchestrator.runs import dispatch_run, find_runs, resume
+from orchestrator.service import Orchestrator
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(resume_command)
+    cli.add_command(dispatch_command)
+
+
+LINGER_OPTION = click.option(
+    "--linger",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Wait at most this long for a retry or a paused channel before leaving the rest (default: config).",
+)
+
+
+@click.command("resume")
+@click.argument("run_id", type=int)
+@LINGER_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def resume_command(app, run_id: int, linger: float | None, as_json: bool) -> None:
+    """Continue run RUN_ID: plan the rest of its audience if it was interrupted, then send what is due."""
+    service = Orchestrator(app.settings, app.engine)
+    [run] = find_runs(service, [run_id])
+    outcome = resume(service, run, linger=linger)
+    if isinstance(outcome, RunResult):
+        emit_json(outcome.to_dict()) if as_json else print_run(outcome)
+    else:
+        emit_json(outcome) if as_json else _print_dispatch([outcome])
+
+
+@click.command("dispatch")
+@click.option(
+    "--run", "run_ids", type=int, multiple=True, help="Only this run (repeatable). Default: every unfinished run."
+)
+@click.option("--at", "at_text", metavar="TIME", help="Send deferred messages due by this time (default: now).")
+@LINGER_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def dispatch_command(app, run_ids: tuple[int, ...], at_text: str | None, linger: float | None, as_json: bool) -> None:
+    """Send the due messages of unfinished runs: retries whose time has come, messages deferred by quiet hours,
+    runs planned with --plan-only. Any number of processes may dispatch the same runs at once."""
+    at = app.parse_at(at_text)
+    service = Orchestrator(app.settings, app.engine)
+    runs = find_runs(service, list(run_ids))
+    dispatcher = Dispatcher(service.engine, service.settings, service.channel)
+    try:
+        reports = [dispatch_run(service, run, at=at, linger=linger, dispatcher=dispatcher) for run in runs]
+    finally:
+        dispatcher.close()
+    emit_json({"runs": reports}) if as_json else _print_dispatch(reports)
+
+
+def _print_dispatch(reports: list[dict]) -> None:
+    if not reports:
+        click.echo("no unfinished runs")
+    for r in reports:
+        outcomes = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()) or "nothing due"
+        line = f"run {r['run_id']} {r['campaign']} ({r['at']}): {outcomes}; {r['state']}"
+        if r["open"]:
+            line += " - left: " + ", ".join(f"{k} {v}" for k, v in r["open"].items())
+        for channel, why in r["paused"].items():
+            line += f"; {channel} paused: {why}"
+        click.echo(line)
