@@ -24,6 +24,15 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+#: keys of ``channels.<name>`` that belong to the dispatcher (and to dry-run's cost estimate), not to the channel:
+#: a channel validating its own config drops them first (``own_config``)
+DISPATCH_KEYS = ("retry", "breaker", "rate_limit", "cost_per_message", "cost_per_segment")
+
+
+def own_config(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A channel's config without the dispatcher's keys."""
+    return {key: value for key, value in (raw or {}).items() if key not in DISPATCH_KEYS}
+
 
 class MessageOptions(BaseModel):
     """The common shape of ``message: {<channel>: {...}}``: a template file or inline text."""

@@ -33,7 +33,8 @@ Configuration (``channels.call_list`` in the config file)::
       上海: 李娜
     xlsx: false                        # true: also write <queue>.xlsx beside each CSV when the run is done
 
-``rate_limit``, ``cost_per_message``, ``cost_per_segment`` and ``retry`` belong to the dispatcher and are ignored
+The dispatcher's keys (``retry``, ``breaker``, ``rate_limit``, ``cost_per_message``, ``cost_per_segment``)
+belong to it and are ignored
 here. Text cells that a spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``, ``@``) get a
 leading ``'`` in the CSV; the phone columns are E.164 / masked numbers and are written as they are.
 """
@@ -56,7 +57,15 @@ from typing import Any, Literal
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.channels import Channel, CompiledMessage, MessageOptions, OutgoingMessage, RenderedMessage, SendResult
+from orchestrator.channels import (
+    Channel,
+    CompiledMessage,
+    MessageOptions,
+    OutgoingMessage,
+    RenderedMessage,
+    SendResult,
+    own_config,
+)
 from orchestrator.data import records
 from orchestrator.errors import InputError, InputErrors
 from orchestrator.hookspecs import hookimpl
@@ -76,7 +85,6 @@ DEFAULT_OUTBOX = "outbox/call_list"
 BOM = b"\xef\xbb\xbf"
 ROW_END = "\r\n"  # rows end with CRLF; newlines inside a value are normalised to LF, so CRLF only ends a row
 KEY_PATTERN = re.compile(r"run(\d+)-d(\d+)")
-DISPATCHER_KEYS = ("rate_limit", "cost_per_message", "cost_per_segment", "retry")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SAFE_NAME = re.compile(r"[^\w.-]+")  # \w keeps Chinese campaign and queue names readable
 
@@ -126,7 +134,7 @@ def load_config(raw: Any, settings: Any) -> CallListConfig:
     hint = "keys: outbox, consent, phone_columns, agents, assign (round_robin|by_region), regions, xlsx"
     if not isinstance(raw, Mapping):
         raise InputError(f"channels.call_list: expected a mapping of settings, got {raw!r}", file=file, hint=hint)
-    values = {k: v for k, v in raw.items() if k not in DISPATCHER_KEYS}
+    values = own_config(raw)
     try:
         return CallListConfig.model_validate(values)
     except ValidationError as exc:

@@ -17,7 +17,10 @@ message):
 
 * accepted → ``sent`` with the server's reply to DATA as the provider id (e.g. ``250 2.0.0 Ok: queued as ABC``);
 * a 4xx reply (to MAIL FROM, RCPT TO or DATA) → ``transient``; a 5xx reply → ``permanent``; both carry the stage
-  and the server's code and text;
+  and the server's code and text; a 5xx naming a mailbox that does not exist (enhanced status 5.1.1 "user
+  unknown", 5.1.2 "no such domain", 5.1.10 "null MX") also asks the dispatcher to suppress the address as
+  ``bounced`` (to RCPT TO, or to DATA from servers that check mailboxes late), while other refusals (5.7.x
+  policy, spam) do not: the address may be fine;
 * the connection lost or timing out while sending → ``transient`` for that message (the server may or may not
   have queued it: the retry carries the same Message-ID, so a duplicate is recognisable) and ``transient``
   "not attempted" for every later message of the batch; the next batch connects afresh;
@@ -30,6 +33,7 @@ message):
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import ssl
 from collections.abc import Iterator, Mapping, Sequence
@@ -261,9 +265,17 @@ def _reply_text(code: int, text: bytes | str) -> str:
     return " ".join(f"{code} {text}".split())
 
 
+_NO_MAILBOX = re.compile(r"^5\.1\.(1|2|10)\b")  # RFC 3463 / 7505: bad mailbox, bad domain, null MX
+
+
 def _by_code(stage: str, code: int, text: bytes | str) -> SendResult:
-    error = f"{stage}: {_reply_text(code, text)}"
-    return SendResult.permanent(error) if 500 <= code < 600 else SendResult.transient(error)
+    reply = _reply_text(code, text)
+    error = f"{stage}: {reply}"
+    if not 500 <= code < 600:
+        return SendResult.transient(error)
+    enhanced = reply.removeprefix(str(code)).strip()
+    bounced = stage in ("RCPT TO", "DATA") and _NO_MAILBOX.match(enhanced) is not None
+    return SendResult.permanent(error, suppress="bounced" if bounced else None)
 
 
 def _describe(exc: BaseException) -> str:

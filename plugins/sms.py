@@ -15,7 +15,8 @@ and how answers map to results). Configuration (``channels.sms`` in the config f
       headers: {Authorization: "Bearer ${SMS_TOKEN}"}
       fields: {to: "{{ to }}", content: "{{ text }}"}
 
-``rate_limit``, ``cost_per_message``, ``cost_per_segment`` and ``retry`` belong to the dispatcher and are accepted
+The dispatcher's keys (``retry``, ``breaker``, ``rate_limit``, ``cost_per_message``, ``cost_per_segment``)
+belong to it and are accepted
 here untouched. In a campaign, ``message: {sms: {text: "…"}}`` (an inline template) or
 ``message: {sms: {template: sms/new_arrivals.txt.j2}}`` (a template file). Rendering measures each text:
 ``measures = {"sms_segments": n, "encoding": "GSM-7" | "UCS-2", "chars": len}`` (see ``sms_text``).
@@ -46,7 +47,15 @@ from orchestrator_plugins.sms_text import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrator.channels import Channel, CompiledMessage, MessageOptions, OutgoingMessage, RenderedMessage, SendResult
+from orchestrator.channels import (
+    Channel,
+    CompiledMessage,
+    MessageOptions,
+    OutgoingMessage,
+    RenderedMessage,
+    SendResult,
+    own_config,
+)
 from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
 from orchestrator.rendering import TemplateLoader
@@ -78,16 +87,11 @@ class SmsConfig(BaseModel):
     opt_out_text: str | None = DEFAULT_OPT_OUT_TEXT
     opt_out_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUT_KEYWORDS), min_length=1)
     gateway: Any = None
-    # the dispatcher's keys: accepted, read elsewhere
-    rate_limit: Any = None
-    cost_per_message: Any = None
-    cost_per_segment: Any = None
-    retry: Any = None
 
 
 def load_config(raw: Mapping[str, Any], settings: Any) -> SmsConfig:
     try:
-        return SmsConfig.model_validate(dict(raw or {}))
+        return SmsConfig.model_validate(own_config(raw))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, err['loc'])) or '(sms)'}: {err['msg']}" for err in exc.errors(include_url=False)

@@ -67,6 +67,7 @@ from orchestrator.channels import (
     RenderedMessage,
     SendResult,
     http_result,
+    own_config,
 )
 from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
@@ -76,7 +77,6 @@ DEFAULT_SIGNATURE_HEADER = "X-Orchestrator-Signature"
 DEFAULT_EVENT = "message"
 MAX_PROVIDER_ID = 256  # the ledger's provider_id column
 MAX_REASON = 200
-DISPATCHER_KEYS = ("rate_limit", "cost_per_message", "cost_per_segment", "retry")  # read by the dispatcher
 CONFIG_HINT = (
     "webhook: {url: https://crm.example.com/hook, secret: ${WEBHOOK_SECRET}, headers: {...}, timeout: 10, "
     "signature_header: X-Orchestrator-Signature, consent: null, is_message: true}"
@@ -122,7 +122,7 @@ def load_config(raw: Any, settings: Any) -> WebhookConfig:
             file=getattr(settings, "source", None),
             hint=CONFIG_HINT,
         )
-    own = {key: value for key, value in raw.items() if key not in DISPATCHER_KEYS}
+    own = own_config(raw)
     try:
         return WebhookConfig.model_validate(own)
     except ValidationError as exc:

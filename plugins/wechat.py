@@ -61,6 +61,7 @@ from orchestrator.channels import (
     RenderedMessage,
     SendResult,
     http_result,
+    own_config,
 )
 from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
@@ -76,7 +77,6 @@ UNSUBSCRIBED_ERRORS = frozenset({43004, 43101})  # not following; the member ref
 INVALID_OPENID = 40003
 MAX_PROVIDER_ID = 256
 MAX_REASON = 200
-DISPATCHER_KEYS = ("rate_limit", "cost_per_message", "cost_per_segment", "retry")  # read by the dispatcher
 OPENID = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 CONFIG_HINT = "wechat: {app_id: wx…, app_secret: ${WECHAT_SECRET}, base_url: https://api.weixin.qq.com, timeout: 10}"
 
@@ -117,7 +117,7 @@ def load_config(raw: Any, settings: Any) -> WeChatConfig:
             file=getattr(settings, "source", None),
             hint=CONFIG_HINT,
         )
-    own = {key: value for key, value in raw.items() if key not in DISPATCHER_KEYS}
+    own = own_config(raw)
     try:
         return WeChatConfig.model_validate(own)
     except ValidationError as exc:
