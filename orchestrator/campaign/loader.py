@@ -50,6 +50,12 @@ class CampaignPlan:
     def name(self) -> str:
         return self.campaign.name
 
+    @property
+    def warnings(self) -> list[str]:
+        """Advice from compiling the messages (e.g. an e-mail's lint), once each."""
+        found = (w for step in self.steps for message in step.messages.values() for w in message.warnings)
+        return list(dict.fromkeys(found))
+
 
 # a condition of the wrong shape (or none at all) is explained as such, not as pydantic's union of types
 CONDITION_SHAPES = dict.fromkeys(("segment", "when", "guard"), "expects a condition, e.g. {recency_days: {gte: 90}}")

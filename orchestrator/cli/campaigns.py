@@ -32,17 +32,22 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JS
 def validate(app, files: tuple[str, ...], as_json: bool) -> None:
     """Check campaign files: schema, segment facts, channels, offers and templates.
 
-    Exit status 0 when every file is valid, 2 when any is not; every problem is listed.
+    Exit status 0 when every file is valid, 2 when any is not; every problem is listed. Warnings (advice such
+    as an e-mail wider than 650 px) are printed but do not make a file invalid.
     """
     service = Orchestrator(app.settings)
     results = []
     for file in files:
         try:
             plan = service.load(file)
-            results.append({"file": file, "valid": True, "campaign": plan.name, "problems": []})
+            results.append(
+                {"file": file, "valid": True, "campaign": plan.name, "problems": [], "warnings": plan.warnings}
+            )
         except InputError as exc:
             problems = exc.problems if isinstance(exc, CampaignInvalid) else [exc]
-            results.append({"file": file, "valid": False, "problems": [_problem(p) for p in problems]})
+            results.append(
+                {"file": file, "valid": False, "problems": [_problem(p) for p in problems], "warnings": []}
+            )
             if not as_json:
                 click.echo(exc.render(), err=True)
     if as_json:
@@ -51,6 +56,8 @@ def validate(app, files: tuple[str, ...], as_json: bool) -> None:
         for r in results:
             if r["valid"]:
                 click.echo(f"ok  {r['file']} ({r['campaign']})")
+            for warning in r["warnings"]:
+                click.echo(f"    warning: {warning}", err=True)
     if not all(r["valid"] for r in results):
         raise click.exceptions.Exit(2)
 
