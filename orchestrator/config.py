@@ -175,6 +175,25 @@ class Settings(_Section):
     def document(self) -> YamlDocument | None:
         return self._document
 
+    @field_validator("channels")
+    @classmethod
+    def _prices(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``cost_per_message`` / ``cost_per_segment`` of a channel: non-negative amounts (kept as Decimal)."""
+        for name, channel in value.items():
+            if not isinstance(channel, dict):
+                raise ValueError(f"channels.{name} must be a mapping of settings")
+            for key in ("cost_per_message", "cost_per_segment"):
+                if channel.get(key) is None:
+                    continue
+                try:
+                    amount = Decimal(str(channel[key]))
+                except ArithmeticError:
+                    amount = Decimal(-1)
+                if not amount.is_finite() or amount < 0:
+                    raise ValueError(f"channels.{name}.{key}: {channel[key]!r} is not an amount (e.g. 0.045)")
+                channel[key] = amount
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

@@ -68,10 +68,28 @@ class RunResult:
     deferred: int = 0  # messages deferred by quiet hours: written, not sent now
     outcomes: Counter = field(default_factory=Counter)  # sent / failed / retrying / already_<state>, real runs
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # what the run's new messages will cost: messages and SMS segments per channel, priced from the config
+    planned: Counter = field(default_factory=Counter)
+    segments: Counter = field(default_factory=Counter)
+    prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # channel -> channels.<name> config
+    currency: str = ""
     run_id: int | None = None
     resumed: bool = False
     state: str | None = None  # the run's state afterwards: done, or waiting (messages left for `dispatch`)
     dispatch: DrainReport | None = None
+
+    def cost(self) -> dict[str, Decimal]:
+        """Estimated send cost per channel: ``cost_per_message`` × messages + ``cost_per_segment`` × segments
+        (from ``channels.<name>`` in the config); channels without a price are left out."""
+        costs: dict[str, Decimal] = {}
+        for channel, count in self.planned.items():
+            price = self.prices.get(channel) or {}
+            per_message, per_segment = price.get("cost_per_message"), price.get("cost_per_segment")
+            if per_message is None and per_segment is None:
+                continue
+            total = Decimal(str(per_message or 0)) * count + Decimal(str(per_segment or 0)) * self.segments[channel]
+            costs[channel] = total.quantize(Decimal("0.01"))
+        return costs
 
     def to_dict(self) -> dict[str, Any]:
         offers = OfferTally()
@@ -96,6 +114,9 @@ class RunResult:
             "deferred": self.deferred,
             "channels": dict(channels),
             "offers": {"issued": offers.issued, "withheld": offers.withheld, "face_value": offers.face_value},
+            "sms_segments": sum(self.segments.values()),
+            "cost": self.cost(),
+            "currency": self.currency,
             "samples": self.samples,
         }
         if not self.dry_run:
@@ -169,7 +190,13 @@ class CampaignRunner:
         from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
 
         audience = Audience(self.engine, self.settings, self.plan, at)
-        result = RunResult(campaign=self.plan.name, at=at, dry_run=dry_run)
+        result = RunResult(
+            campaign=self.plan.name,
+            at=at,
+            dry_run=dry_run,
+            prices=self.settings.channels,
+            currency=self.settings.currency,
+        )
         result.steps = [StepResult(step.name) for step in self.plan.steps]
         result.conditions = audience.funnel()
         run: dict[str, Any] = {"campaign": self.plan.name, "at": at}
@@ -306,6 +333,8 @@ class CampaignRunner:
         state = "deferred" if candidate.deferred_until else "pending"
         for name, contact in plan.channels:
             rendered = self._render(candidate, name, run["at"])
+            result.planned[name] += 1
+            result.segments[name] += int(rendered.measures.get("sms_segments") or 0)
             if candidate.deferred_until:
                 result.deferred += 1
             else:

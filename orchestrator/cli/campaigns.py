@@ -45,9 +45,7 @@ def validate(app, files: tuple[str, ...], as_json: bool) -> None:
             )
         except InputError as exc:
             problems = exc.problems if isinstance(exc, CampaignInvalid) else [exc]
-            results.append(
-                {"file": file, "valid": False, "problems": [_problem(p) for p in problems], "warnings": []}
-            )
+            results.append({"file": file, "valid": False, "problems": [_problem(p) for p in problems], "warnings": []})
             if not as_json:
                 click.echo(exc.render(), err=True)
     if as_json:

@@ -37,6 +37,11 @@ def print_run(result: RunResult) -> None:
         for reason, n in sorted(data["skipped"].items()):
             table.add_row(reason, str(n))
         console.print(table)
+    if data["sms_segments"]:
+        console.print(f"sms segments {data['sms_segments']}")
+    if data["cost"]:
+        costs = ", ".join(f"{channel} {amount}" for channel, amount in data["cost"].items())
+        console.print(f"estimated send cost: {costs} ({data['currency']})")
     if not result.dry_run:
         console.print("outcomes: " + (", ".join(f"{k} {v}" for k, v in data["outcomes"].items()) or "none"))
     for sample in data["samples"]:
