@@ -46,6 +46,7 @@ format: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_segments.py
 	$(BIN)/python benchmarks/bench_import_analyze.py
+	$(BIN)/python benchmarks/bench_email.py
 
 clean:
 	rm -rf demo benchmarks/output .pytest_cache .ruff_cache

@@ -37,11 +37,8 @@ rendered parts (``email_mime``: Message-ID from the idempotency key, so a re-sen
 
 from __future__ import annotations
 
-import hashlib
 import html as html_module
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,12 +55,13 @@ from orchestrator_plugins.email_smtp import Envelope, SmtpSender, load_config
 from orchestrator_plugins.email_text import html_to_text
 from pydantic import ConfigDict, Field, model_validator
 
+from orchestrator import outbox
 from orchestrator.channels import Channel, CompiledMessage, MessageOptions, OutgoingMessage, RenderedMessage, SendResult
 from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
 from orchestrator.rendering import CompiledTemplate, TemplateLoader
 
-__all__ = ["EmailChannel", "EmailOptions", "html_to_text", "outbox_file_name", "write_atomically"]
+__all__ = ["EmailChannel", "EmailOptions", "html_to_text"]
 
 DEFAULT_FROM = "Shop <noreply@example.com>"
 DEFAULT_OUTBOX = "outbox/email"
@@ -209,9 +207,9 @@ class EmailChannel(Channel):
         if self._smtp is not None:
             yield from self._smtp.send([self._envelope(message) for message in messages])
             return
-        outbox = self.settings.resolve_path(self.config.get("outbox") or DEFAULT_OUTBOX)
+        folder = self.settings.resolve_path(self.config.get("outbox") or DEFAULT_OUTBOX)
         for message in messages:
-            yield self._write(outbox, message)
+            yield self._write(folder, message)
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -235,17 +233,12 @@ class EmailChannel(Channel):
             return SendResult.permanent(f"cannot build the message: {exc}")
         return Envelope(sender=sender, recipient=outgoing.contact, data=data)
 
-    def _write(self, outbox: Path, outgoing: OutgoingMessage) -> SendResult:
+    def _write(self, folder: Path, outgoing: OutgoingMessage) -> SendResult:
         """One message to one file; a failure is this message's result, never the batch's exception."""
         envelope = self._envelope(outgoing)
         if isinstance(envelope, SendResult):
             return envelope
-        file_name = outbox_file_name(outgoing)
-        try:
-            write_atomically(outbox / file_name, envelope.data)
-        except OSError as exc:
-            return SendResult.transient(f"cannot write {outbox / file_name}: {exc.strerror or exc}")
-        return SendResult.sent(provider_id=file_name)
+        return outbox.deliver(folder, outgoing, ".eml", envelope.data)
 
 
 def _compile_html(opts: EmailOptions, templates: TemplateLoader) -> tuple[Any, Any, list[str]]:
@@ -313,37 +306,6 @@ def _checked_address(value: str, field: str, templates: TemplateLoader) -> str:
             hint='write it as "Name <user@example.com>" or user@example.com',
         ) from None
     return value
-
-
-def outbox_file_name(outgoing: OutgoingMessage) -> str:
-    """A safe file name from the idempotency key: the same delivery always maps to the same file.
-
-    When sanitising changed the key (or it is long), a hash of the original keeps distinct keys distinct.
-    """
-    key = outgoing.idempotency_key
-    if not key:
-        return f"{os.urandom(16).hex()}.eml"
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).lstrip(".")
-    if safe != key or len(safe) > 120:
-        safe = f"{safe[:100]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    return f"{safe}.eml"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: a reader (or a killed process) never sees half a message.
-
-    No fsync: the outbox is the embedded default for trying campaigns out, and the rename already makes each
-    file all-or-nothing for a process crash; an fsync per message would make a large run disk-bound.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @hookimpl

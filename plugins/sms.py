@@ -24,11 +24,7 @@ here untouched. In a campaign, ``message: {sms: {text: "…"}}`` (an inline temp
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +43,7 @@ from orchestrator_plugins.sms_text import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator import outbox
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -142,9 +139,9 @@ class SmsChannel(Channel):
         if self._gateway is not None:
             yield from self._gateway.send([_request(message) for message in messages])
             return
-        outbox = self.settings.resolve_path(self.sms_config.outbox)
+        folder = self.settings.resolve_path(self.sms_config.outbox)
         for message in messages:
-            yield _write(outbox, message)
+            yield _write(folder, message)
 
     def close(self) -> None:
         if self._gateway is not None:
@@ -164,7 +161,7 @@ def _request(message: OutgoingMessage) -> SmsRequest:
     )
 
 
-def _write(outbox: Path, message: OutgoingMessage) -> SendResult:
+def _write(folder: Path, message: OutgoingMessage) -> SendResult:
     """One message to one JSON file; a failure is this message's result, never the batch's exception."""
     request = _request(message)
     data = json.dumps(
@@ -179,36 +176,7 @@ def _write(outbox: Path, message: OutgoingMessage) -> SendResult:
         ensure_ascii=False,
         indent=2,
     ).encode()
-    file_name = outbox_file_name(message.idempotency_key)
-    try:
-        write_atomically(outbox / file_name, data + b"\n")
-    except OSError as exc:
-        return SendResult.transient(f"cannot write {outbox / file_name}: {exc.strerror or exc}")
-    return SendResult.sent(provider_id=file_name)
-
-
-def outbox_file_name(key: str) -> str:
-    """A safe file name from the idempotency key: the same delivery always maps to the same file (a resend
-    overwrites it); when sanitising changed the key (or it is long), a hash keeps distinct keys distinct."""
-    if not key:
-        return f"{os.urandom(16).hex()}.json"
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).lstrip(".")
-    if safe != key or len(safe) > 120:
-        safe = f"{safe[:100]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    return f"{safe}.json"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: a reader (or a killed process) never sees half a message."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return outbox.deliver(folder, message, ".json", data + b"\n")
 
 
 @hookimpl

@@ -4,7 +4,8 @@ Use it to hand members to a CRM, a loyalty app or a chat bot. Configuration (``c
 file; secrets only through ``${ENV}`` references)::
 
     webhook:
-      url: https://crm.example.com/hooks/orchestrator   # required
+      url: https://crm.example.com/hooks/orchestrator   # without it: bodies go to the file outbox
+      outbox: outbox/webhook        # where, one .json per delivery (relative to the config file)
       secret: ${WEBHOOK_SECRET}     # optional; when given every request is signed (see below)
       headers:                      # optional extra request headers
         Authorization: Bearer ${CRM_TOKEN}
@@ -54,11 +55,13 @@ import hmac
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
+from orchestrator import outbox
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -88,7 +91,8 @@ class WebhookConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
+    url: str | None = None  # none: each request body is written to the file outbox instead
+    outbox: str = "outbox/webhook"
     secret: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=10, gt=0)
@@ -98,7 +102,9 @@ class WebhookConfig(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             url = httpx.URL(value)
         except (httpx.InvalidURL, TypeError) as exc:
@@ -211,8 +217,17 @@ class WebhookChannel(Channel):
         )
 
     def send(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult]:
+        folder = None if self.cfg.url else self.settings.resolve_path(self.cfg.outbox)
         for message in messages:
-            yield self._post(message)
+            yield self._post(message) if folder is None else self._write(folder, message)
+
+    def _write(self, folder: Path, message: OutgoingMessage) -> SendResult:
+        """Without a URL: the request body that would be POSTed, one JSON file per delivery."""
+        try:
+            body = build_body(message)
+        except (KeyError, ValueError, TypeError) as exc:
+            return SendResult.permanent(f"cannot build the request body: {exc}")
+        return outbox.deliver(folder, message, ".json", body + b"\n")
 
     def close(self) -> None:
         client, self._client = self._client, None

@@ -53,6 +53,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator import outbox
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -86,17 +87,24 @@ class WeChatConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    app_id: str = Field(min_length=1)
-    app_secret: str = Field(min_length=1)
+    app_id: str | None = Field(default=None, min_length=1)  # none: messages go to the file outbox
+    app_secret: str | None = Field(default=None, min_length=1)
+    outbox: str = "outbox/wechat"
     base_url: str = DEFAULT_BASE_URL
     timeout: float = Field(default=10, gt=0)
 
     @field_validator("app_secret")
     @classmethod
-    def _secret_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _secret_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("the secret is empty (is the environment variable set?)")
         return value
+
+    @model_validator(mode="after")
+    def _account_complete(self) -> WeChatConfig:
+        if bool(self.app_id) != bool(self.app_secret):
+            raise ValueError("give both app_id and app_secret (or neither, to write messages to the outbox)")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -219,6 +227,16 @@ class WeChatChannel(Channel):
         )
 
     def send(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult]:
+        if not self.cfg.app_id:  # no account configured: the request bodies go to the file outbox
+            folder = self.settings.resolve_path(self.cfg.outbox)
+            for message in messages:
+                try:
+                    body = build_body(message)
+                except (KeyError, ValueError, TypeError) as exc:
+                    yield SendResult.permanent(f"cannot build the request body: {exc}")
+                else:
+                    yield outbox.deliver(folder, message, ".json", body + b"\n")
+            return
         token_failure: str | None = None
         for message in messages:
             try:

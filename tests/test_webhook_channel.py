@@ -227,7 +227,7 @@ def test_timeouts_and_refused_connections_are_transient(tmp_path, templates):
 def test_configuration_is_validated_with_the_file_and_a_hint(tmp_path):
     config_file = str(tmp_path / "config.yaml")
     cases = [
-        ({}, "url: Field required"),
+        ({"url": ""}, "http:// or https://"),
         ({"url": "ftp://example.com/x"}, "http:// or https://"),
         ({"url": "https://x.example", "timeout": 0}, "timeout"),
         ({"url": "https://x.example", "secret": ""}, "secret is empty"),
@@ -273,3 +273,16 @@ def test_webhook_and_wechat_are_registered_as_builtins():
     infos = {(info.name, info.kind): info.source for info in describe(build_manager(entry_points=False))}
     assert infos[("webhook", "channel")] == "orchestrator_plugins.webhook (built-in)"
     assert infos[("wechat", "channel")] == "orchestrator_plugins.wechat (built-in)"
+
+
+def test_without_a_url_each_body_is_written_to_the_outbox(tmp_path: Path, templates: TemplateLoader):
+    settings = make_settings(tmp_path, outbox="out/hooks")
+    channel = WebhookChannel(settings.channels["webhook"], settings)
+    message = outgoing(channel, templates, key="run7-d3")
+    [result] = list(channel.send([message]))
+    again = list(channel.send([message]))  # a resend overwrites the same file
+    assert result.status == SendStatus.SENT and result.provider_id == "run7-d3.json" and again == [result]
+    assert [p.name for p in (tmp_path / "out" / "hooks").iterdir()] == ["run7-d3.json"]
+    body = json.loads((tmp_path / "out" / "hooks" / "run7-d3.json").read_text(encoding="utf-8"))
+    assert body["idempotency_key"] == "run7-d3" and body["campaign"] == "winback"
+    assert body["data"] == json.loads(message.message.parts["data"])

@@ -304,7 +304,7 @@ def test_a_failed_token_fetch_makes_the_batch_transient_with_the_errmsg(tmp_path
 
 def test_configuration_is_validated_with_the_file_and_a_hint(tmp_path):
     cases = [
-        ({"app_id": APP_ID}, "app_secret: Field required"),
+        ({"app_id": APP_ID}, "give both app_id and app_secret"),
         ({"app_id": APP_ID, "app_secret": " "}, "secret is empty"),
         ({"app_id": APP_ID, "app_secret": "x", "base_url": "api.weixin.qq.com"}, "http:// or https://"),
         ({"app_id": APP_ID, "app_secret": "x", "token_url": "x"}, "token_url: Extra inputs"),
@@ -337,3 +337,15 @@ def test_message_options_are_validated(tmp_path, templates):
     with pytest.raises(InputError, match=r"wechat data\.first") as caught:
         channel.compile(WeChatOptions.model_validate({"template_id": "T", "data": {"first": "{{ x"}}), templates)
     assert caught.value.file.endswith("winback.yaml")
+
+
+def test_without_an_account_each_message_is_written_to_the_outbox(tmp_path: Path, templates: TemplateLoader):
+    settings = make_settings(tmp_path, outbox="out/wechat")
+    channel = WeChatChannel(settings.channels["wechat"], settings)
+    message = outgoing(channel, templates, "oUser0001")
+    [result] = list(channel.send([message]))
+    assert result.status == SendStatus.SENT and result.provider_id.endswith(".json")
+    [written] = list((tmp_path / "out" / "wechat").iterdir())
+    body = json.loads(written.read_text(encoding="utf-8"))
+    assert body["touser"] == "oUser0001" and body["template_id"] == OPTIONS["template_id"]
+    assert body["data"] == json.loads(message.message.parts["body"])["data"]
