@@ -55,8 +55,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -64,14 +65,11 @@ from orchestrator.channels import (
     OutgoingMessage,
     RenderedMessage,
     SendResult,
-    own_config,
 )
 from orchestrator.data import records
-from orchestrator.errors import InputError, InputErrors
 from orchestrator.hookspecs import hookimpl
 from orchestrator.rendering import TemplateLoader
 from orchestrator.template_context import mask_phone
-from orchestrator.yamlfile import validation_problems
 
 try:  # POSIX: appends from several dispatch processes are serialised; elsewhere one process writes a file
     import fcntl
@@ -129,27 +127,9 @@ class CallListConfig(BaseModel):
 
 
 def load_config(raw: Any, settings: Any) -> CallListConfig:
-    """The channel's configuration, or an ``InputError`` naming the config file (and line, when known)."""
-    file = getattr(settings, "source", None)
+    """The channel's configuration, or an ``InputError`` at its line of the config file."""
     hint = "keys: outbox, consent, phone_columns, agents, assign (round_robin|by_region), regions, xlsx"
-    if not isinstance(raw, Mapping):
-        raise InputError(f"channels.call_list: expected a mapping of settings, got {raw!r}", file=file, hint=hint)
-    values = own_config(raw)
-    try:
-        return CallListConfig.model_validate(values)
-    except ValidationError as exc:
-        doc = getattr(settings, "document", None)
-        if doc is not None:
-            problems = validation_problems(doc, exc, ("channels", NAME), CallListConfig.model_fields)
-            if problems:
-                for problem in problems:
-                    problem.hint = problem.hint or hint
-                raise (problems[0] if len(problems) == 1 else InputErrors(doc.file, problems)) from None
-        detail = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or NAME}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors(include_url=False)
-        )
-        raise InputError(f"channels.call_list: {detail}", file=file, hint=hint) from None
+    return load_channel_config(CallListConfig, raw, settings, ("channels", NAME), hint)
 
 
 class CallListOptions(MessageOptions):

@@ -41,9 +41,10 @@ from orchestrator_plugins.sms_text import (
     with_opt_out,
     with_signature,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator import outbox
+from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -51,9 +52,7 @@ from orchestrator.channels import (
     OutgoingMessage,
     RenderedMessage,
     SendResult,
-    own_config,
 )
-from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
 from orchestrator.rendering import TemplateLoader
 
@@ -87,15 +86,7 @@ class SmsConfig(BaseModel):
 
 
 def load_config(raw: Mapping[str, Any], settings: Any) -> SmsConfig:
-    try:
-        return SmsConfig.model_validate(own_config(raw))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(sms)'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise InputError(
-            f"channels.sms: {problems}", file=getattr(settings, "source", None), hint=CONFIG_HINT
-        ) from None
+    return load_channel_config(SmsConfig, raw or {}, settings, ("channels", "sms"), CONFIG_HINT)
 
 
 class SmsChannel(Channel):

@@ -50,8 +50,9 @@ from urllib.parse import urlsplit
 import httpx
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import SendResult
 from orchestrator.db.models import SUPPRESSION_REASONS
 from orchestrator.errors import InputError
@@ -148,20 +149,7 @@ class GatewayConfig(BaseModel):
 
 
 def load_config(raw: Any, settings: Any) -> GatewayConfig:
-    source = getattr(settings, "source", None)
-    if not isinstance(raw, Mapping):
-        raise InputError(
-            f"channels.sms.gateway: expected a mapping of settings, got {raw!r}",
-            file=source,
-            hint="gateway: {url: https://…, headers: {Authorization: 'Bearer ${SMS_TOKEN}'}, fields: {…}}",
-        )
-    try:
-        return GatewayConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(gateway)'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise InputError(f"channels.sms.gateway: {problems}", file=source, hint=CONFIG_HINT) from None
+    return load_channel_config(GatewayConfig, raw, settings, ("channels", "sms", "gateway"), CONFIG_HINT)
 
 
 # --- request fields ------------------------------------------------------------------------------------------------

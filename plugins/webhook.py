@@ -59,9 +59,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from orchestrator import outbox
+from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -70,9 +71,7 @@ from orchestrator.channels import (
     RenderedMessage,
     SendResult,
     http_result,
-    own_config,
 )
-from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
 from orchestrator.rendering import CompiledTemplate, TemplateLoader
 
@@ -122,22 +121,7 @@ class WebhookConfig(BaseModel):
 
 
 def load_config(raw: Any, settings: Any) -> WebhookConfig:
-    if not isinstance(raw, Mapping):
-        raise InputError(
-            f"channels.webhook: expected a mapping of settings, got {raw!r}",
-            file=getattr(settings, "source", None),
-            hint=CONFIG_HINT,
-        )
-    own = own_config(raw)
-    try:
-        return WebhookConfig.model_validate(own)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(webhook)'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise InputError(
-            f"channels.webhook: {problems}", file=getattr(settings, "source", None), hint=CONFIG_HINT
-        ) from None
+    return load_channel_config(WebhookConfig, raw, settings, ("channels", "webhook"), CONFIG_HINT)
 
 
 class WebhookOptions(MessageOptions):

@@ -51,9 +51,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator import outbox
+from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -62,9 +63,7 @@ from orchestrator.channels import (
     RenderedMessage,
     SendResult,
     http_result,
-    own_config,
 )
-from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
 from orchestrator.rendering import TemplateLoader
 
@@ -119,22 +118,7 @@ class WeChatConfig(BaseModel):
 
 
 def load_config(raw: Any, settings: Any) -> WeChatConfig:
-    if not isinstance(raw, Mapping):
-        raise InputError(
-            f"channels.wechat: expected a mapping of settings, got {raw!r}",
-            file=getattr(settings, "source", None),
-            hint=CONFIG_HINT,
-        )
-    own = own_config(raw)
-    try:
-        return WeChatConfig.model_validate(own)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(wechat)'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise InputError(
-            f"channels.wechat: {problems}", file=getattr(settings, "source", None), hint=CONFIG_HINT
-        ) from None
+    return load_channel_config(WeChatConfig, raw, settings, ("channels", "wechat"), CONFIG_HINT)
 
 
 class DataItem(BaseModel):

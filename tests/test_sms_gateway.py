@@ -363,7 +363,7 @@ def test_get_sends_fields_as_query_parameters(tmp_path):
 @pytest.mark.parametrize(
     ("config", "problem"),
     [
-        ({"url": "ftp://x"}, "url: Value error, 'ftp://x' is not an http(s) URL"),
+        ({"url": "ftp://x"}, "url: 'ftp://x' is not an http(s) URL"),
         ({"url": "http://x", "body": "xml"}, "body: Input should be 'json' or 'form'"),
         ({"url": "http://x", "timeout": 0}, "timeout"),
         ({"url": "http://x", "retries": 3}, "retries: Extra inputs are not permitted"),
