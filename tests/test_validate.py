@@ -420,3 +420,21 @@ def test_schema_accepts_valid_files(schema_validator, path: Path):
 def test_schema_rejects_invalid_files(schema_validator, name: str):
     data = parse_yaml((CORPUS / "invalid" / f"{name}.yaml").read_text(encoding="utf-8"), name).data
     assert not schema_validator.is_valid(data)
+
+
+def test_lint_advice_is_printed_without_failing_the_file(cli: Cli, tmp_path: Path):
+    campaign = tmp_path / "wide.yaml"
+    campaign.write_text(
+        "name: wide\nsegment: {recency_days: {gte: 90}}\nmessage:\n  email:\n    subject: Hi\n"
+        '    html: \'<table width="800"><tr><td><img src="https://x.example/a.png"> {{ customer.name }}</td></tr>'
+        "</table>'\n",
+        encoding="utf-8",
+    )
+    result = cli("validate", str(campaign))
+    check_exit(result, 0)
+    assert result.stdout == f"ok  {campaign} (wide)\n"
+    assert "warning:" in result.stderr and "alt" in result.stderr and "650" in result.stderr
+    as_json = cli("validate", str(campaign), "--json")
+    check_exit(as_json, 0)
+    [entry] = json.loads(as_json.stdout)["files"]
+    assert entry["valid"] is True and len(entry["warnings"]) == 2
