@@ -1,0 +1,81 @@
+"""``orchestrator resume`` and ``orchestrator dispatch``: finishing runs that did not finish in one go."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select, update
+
+from orchestrator.db.models import CampaignRun, Delivery
+from tests.clitools import Cli
+from tests.test_dispatch import write_world
+
+AT = "2026-11-02T22:00:00+08:00"  # inside the quiet hours below, in the members' (configured) zone
+QUIET = (
+    'name: quiet-check\nsegment: {consent_email: true}\nmessage:\n  webhook: {payload: {n: "{{ customer.name }}"}}\n'
+)
+
+
+def world(tmp_path: Path, engine: Engine, db_url: str, campaign_text: str, members: int = 12) -> tuple[Cli, Path]:
+    config, campaign = write_world(tmp_path, engine, members, "http://127.0.0.1:9", "  linger_seconds: 0\n")
+    # no URL: the webhook writes each body to its outbox, so the test needs no server
+    config.write_text(config.read_text().replace("    url: http://127.0.0.1:9/hook\n", "    outbox: out\n"))
+    campaign.write_text(campaign_text, encoding="utf-8")
+    return Cli(db_url, str(config)), campaign
+
+
+def sent_files(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "out"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_messages_deferred_by_quiet_hours_go_out_when_dispatch_reaches_their_time(
+    engine: Engine, db_url: str, tmp_path: Path
+):
+    cli, campaign = world(tmp_path, engine, db_url, QUIET + 'dispatch: {quiet_hours: "21:00-09:00"}\n')
+    run = json.loads(cli("run", campaign, "--at", AT, "--json").stdout)
+    assert run["deferred"] == 12 and run["state"] == "waiting" and sent_files(tmp_path) == []
+    early = json.loads(cli("dispatch", "--at", "2026-11-03T08:59:00+08:00", "--json").stdout)
+    assert early["runs"][0]["outcomes"] == {} and early["runs"][0]["open"] == {"deferred": 12}
+    assert sent_files(tmp_path) == []  # still the members' night
+    morning = json.loads(cli("dispatch", "--at", "2026-11-03T09:00:00+08:00", "--json").stdout)
+    [report] = morning["runs"]
+    assert report["outcomes"] == {"sent": 12} and report["state"] == "done" and report["open"] == {}
+    assert len(sent_files(tmp_path)) == 12
+    with engine.connect() as conn:
+        assert set(conn.execute(select(Delivery.state)).scalars()) == {"sent"}
+        assert conn.execute(select(CampaignRun.state)).scalar_one() == "done"
+    assert json.loads(cli("dispatch", "--json").stdout) == {"runs": []}
+
+
+def test_resume_plans_the_rest_of_an_interrupted_run_and_sends_it(engine: Engine, db_url: str, tmp_path: Path):
+    cli, campaign = world(tmp_path, engine, db_url, QUIET + "dispatch: {batch_size: 5}\n")
+    first = json.loads(cli("run", campaign, "--at", "2026-11-02T10:00:00+08:00", "--json").stdout)
+    # as if the process had died after planning and sending the first batch of five
+    with engine.begin() as conn:
+        kept = conn.execute(select(Delivery.id).order_by(Delivery.id).limit(5)).scalars().all()
+        conn.execute(Delivery.__table__.delete().where(Delivery.id.not_in(kept)))
+        conn.execute(update(CampaignRun).values(state="running"))
+    for name in sent_files(tmp_path):
+        if int(name.removesuffix(".json").split("-d")[1]) not in kept:
+            (tmp_path / "out" / name).unlink()
+    resumed = json.loads(cli("resume", str(first["run_id"]), "--json").stdout)
+    assert resumed["run_id"] == first["run_id"] and resumed["resumed"] is True and resumed["state"] == "done"
+    assert resumed["outcomes"] == {"sent": 7, "already_sent": 5}
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Delivery)).scalar_one() == 12
+    assert len(sent_files(tmp_path)) == 12
+
+
+def test_resume_refuses_a_campaign_file_changed_since_the_run_started(engine: Engine, db_url: str, tmp_path: Path):
+    cli, campaign = world(tmp_path, engine, db_url, QUIET)
+    first = json.loads(cli("run", campaign, "--at", "2026-11-02T10:00:00+08:00", "--json").stdout)
+    with engine.begin() as conn:
+        conn.execute(update(CampaignRun).values(state="running"))
+    campaign.write_text(QUIET + "control_group: 50%\n", encoding="utf-8")
+    result = cli("resume", str(first["run_id"]))
+    assert result.exit_code == 2
+    assert "has changed since the run started" in result.output and str(campaign) in result.output
+    missing = cli("resume", "999")
+    assert missing.exit_code == 2 and "no run with id 999" in missing.output
