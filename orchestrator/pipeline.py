@@ -263,6 +263,7 @@ class CampaignRunner:
                 [c.customer.get(f) for c in fresh for f in ("email", "phone", "wechat_openid")],
                 self.caps,
                 at,
+                self.settings.channels,
             )
             for (index, _kind), offer in self.offers.items():
                 members = [c.customer for c in fresh if c.step.index == index]

@@ -79,6 +79,7 @@ class BatchLookups:
         addresses: Iterable[str],
         caps: Sequence[FrequencyCap] = (),
         at: datetime | None = None,
+        channel_settings: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         self.consents: dict[int, dict[str, bool]] = defaultdict(dict)
         rows = conn.execute(
@@ -106,7 +107,7 @@ class BatchLookups:
         if self.caps and customer_pks:
             if at is None:
                 raise ValueError("frequency caps need the run time")
-            self.sent = recent_sends(conn, customer_pks, self.caps, at)
+            self.sent = recent_sends(conn, customer_pks, self.caps, at, not_messages(channel_settings))
 
     def capped(self, customer_pk: int, channel: str | None) -> bool:
         """At or over a cap: the all-channel caps with ``channel=None``, that channel's caps otherwise."""
@@ -124,7 +125,11 @@ class BatchLookups:
 
 
 def recent_sends(
-    conn: Connection, customer_pks: Sequence[int], caps: Sequence[FrequencyCap], at: datetime
+    conn: Connection,
+    customer_pks: Sequence[int],
+    caps: Sequence[FrequencyCap],
+    at: datetime,
+    uncounted: Sequence[str] = (),
 ) -> dict[int, list[int]]:
     """Per customer, the sends each cap counts: one grouped query for the batch, whatever the number of caps."""
     at = at.astimezone(UTC)
@@ -141,18 +146,24 @@ def recent_sends(
             Delivery.customer_pk.in_(customer_pks),
             Delivery.state == "sent",
             Delivery.sent_at > min(starts),
-            Delivery.channel.not_in(not_messages()),
+            Delivery.channel.not_in(list(uncounted) or [""]),
         )
         .group_by(Delivery.customer_pk)
     )
     return {row[0]: [int(n or 0) for n in row[1:]] for row in rows}
 
 
-def not_messages() -> list[str]:
-    """Channels whose deliveries are not messages to the member (``Channel.is_message``), from the plugins."""
+def not_messages(channel_settings: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """Channels whose deliveries are not messages to the member: ``Channel.is_message`` from the plugins, unless
+    the config says otherwise (``channels.<name>.is_message``, e.g. a webhook that only syncs a CRM)."""
     from orchestrator.plugins import registry
 
-    return [name for name, channel in registry().channels.items() if not channel.is_message]
+    settings = channel_settings or {}
+    return [
+        name
+        for name, channel in registry().channels.items()
+        if not (settings.get(name) or {}).get("is_message", channel.is_message)
+    ]
 
 
 def caps_of(setting: FrequencyCap | Sequence[FrequencyCap] | None) -> list[FrequencyCap]:

@@ -79,3 +79,30 @@ def test_resume_refuses_a_campaign_file_changed_since_the_run_started(engine: En
     assert "has changed since the run started" in result.output and str(campaign) in result.output
     missing = cli("resume", "999")
     assert missing.exit_code == 2 and "no run with id 999" in missing.output
+
+
+def test_a_webhook_configured_as_not_a_message_is_not_counted_by_frequency_caps(
+    engine: Engine, db_url: str, tmp_path: Path
+):
+    capped = tmp_path / "capped.yaml"
+    capped.write_text(
+        "name: capped\nsegment: {consent_email: true}\nmessage:\n  email: {subject: Hi, text: Hello}\n"
+        "dispatch: {frequency_cap: {max: 1, per: 7d}}\n",
+        encoding="utf-8",
+    )
+    for is_message, contacted in (("true", 0), ("false", 12)):
+        folder = tmp_path / is_message
+        folder.mkdir()
+        cli, campaign = world(folder, engine, db_url, QUIET)
+        config = folder / "orchestrator.yaml"
+        text = config.read_text().replace("    outbox: out\n", f"    outbox: out\n    is_message: {is_message}\n")
+        config.write_text(text.replace("channels:\n", "channels:\n  email: {outbox: mail}\n"))
+        at = "2026-11-02T10:00:00+08:00"
+        json.loads(cli("run", campaign, "--at", at, "--json").stdout)
+        later = json.loads(cli("run", capped, "--at", "2026-11-03T10:00:00+08:00", "--json").stdout)
+        assert later["messages"] == contacted, (is_message, later["skipped"])
+        assert later["skipped"] == ({"frequency_cap": 12} if contacted == 0 else {})
+        with engine.begin() as conn:  # the next round starts from an empty ledger and member list
+            for table in ("deliveries", "delivery_payloads", "campaign_runs", "campaigns", "customer_consents"):
+                conn.exec_driver_sql(f"DELETE FROM {table}")
+            conn.exec_driver_sql("DELETE FROM customers")
