@@ -39,6 +39,9 @@ ROW_KEYS = {
     "provider_id",
     "last_error",
     "sent_at",
+    "next_attempt_at",
+    "deferred_until",
+    "outcome",
 }
 LATER = "2025-07-08T10:00:00+08:00"
 

@@ -267,6 +267,9 @@ def _rows_query():
             Delivery.provider_id,
             Delivery.last_error,
             Delivery.sent_at,
+            Delivery.next_attempt_at,
+            Delivery.deferred_until,
+            Delivery.outcome,
         )
     )
 
@@ -287,6 +290,9 @@ def _as_row(r) -> dict[str, Any]:
         "provider_id": r.provider_id,
         "last_error": r.last_error,
         "sent_at": r.sent_at,
+        "next_attempt_at": r.next_attempt_at,  # a pending message's retry time
+        "deferred_until": r.deferred_until,  # a deferred message's time (quiet hours)
+        "outcome": r.outcome,  # what happened after sending, where a channel reports it (call outcomes)
     }
 
 
