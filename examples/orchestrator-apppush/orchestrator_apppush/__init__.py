@@ -37,8 +37,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -59,7 +60,6 @@ LOCK_SCREEN_CHARS = 178
 UNKNOWN_MEMBER = "unknown_member"  # the push service's error code for a member without a registered device
 MAX_REASON = 200
 MAX_PROVIDER_ID = 256  # the ledger's provider_id column
-DISPATCHER_KEYS = ("retry", "breaker", "rate_limit")  # channels.apppush.<key>: read by the dispatcher, not here
 CONFIG_HINT = (
     "apppush: {url: https://push.example.com/v1/notifications, api_key: ${APPPUSH_KEY}, timeout: 10, consent: null}"
 )
@@ -95,20 +95,9 @@ class AppPushConfig(BaseModel):
 
 
 def load_config(raw: Any, settings: Any) -> AppPushConfig:
-    """``channels.apppush`` validated; any problem is an ``InputError`` naming the config file, with a hint."""
-    source = getattr(settings, "source", None)
-    if not isinstance(raw, Mapping):
-        raise InputError(
-            f"channels.apppush: expected a mapping of settings, got {raw!r}", file=source, hint=CONFIG_HINT
-        )
-    own = {key: value for key, value in raw.items() if key not in DISPATCHER_KEYS}
-    try:
-        return AppPushConfig.model_validate(own)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(apppush)'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise InputError(f"channels.apppush: {problems}", file=source, hint=CONFIG_HINT) from None
+    """``channels.apppush`` validated (the dispatcher's keys left out); a problem is an ``InputError`` at its line
+    of the config file, with a hint."""
+    return load_channel_config(AppPushConfig, raw, settings, ("channels", "apppush"), CONFIG_HINT)
 
 
 class AppPushOptions(MessageOptions):
