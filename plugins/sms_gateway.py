@@ -56,6 +56,7 @@ from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import SendResult
 from orchestrator.db.models import SUPPRESSION_REASONS
 from orchestrator.errors import InputError
+from orchestrator.http_channel import KeptAliveClient
 
 MAX_PROVIDER_ID = 256  # the ledger's provider_id column
 MAX_REASON = 300  # of a provider's answer quoted in an error
@@ -308,15 +309,11 @@ class GatewaySender:
     def __init__(self, config: GatewayConfig, source: str | None = None):
         self.config = config
         self.fields = FieldTemplates(config.fields, source)
-        self._client: httpx.Client | None = None
+        self._http = KeptAliveClient(config.timeout, config.headers)
 
     @property
     def client(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
-                headers=self.config.headers, timeout=httpx.Timeout(self.config.timeout), follow_redirects=False
-            )
-        return self._client
+        return self._http.client
 
     def send(self, requests: Sequence[SmsRequest]) -> Iterator[SendResult]:
         for request in requests:
@@ -349,9 +346,7 @@ class GatewaySender:
         return f"{parts.scheme}://{parts.netloc}"
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._http.close()
 
 
 def _form_value(value: Any) -> str:

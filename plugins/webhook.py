@@ -73,6 +73,7 @@ from orchestrator.channels import (
     http_result,
 )
 from orchestrator.hookspecs import hookimpl
+from orchestrator.http_channel import HttpUrl, KeptAliveClient
 from orchestrator.rendering import CompiledTemplate, TemplateLoader
 
 DEFAULT_SIGNATURE_HEADER = "X-Orchestrator-Signature"
@@ -90,7 +91,7 @@ class WebhookConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = None  # none: each request body is written to the file outbox instead
+    url: HttpUrl | None = None  # none: each request body is written to the file outbox instead
     outbox: str = "outbox/webhook"
     secret: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -98,19 +99,6 @@ class WebhookConfig(BaseModel):
     signature_header: str = Field(default=DEFAULT_SIGNATURE_HEADER, min_length=1)
     consent: str | None = None
     is_message: bool = True
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            url = httpx.URL(value)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ValueError(f"not a URL: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("expected an http:// or https:// URL with a host")
-        return value
 
     @field_validator("secret")
     @classmethod
@@ -182,7 +170,7 @@ class WebhookChannel(Channel):
         self.cfg = load_config(config, settings)
         self.consent = self.cfg.consent
         self.is_message = self.cfg.is_message
-        self._client: httpx.Client | None = None
+        self._http = KeptAliveClient(self.cfg.timeout)
 
     def compile(self, options: MessageOptions, templates: TemplateLoader) -> CompiledMessage:
         opts = options if isinstance(options, WebhookOptions) else WebhookOptions.model_validate(options)
@@ -214,15 +202,11 @@ class WebhookChannel(Channel):
         return outbox.deliver(folder, message, ".json", body + b"\n")
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._http.close()
 
     @property
     def client(self) -> httpx.Client:
-        if self._client is None:  # one client, so connections are kept alive across messages and batches
-            self._client = httpx.Client(timeout=httpx.Timeout(self.cfg.timeout), follow_redirects=False)
-        return self._client
+        return self._http.client
 
     def _post(self, message: OutgoingMessage) -> SendResult:
         try:

@@ -65,6 +65,7 @@ from orchestrator.channels import (
     http_result,
 )
 from orchestrator.hookspecs import hookimpl
+from orchestrator.http_channel import HttpUrl, KeptAliveClient
 from orchestrator.rendering import TemplateLoader
 
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
@@ -89,7 +90,7 @@ class WeChatConfig(BaseModel):
     app_id: str | None = Field(default=None, min_length=1)  # none: messages go to the file outbox
     app_secret: str | None = Field(default=None, min_length=1)
     outbox: str = "outbox/wechat"
-    base_url: str = DEFAULT_BASE_URL
+    base_url: HttpUrl = DEFAULT_BASE_URL
     timeout: float = Field(default=10, gt=0)
 
     @field_validator("app_secret")
@@ -107,13 +108,7 @@ class WeChatConfig(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        try:
-            url = httpx.URL(value)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ValueError(f"not a URL: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("expected an http:// or https:// URL with a host")
+    def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
 
@@ -165,7 +160,7 @@ class WeChatChannel(Channel):
     def __init__(self, config: Mapping[str, Any], settings: Any):
         super().__init__(config, settings)
         self.cfg = load_config(config, settings)
-        self._client: httpx.Client | None = None
+        self._http = KeptAliveClient(self.cfg.timeout)
         self._token: str | None = None
         self._token_valid_until = 0.0  # time.monotonic(): immune to wall-clock jumps
 
@@ -238,15 +233,11 @@ class WeChatChannel(Channel):
                 yield SendResult.transient(token_failure)
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._http.close()
 
     @property
     def client(self) -> httpx.Client:
-        if self._client is None:  # one client, so connections are kept alive across messages and batches
-            self._client = httpx.Client(timeout=httpx.Timeout(self.cfg.timeout), follow_redirects=False)
-        return self._client
+        return self._http.client
 
     # --- the access token -------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from orchestrator.channels import (
 )
 from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
+from orchestrator.http_channel import HttpUrl, KeptAliveClient
 from orchestrator.rendering import TemplateLoader, synthetic_context
 
 __version__ = "0.1.0"
@@ -70,21 +71,10 @@ class AppPushConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
+    url: HttpUrl
     api_key: str = Field(min_length=1)
     timeout: float = Field(default=10, gt=0)
     consent: str | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        try:
-            url = httpx.URL(value)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ValueError(f"not a URL: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("expected an http:// or https:// URL with a host")
-        return value
 
     @field_validator("api_key")
     @classmethod
@@ -125,7 +115,7 @@ class AppPushChannel(Channel):
         super().__init__(config, settings)
         self.cfg = load_config(config, settings)
         self.consent = self.cfg.consent  # None: no consent checked (the import records email and sms only)
-        self._client: httpx.Client | None = None
+        self._http = KeptAliveClient(self.cfg.timeout)
 
     # -- validate time ----------------------------------------------------------------------------------------
     def compile(self, options: MessageOptions, templates: TemplateLoader) -> CompiledMessage:
@@ -166,15 +156,11 @@ class AppPushChannel(Channel):
             yield self._post(message)
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._http.close()
 
     @property
-    def client(self) -> httpx.Client:
-        if self._client is None:  # one client for the run: connections are kept alive across messages
-            self._client = httpx.Client(timeout=httpx.Timeout(self.cfg.timeout), follow_redirects=False)
-        return self._client
+    def client(self) -> httpx.Client:  # one client for the run: connections are kept alive across messages
+        return self._http.client
 
     def _post(self, message: OutgoingMessage) -> SendResult:
         parts = message.message.parts
