@@ -29,7 +29,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import premailer
 from orchestrator_plugins.email_text import html_to_text
 
 _JINJA = re.compile(
@@ -252,6 +251,8 @@ def _prepare(source: str) -> Inlined:
 
 def run_premailer(html: str) -> str:
     """Premailer with what e-mail needs: no network, no class removal, leftover ``@media`` rules kept."""
+    import premailer  # only when a template is inlined: it pulls in cssutils, a quarter second per command
+
     return premailer.Premailer(
         html,
         allow_network=False,
