@@ -196,15 +196,21 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
     return written
 
 
+def open_counts(conn: Connection, run_pk: int) -> dict[str, int]:
+    """The run's deliveries not yet final: {"pending": n, "deferred": n}, states with none left out."""
+    rows = conn.execute(
+        select(Delivery.state, func.count())
+        .where(Delivery.run_pk == run_pk, Delivery.state.in_(("pending", "deferred")))
+        .group_by(Delivery.state)
+    )
+    return dict(rows.all())
+
+
 def finish_run(engine: Engine, run_pk: int, summary: dict) -> str:
     """Close the run's planning: ``done`` when every delivery is final, else ``waiting`` (messages pending a
     retry or deferred by quiet hours, which ``orchestrator dispatch`` sends when due). Returns the state."""
     with engine.begin() as conn:
-        waiting = conn.execute(
-            select(func.count())
-            .select_from(Delivery)
-            .where(Delivery.run_pk == run_pk, Delivery.state.in_(("pending", "deferred")))
-        ).scalar_one()
+        waiting = bool(open_counts(conn, run_pk))
         state = "waiting" if waiting else "done"
         conn.execute(
             update(CampaignRun)
@@ -216,12 +222,7 @@ def finish_run(engine: Engine, run_pk: int, summary: dict) -> str:
 
 def close_if_complete(conn: Connection, run_pk: int) -> bool:
     """Mark a ``waiting`` run done once nothing of it is pending or deferred any more."""
-    waiting = conn.execute(
-        select(func.count())
-        .select_from(Delivery)
-        .where(Delivery.run_pk == run_pk, Delivery.state.in_(("pending", "deferred")))
-    ).scalar_one()
-    if waiting:
+    if open_counts(conn, run_pk):
         return False
     conn.execute(
         update(CampaignRun)

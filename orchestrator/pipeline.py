@@ -16,7 +16,7 @@ their time has come.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -389,14 +389,3 @@ def _json_summary(result: RunResult) -> dict[str, Any]:
         return value
 
     return plain(data)
-
-
-def batches_of(items, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -31,20 +31,18 @@ from typing import Any
 
 import click
 import phonenumbers
+from orchestrator_plugins.sms_config import load_config
 from orchestrator_plugins.sms_gateway import GatewaySender, SmsRequest
 from orchestrator_plugins.sms_gateway import load_config as load_gateway_config
 from orchestrator_plugins.sms_replies import register as register_reply_commands
 from orchestrator_plugins.sms_text import (
-    DEFAULT_OPT_OUT_KEYWORDS,
-    DEFAULT_OPT_OUT_TEXT,
     count_segments,
     with_opt_out,
     with_signature,
 )
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import model_validator
 
 from orchestrator import outbox
-from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -56,9 +54,7 @@ from orchestrator.channels import (
 from orchestrator.hookspecs import hookimpl
 from orchestrator.rendering import TemplateLoader
 
-DEFAULT_OUTBOX = "outbox/sms"
 MOBILE_TYPES = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
-CONFIG_HINT = "keys: outbox, signature, opt_out_text, opt_out_keywords, gateway (and the dispatcher's rate_limit, …)"
 
 
 class SmsOptions(MessageOptions):
@@ -71,22 +67,6 @@ class SmsOptions(MessageOptions):
         if not (self.text or self.template):
             raise ValueError("an SMS needs its text: `template` (a .txt template file) or `text` (inline)")
         return self
-
-
-class SmsConfig(BaseModel):
-    """``channels.sms``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    outbox: str = DEFAULT_OUTBOX
-    signature: str | None = None
-    opt_out_text: str | None = DEFAULT_OPT_OUT_TEXT
-    opt_out_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUT_KEYWORDS), min_length=1)
-    gateway: Any = None
-
-
-def load_config(raw: Mapping[str, Any], settings: Any) -> SmsConfig:
-    return load_channel_config(SmsConfig, raw or {}, settings, ("channels", "sms"), CONFIG_HINT)
 
 
 class SmsChannel(Channel):

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from orchestrator_plugins.sms_text import DEFAULT_OPT_OUT_KEYWORDS, normalise_reply
+from orchestrator_plugins.sms_config import load_config
+from orchestrator_plugins.sms_text import normalise_reply
 from sqlalchemy import Connection
 
 from orchestrator import suppressions
@@ -39,16 +40,9 @@ MAX_NOTE = 200
 
 
 def opt_out_keywords(settings: Any) -> frozenset[str]:
-    raw = (settings.channels.get(CHANNEL) or {}).get("opt_out_keywords")
-    if raw is None:
-        raw = DEFAULT_OPT_OUT_KEYWORDS
-    if not isinstance(raw, list | tuple) or not all(isinstance(k, str | int) for k in raw):
-        raise InputError(
-            f"channels.sms.opt_out_keywords: expected a list of words, got {raw!r}",
-            file=getattr(settings, "source", None),
-            hint="opt_out_keywords: [T, TD, STOP, UNSUBSCRIBE, 退订, N]",
-        )
-    return frozenset(normalise_reply(str(k)) for k in raw) - {""}
+    """``channels.sms.opt_out_keywords``, normalised as replies are."""
+    keywords = load_config(settings.channels.get(CHANNEL), settings).opt_out_keywords
+    return frozenset(normalise_reply(k) for k in keywords) - {""}
 
 
 def is_opt_out(text: str, keywords: frozenset[str]) -> bool:

@@ -43,7 +43,9 @@ dispatch: {batch_size: 200}
 """
 
 
-def write_world(folder: Path, engine: Engine, members: int, url: str, dispatch: str) -> tuple[Path, Path]:
+def write_world(folder: Path, engine: Engine, members: int, url: str | None, dispatch: str) -> tuple[Path, Path]:
+    """Members with e-mail consent, the campaign, and a config whose webhook posts to ``url`` (None: to an
+    outbox ``out`` beside the config)."""
     customers = folder / "customers.csv"
     with customers.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, CUSTOMER_COLUMNS, restval="")
@@ -64,8 +66,9 @@ def write_world(folder: Path, engine: Engine, members: int, url: str, dispatch: 
     campaign.write_text(CAMPAIGN, encoding="utf-8")
     config = folder / "orchestrator.yaml"
     config.write_text(
-        f"timezone: Asia/Shanghai\ntemplates: []\nchannels:\n  webhook:\n    url: {url}/hook\n    timeout: 5\n"
-        f"dispatch:\n{dispatch}",
+        "timezone: Asia/Shanghai\ntemplates: []\nchannels:\n  webhook:\n"
+        + (f"    url: {url}/hook\n    timeout: 5\n" if url else "    outbox: out\n")
+        + f"dispatch:\n{dispatch}",
         encoding="utf-8",
     )
     return config, campaign
@@ -165,6 +168,7 @@ def test_a_failing_provider_trips_the_breaker_instead_of_burning_the_audience(
         cli = Cli(db_url, str(config))
         first = json.loads(cli("run", campaign, "--at", AT, "--json").stdout)
         attempts_while_down = len(provider.answers)
+        print(f"\n[{db_url.split(':')[0]}] members={members} attempts_while_down={attempts_while_down}")
         assert first["state"] == "waiting" and "webhook" in first["paused"]
         assert first["open"] == {"pending": members}
         assert first["outcomes"] == {"retrying": attempts_while_down}

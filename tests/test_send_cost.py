@@ -13,9 +13,9 @@ from orchestrator.data.records import CUSTOMER_COLUMNS
 from tests.clitools import Cli
 
 AT = "2026-11-02T10:00:00+08:00"
-# 67 UCS-2 characters after the signature and opt-out wording are added: 80 in all, so two segments of 67
+# 68 characters for 张伟; with 【某网店】 in front and 回T退订 after, 77 UCS-2 characters: two segments (over 70)
 LONG_TEXT = "您好{{ customer.name }}，" + "会员专享活动进行中" * 7
-SHORT_TEXT = "Hi {{ customer.name }}"  # GSM-7, one segment (the opt-out wording makes it UCS-2: still one)
+SHORT_TEXT = "Hi {{ customer.name }}"  # 14 UCS-2 characters with the signature and opt-out wording: one segment
 
 
 def members(path: Path, count: int) -> None:
@@ -25,7 +25,7 @@ def members(path: Path, count: int) -> None:
         for i in range(1, count + 1):
             row = {"customer_id": f"M{i:03d}", "name": "张伟", "phone": f"+86138001{i:05d}", "email": f"m{i}@ex.com"}
             writer.writerow(
-                {**row, "signup_at": "2024-01-01T00:00:00+08:00", "email_opt_in": "true"} | {"sms_opt_in": "true"}
+                {**row, "signup_at": "2024-01-01T00:00:00+08:00", "email_opt_in": "true", "sms_opt_in": "true"}
             )
 
 

@@ -16,13 +16,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, or_, select, true, update
 
 from orchestrator import suppressions
 from orchestrator.channels import OutgoingMessage, RenderedMessage, SendResult
 from orchestrator.db.models import Campaign, CampaignRun, Customer, Delivery, DeliveryPayload
 from orchestrator.ledger import decode_payload
+from orchestrator.timeutil import utcnow
 
 HOST = socket.gethostname()[:40]
 
@@ -79,13 +81,15 @@ def due_channels(conn: Connection, run_pk: int, now: datetime, deferred_due_at: 
 def next_wake(
     conn: Connection, run_pk: int, deferred_due_at: datetime | None, excluding: Sequence[str] = ()
 ) -> datetime | None:
-    """The earliest time a row of this run becomes due (a retry, another process's lease, a deferral), leaving
-    out channels that are held back for their own reasons (their wait is known to the caller)."""
-    mine = and_(Delivery.run_pk == run_pk, Delivery.channel.not_in(list(excluding)) if excluding else True)
+    """The earliest time a row of this run may become due: an unclaimed row's retry time, a claimed row's lease
+    end (its holder may die), a deferral; channels held back for their own reasons are left out (the caller knows
+    their wait)."""
+    now = utcnow()
+    mine = and_(Delivery.run_pk == run_pk, Delivery.channel.not_in(list(excluding)) if excluding else true())
     pending = and_(mine, Delivery.state == "pending")
     times = [
-        conn.execute(select(func.min(Delivery.next_attempt_at)).where(pending)).scalar(),
-        conn.execute(select(func.min(Delivery.claim_expires)).where(pending)).scalar(),
+        conn.execute(select(func.min(Delivery.next_attempt_at)).where(pending, unclaimed(now))).scalar(),
+        conn.execute(select(func.min(Delivery.claim_expires)).where(pending, Delivery.claim_expires >= now)).scalar(),
     ]
     if deferred_due_at is not None:
         times.append(
@@ -97,15 +101,6 @@ def next_wake(
         )
     times = [t for t in times if t is not None]
     return min(times) if times else None
-
-
-def open_count(conn: Connection, run_pk: int) -> dict[str, int]:
-    rows = conn.execute(
-        select(Delivery.state, func.count())
-        .where(Delivery.run_pk == run_pk, Delivery.state.in_(("pending", "deferred")))
-        .group_by(Delivery.state)
-    )
-    return dict(rows.all())
 
 
 def claim(
@@ -197,57 +192,52 @@ def _alive(holder: str) -> bool:
     return True
 
 
-def _mine(claimed: Claimed, worker: str):
-    return and_(Delivery.id == claimed.id, Delivery.claimed_by == worker, Delivery.state == "pending")
-
-
-def record_sent(conn: Connection, claimed: Claimed, worker: str, result: SendResult, now: datetime) -> bool:
+def _finish_attempt(conn: Connection, claimed: Claimed, worker: str, now: datetime, **values: Any) -> bool:
+    """Record one attempt on a row this process still holds, and let go of it. A final state drops the payload;
+    a row whose lease was lost (another process holds it now) is left alone, payload included."""
     done = conn.execute(
         update(Delivery)
-        .where(_mine(claimed, worker))
-        .values(
-            state="sent",
-            sent_at=now,
-            updated_at=now,
-            provider_id=result.provider_id,
-            last_error=None,
-            attempts=Delivery.attempts + 1,
-            claimed_by=None,
-            claim_expires=None,
-            next_attempt_at=None,
-        )
+        .where(Delivery.id == claimed.id, Delivery.claimed_by == worker, Delivery.state == "pending")
+        .values(updated_at=now, attempts=Delivery.attempts + 1, claimed_by=None, claim_expires=None, **values)
     ).rowcount
-    conn.execute(delete(DeliveryPayload).where(DeliveryPayload.delivery_pk == claimed.id))
+    if done and values.get("state") in ("sent", "failed"):
+        conn.execute(delete(DeliveryPayload).where(DeliveryPayload.delivery_pk == claimed.id))
     return bool(done)
 
 
+def record_sent(conn: Connection, claimed: Claimed, worker: str, result: SendResult, now: datetime) -> bool:
+    return _finish_attempt(
+        conn,
+        claimed,
+        worker,
+        now,
+        state="sent",
+        sent_at=now,
+        provider_id=result.provider_id,
+        last_error=None,
+        next_attempt_at=None,
+    )
+
+
+def record_retry(
+    conn: Connection, claimed: Claimed, worker: str, error: str, now: datetime, retry_at: datetime
+) -> bool:
+    return _finish_attempt(conn, claimed, worker, now, last_error=error, next_attempt_at=retry_at)
+
+
 def record_failed(
-    conn: Connection, claimed: Claimed, worker: str, error: str, now: datetime, *, suppress_address: bool
+    conn: Connection,
+    claimed: Claimed,
+    worker: str,
+    error: str,
+    now: datetime,
+    *,
+    suppress: str | None = None,
+    suppress_address: bool = False,
 ) -> bool:
-    return _final_failure(conn, claimed, worker, error, now, None, suppress_address)
-
-
-def record_permanent(
-    conn: Connection, claimed: Claimed, worker: str, result: SendResult, now: datetime, *, suppress_address: bool
-) -> bool:
-    return _final_failure(conn, claimed, worker, result.error or "failed", now, result.suppress, suppress_address)
-
-
-def _final_failure(conn, claimed, worker, error, now, suppress, suppress_address) -> bool:
-    done = conn.execute(
-        update(Delivery)
-        .where(_mine(claimed, worker))
-        .values(
-            state="failed",
-            updated_at=now,
-            last_error=error,
-            attempts=Delivery.attempts + 1,
-            claimed_by=None,
-            claim_expires=None,
-            next_attempt_at=None,
-        )
-    ).rowcount
-    conn.execute(delete(DeliveryPayload).where(DeliveryPayload.delivery_pk == claimed.id))
+    """A final failure; with ``suppress`` (the provider's word that the address is gone) also a suppression,
+    of the address on address channels, else of the member, on this channel."""
+    done = _finish_attempt(conn, claimed, worker, now, state="failed", last_error=error, next_attempt_at=None)
     if done and suppress:
         target = (
             suppressions.Target(address=claimed.contact)
@@ -263,26 +253,7 @@ def _final_failure(conn, claimed, worker, error, now, suppress, suppress_address
             note=f"{claimed.campaign}: {error}"[:500],
             now=now,
         )
-    return bool(done)
-
-
-def record_retry(
-    conn: Connection, claimed: Claimed, worker: str, error: str, now: datetime, retry_at: datetime
-) -> bool:
-    return bool(
-        conn.execute(
-            update(Delivery)
-            .where(_mine(claimed, worker))
-            .values(
-                updated_at=now,
-                last_error=error,
-                attempts=Delivery.attempts + 1,
-                next_attempt_at=retry_at,
-                claimed_by=None,
-                claim_expires=None,
-            )
-        ).rowcount
-    )
+    return done
 
 
 def release(conn: Connection, claimed: Sequence[Claimed], worker: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 
+from orchestrator import ledger
 from orchestrator.channels import Channel, SendResult, SendStatus
 from orchestrator.config import BreakerConfig, RateLimitConfig, RetryConfig, Settings
 from orchestrator.dispatch import claims
@@ -131,7 +132,7 @@ class Dispatcher:
                 break
             self.sleep(max(min(waits), 0.01))
         with self.engine.connect() as conn:
-            report.open = claims.open_count(conn, run_pk)
+            report.open = ledger.open_counts(conn, run_pk)
         return report
 
     def _serve(self, run_pk: int, name: str, deferred_due_at, report: DrainReport) -> tuple[bool, float | None]:
@@ -194,15 +195,21 @@ class Dispatcher:
                 claims.record_sent(conn, claimed, self.worker, result, now)
                 report.outcomes["sent"] += 1
             elif result.status == SendStatus.PERMANENT:
-                claims.record_permanent(conn, claimed, self.worker, result, now, suppress_address=by_address)
+                claims.record_failed(
+                    conn,
+                    claimed,
+                    self.worker,
+                    result.error or "failed",
+                    now,
+                    suppress=result.suppress,
+                    suppress_address=by_address,
+                )
                 report.outcomes["failed"] += 1
             else:
                 decision = state.retry.after_failure(claimed.attempts + 1, claimed.created_at, now)
                 error = result.error or "transient failure"
                 if decision.retry_at is None:
-                    claims.record_failed(
-                        conn, claimed, self.worker, f"{decision.why_not}: {error}", now, suppress_address=by_address
-                    )
+                    claims.record_failed(conn, claimed, self.worker, f"{decision.why_not}: {error}", now)
                     report.outcomes["failed"] += 1
                 else:
                     claims.record_retry(conn, claimed, self.worker, error, now, decision.retry_at)
