@@ -24,8 +24,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from orchestrator.config import Settings, load_settings
-from orchestrator.data.demo import SeedShop
 from orchestrator.db.engine import create_db_engine, migrate
+from orchestrator.demo.generator import SeedShop
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "orchestrator.yaml"

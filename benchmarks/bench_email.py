@@ -47,9 +47,9 @@ import premailer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, BenchmarkError, heading, rate, ratio, secs, step, stop_on_sigterm, table
-from orchestrator_plugins import email_inline
+from orchestrator_plugins.email import inline as email_inline
 from orchestrator_plugins.email import EmailChannel, EmailOptions
-from orchestrator_plugins.email_smtp import Envelope
+from orchestrator_plugins.email.smtp import Envelope
 
 from orchestrator.channels import OutgoingMessage, SendStatus
 from orchestrator.config import Settings

@@ -59,11 +59,11 @@ from _common import (
 )
 
 from orchestrator.analysis import member_report
-from orchestrator.data.demo import SEED_SHOP_AT
 from orchestrator.data.importing import BATCH_SIZE, import_customers, import_orders
 from orchestrator.db.engine import create_db_engine
 from orchestrator.db.models import Customer, Order
 from orchestrator.db.types import UTCDateTime
+from orchestrator.demo.generator import SEED_SHOP_AT
 from orchestrator.money import from_minor
 
 CUSTOMERS = Customer.__table__

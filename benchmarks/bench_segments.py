@@ -59,11 +59,11 @@ from _common import (
     write_seed_csv,
 )
 
-from orchestrator.data.demo import SEED_SHOP_AT
 from orchestrator.data.importing import import_customers, import_orders
 from orchestrator.db.types import UTCDateTime
+from orchestrator.demo.generator import SEED_SHOP_AT
 from orchestrator.facts import FactContext, customers
-from orchestrator.plugins import registry
+from orchestrator.plugin_manager import registry
 from orchestrator.segments import Audience, SegmentCompiler
 from orchestrator.service import Orchestrator
 
@@ -220,7 +220,7 @@ def bench_engine(dbs: Databases, engine_name: str, csvs: tuple[Path, Path], args
         settle(engine)
 
     plan = Orchestrator(settings).load(CAMPAIGN)
-    audience = Audience(engine, settings, plan, at)
+    audience = Audience(engine, settings, plan, at, registry().facts)
     batch_size = plan.campaign.dispatch.batch_size
     compiled_ids = audience.ids_statement()
     hand_ids = hand_statement(AUDIENCE_SQL, at)

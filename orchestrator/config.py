@@ -12,14 +12,14 @@ import os
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from orchestrator.campaign.schema import DispatchSettings, FrequencyCap
 from orchestrator.errors import InputError, InputErrors
-from orchestrator.timeutil import DailyWindow, zone
+from orchestrator.policy_types import FrequencyCap, LocalWindow, QuietHours
+from orchestrator.timeutil import zone
 from orchestrator.yamlfile import YamlDocument, load_yaml, validation_problems
 
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
@@ -27,14 +27,6 @@ DATABASE_ENV = "ORCHESTRATOR_DATABASE_URL"
 DEFAULT_CONFIG_NAME = "orchestrator.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///orchestrator.db"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _window(text: str) -> str:
-    DailyWindow.parse(text)
-    return text
-
-
-Window = Annotated[str, AfterValidator(_window)]  # HH:MM-HH:MM, checked where it is written
 
 
 class _Section(BaseModel):
@@ -73,12 +65,7 @@ class PoliciesConfig(_Section):
     (a campaign's ``frequency_cap`` replaces the default caps as a whole, it does not add to them)."""
 
     frequency_cap: FrequencyCap | list[FrequencyCap] | None = None
-    quiet_hours: str | None = Field(None, description="local quiet window, e.g. '21:00-09:00'")
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _window(cls, value: str | None) -> str | None:
-        return DispatchSettings._window(value)  # the same rule as a campaign's quiet_hours
+    quiet_hours: QuietHours | None = None  # the same type as a campaign's dispatch.quiet_hours
 
 
 class RetryConfig(_Section):
@@ -145,7 +132,7 @@ class Settings(_Section):
         ]
     )
     # shop-local hours of each daypart (start inclusive, end exclusive; a window may wrap past midnight)
-    dayparts: dict[str, Window] = Field(
+    dayparts: dict[str, LocalWindow] = Field(
         default_factory=lambda: {
             "breakfast": "06:00-10:00",
             "lunch": "11:00-14:00",

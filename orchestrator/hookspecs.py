@@ -9,7 +9,7 @@ the specifications below. Built-in plugins live in the ``orchestrator_plugins`` 
     orchestrator.plugins =
         my_channel = my_package.plugin
 
-Hooks are called through ``orchestrator.plugins.manager().hook.<name>(...)``; each specification documents
+Hooks are called through ``orchestrator.plugin_manager.manager().hook.<name>(...)``; each specification documents
 when it is called and what it must return.
 """
 

@@ -11,6 +11,7 @@ A run is running (being planned), waiting (planned; messages left to send later)
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +25,21 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator.channels import RenderedMessage
 from orchestrator.db.models import Campaign, CampaignRun, Delivery, DeliveryPayload
 from orchestrator.timeutil import utcnow
+
+_DELIVERY_KEY = re.compile(r"run(\d+)-d(\d+)")
+
+
+def delivery_key(run_id: int, delivery_id: int) -> str:
+    """A delivery's idempotency key, ``run{run_id}-d{delivery_id}``: what providers deduplicate on, what a call
+    list's first column holds and what a call centre's outcome file names."""
+    return f"run{run_id}-d{delivery_id}"
+
+
+def parse_delivery_key(key: str) -> tuple[int, int] | None:
+    """``run{run_id}-d{delivery_id}`` → ``(run_id, delivery_id)``, or None for anything else."""
+    match = _DELIVERY_KEY.fullmatch(key.strip())
+    return (int(match[1]), int(match[2])) if match else None
+
 
 FINAL_STATES = ("sent", "failed", "skipped", "held_out")
 

@@ -30,6 +30,7 @@ from orchestrator.channels import Channel, RenderedMessage
 from orchestrator.config import Settings
 from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
+from orchestrator.plugin_manager import Registry
 
 OFFER_SKIP = "offer_"  # a member withheld by the offer is skipped with reason offer_<why>, e.g. offer_budget
 
@@ -146,8 +147,10 @@ class CampaignRunner:
         channels: Mapping[str, Channel],
         offers: Mapping[tuple[int, str], OfferKind],
         build_context,
+        registry: Registry,
     ):
         self.engine = engine
+        self.registry = registry  # the plugins of the Orchestrator this run belongs to, never a global
         self.settings = settings
         self.plan = plan
         self.channels = channels
@@ -189,7 +192,7 @@ class CampaignRunner:
         """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing."""
         from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
 
-        audience = Audience(self.engine, self.settings, self.plan, at)
+        audience = Audience(self.engine, self.settings, self.plan, at, self.registry.facts)
         result = RunResult(
             campaign=self.plan.name,
             at=at,
@@ -263,7 +266,7 @@ class CampaignRunner:
                 [c.customer.get(f) for c in fresh for f in ("email", "phone", "wechat_openid")],
                 self.caps,
                 at,
-                self.settings.channels,
+                policies.not_messages(self.registry.channels, self.settings.channels),
             )
             for (index, _kind), offer in self.offers.items():
                 members = [c.customer for c in fresh if c.step.index == index]

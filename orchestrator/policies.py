@@ -36,9 +36,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, case, func, or_, select
 
-from orchestrator.campaign.schema import FrequencyCap
 from orchestrator.channels import Channel
 from orchestrator.db.models import CustomerConsent, Delivery, Suppression
+from orchestrator.policy_types import FrequencyCap
 from orchestrator.timeutil import DailyWindow, zone
 
 # skip reasons (the ledger and reports use these names)
@@ -79,8 +79,9 @@ class BatchLookups:
         addresses: Iterable[str],
         caps: Sequence[FrequencyCap] = (),
         at: datetime | None = None,
-        channel_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        uncounted: Sequence[str] = (),
     ):
+        """``uncounted``: channels whose deliveries frequency caps do not count (``not_messages``)."""
         self.consents: dict[int, dict[str, bool]] = defaultdict(dict)
         rows = conn.execute(
             select(CustomerConsent.customer_pk, CustomerConsent.channel, CustomerConsent.opted_in).where(
@@ -107,7 +108,7 @@ class BatchLookups:
         if self.caps and customer_pks:
             if at is None:
                 raise ValueError("frequency caps need the run time")
-            self.sent = recent_sends(conn, customer_pks, self.caps, at, not_messages(channel_settings))
+            self.sent = recent_sends(conn, customer_pks, self.caps, at, uncounted)
 
     def capped(self, customer_pk: int, channel: str | None) -> bool:
         """At or over a cap: the all-channel caps with ``channel=None``, that channel's caps otherwise."""
@@ -153,15 +154,16 @@ def recent_sends(
     return {row[0]: [int(n or 0) for n in row[1:]] for row in rows}
 
 
-def not_messages(channel_settings: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
-    """Channels whose deliveries are not messages to the member: ``Channel.is_message`` from the plugins, unless
-    the config says otherwise (``channels.<name>.is_message``, e.g. a webhook that only syncs a CRM)."""
-    from orchestrator.plugins import registry
-
+def not_messages(
+    channel_classes: Mapping[str, type[Channel]], channel_settings: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[str]:
+    """Channels whose deliveries are not messages to the member: ``Channel.is_message`` from the plugins of the
+    registry in use, unless the config says otherwise (``channels.<name>.is_message``, e.g. a webhook that only
+    syncs a CRM)."""
     settings = channel_settings or {}
     return [
         name
-        for name, channel in registry().channels.items()
+        for name, channel in channel_classes.items()
         if not (settings.get(name) or {}).get("is_message", channel.is_message)
     ]
 

@@ -428,13 +428,12 @@ class Audience:
     """A campaign's audience as of ``at``: counts, the per-condition funnel, and batches of customers with the
     facts templates use and the index of the step each belongs to (the first whose ``when`` holds)."""
 
-    def __init__(self, engine: Engine, settings: Settings, plan, at: datetime, catalog=None):
-        from orchestrator.plugins import registry
-
+    def __init__(self, engine: Engine, settings: Settings, plan, at: datetime, catalog):
+        """``catalog``: the facts of the condition language, from the registry of the Orchestrator in use."""
         self.engine = engine
         self.plan = plan
         self.ctx = FactContext(at=at, settings=settings)
-        self.catalog = catalog or registry().facts
+        self.catalog = catalog
 
     def _compiler(self) -> SegmentCompiler:
         return SegmentCompiler(self.ctx, self.catalog)

@@ -14,7 +14,7 @@ from orchestrator.channels import Channel, MessageOptions
 from orchestrator.config import Settings
 from orchestrator.offers import Grant, OfferKind
 from orchestrator.pipeline import CampaignRunner
-from orchestrator.plugins import Registry, registry
+from orchestrator.plugin_manager import Registry, registry
 from orchestrator.rendering import TemplateLoader
 from orchestrator.template_context import synthetic_context
 from orchestrator.unsubscribe import secret_key, unsubscribe_url
@@ -84,4 +84,4 @@ class Orchestrator:
                 "unsubscribe_url": unsubscribe_url(base_url, key, customer["customer_id"], channel),
             }
 
-        return CampaignRunner(self.engine, self.settings, plan, channels, offers, build_context)
+        return CampaignRunner(self.engine, self.settings, plan, channels, offers, build_context, self.registry)

@@ -6,7 +6,7 @@ shows Chinese names correctly) with the columns::
     delivery_key, customer_id, name, phone_masked, phone, priority, agent, due, script, campaign
 
 ``delivery_key`` is the delivery's idempotency key, ``run{run_id}-d{delivery_id}``: the call centre sends it back
-with each call's outcome (``orchestrator import call-outcomes FILE``, see ``orchestrator_plugins.call_outcomes``).
+with each call's outcome (``orchestrator import call-outcomes FILE``, see ``orchestrator.data.call_outcomes``).
 The provider id recorded in the ledger is ``<file name>:<row>``, the row as a spreadsheet numbers it (the header
 is row 1). Every row is flushed and fsynced before its result is yielded, so a crash loses no row already recorded
 as sent; a row re-sent after a crash (its ``delivery_key`` already in the file) is not written twice. Several
@@ -57,19 +57,20 @@ from typing import Any, Literal
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrator.channel_config import load_channel_config
-from orchestrator.channels import (
+from orchestrator.api import (
     Channel,
     CompiledMessage,
     MessageOptions,
     OutgoingMessage,
     RenderedMessage,
     SendResult,
+    TemplateLoader,
+    hookimpl,
+    load_channel_config,
+    mask_phone,
+    parse_delivery_key,
+    phone_parser,
 )
-from orchestrator.data import records
-from orchestrator.hookspecs import hookimpl
-from orchestrator.rendering import TemplateLoader
-from orchestrator.template_context import mask_phone
 
 try:  # POSIX: appends from several dispatch processes are serialised; elsewhere one process writes a file
     import fcntl
@@ -82,7 +83,6 @@ NAME = "call_list"
 DEFAULT_OUTBOX = "outbox/call_list"
 BOM = b"\xef\xbb\xbf"
 ROW_END = "\r\n"  # rows end with CRLF; newlines inside a value are normalised to LF, so CRLF only ends a row
-KEY_PATTERN = re.compile(r"run(\d+)-d(\d+)")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SAFE_NAME = re.compile(r"[^\w.-]+")  # \w keeps Chinese campaign and queue names readable
 
@@ -90,12 +90,6 @@ _SAFE_NAME = re.compile(r"[^\w.-]+")  # \w keeps Chinese campaign and queue name
 def columns_for(phone_columns: Sequence[str]) -> list[str]:
     phones = [c for c, kind in (("phone_masked", "masked"), ("phone", "full")) if kind in phone_columns]
     return ["delivery_key", "customer_id", "name", *phones, "priority", "agent", "due", "script", "campaign"]
-
-
-def parse_delivery_key(key: str) -> tuple[int, int] | None:
-    """``run{run_id}-d{delivery_id}`` (the dispatcher's idempotency key) → ``(run_id, delivery_id)``."""
-    match = KEY_PATTERN.fullmatch(key.strip())
-    return (int(match[1]), int(match[2])) if match else None
 
 
 class CallListConfig(BaseModel):
@@ -177,7 +171,7 @@ class CallListChannel(Channel):
 
     def validate_contact(self, value: str) -> str | None:
         try:
-            return records.phone(self.settings.default_region)(str(value))
+            return phone_parser(self.settings.default_region)(str(value))
         except ValueError:
             return None
 
@@ -437,10 +431,3 @@ def due_date(run_time: datetime, days: int, tz: Any) -> date:
 @hookimpl
 def register_channels() -> list[type[Channel]]:
     return [CallListChannel]
-
-
-@hookimpl
-def register_commands(cli) -> None:
-    from orchestrator_plugins.call_outcomes import register
-
-    register(cli)

@@ -61,20 +61,22 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from orchestrator import outbox
-from orchestrator.channel_config import load_channel_config
-from orchestrator.channels import (
+from orchestrator.api import (
     Channel,
     CompiledMessage,
+    CompiledTemplate,
+    HttpUrl,
+    KeptAliveClient,
     MessageOptions,
     OutgoingMessage,
     RenderedMessage,
     SendResult,
+    TemplateLoader,
+    hookimpl,
     http_result,
+    load_channel_config,
+    outbox,
 )
-from orchestrator.hookspecs import hookimpl
-from orchestrator.http_channel import HttpUrl, KeptAliveClient
-from orchestrator.rendering import CompiledTemplate, TemplateLoader
 
 DEFAULT_SIGNATURE_HEADER = "X-Orchestrator-Signature"
 DEFAULT_EVENT = "message"

@@ -53,20 +53,21 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrator import outbox
-from orchestrator.channel_config import load_channel_config
-from orchestrator.channels import (
+from orchestrator.api import (
     Channel,
     CompiledMessage,
+    HttpUrl,
+    KeptAliveClient,
     MessageOptions,
     OutgoingMessage,
     RenderedMessage,
     SendResult,
+    TemplateLoader,
+    hookimpl,
     http_result,
+    load_channel_config,
+    outbox,
 )
-from orchestrator.hookspecs import hookimpl
-from orchestrator.http_channel import HttpUrl, KeptAliveClient
-from orchestrator.rendering import TemplateLoader
 
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
 TOKEN_PATH = "/cgi-bin/token"

@@ -1,4 +1,4 @@
-"""Coupon codes (``orchestrator.codes``): unique, well-formed, self-checking, readable.
+"""Coupon codes (``orchestrator.coupons.codes``): unique, well-formed, self-checking, readable.
 
 The check character is verified against an independent Luhn mod N written here from the algorithm's definition
 (double every second character from the right, add the base-N digits of each product, the check makes the sum
@@ -14,7 +14,7 @@ from itertools import combinations
 
 import pytest
 
-from orchestrator import codes
+from orchestrator.coupons import codes
 
 LOOK_ALIKES = "0O1ILU"
 SHAPE = re.compile(rf"[{re.escape(codes.ALPHABET)}]{{12}}")

@@ -23,14 +23,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
-from orchestrator import codes
 from orchestrator.config import Settings
-from orchestrator.coupons import Redemption, RedemptionRefused, redeem
+from orchestrator.coupons import codes
+from orchestrator.coupons.offer import CouponTerms, validity
+from orchestrator.coupons.redemption import Redemption, RedemptionRefused, redeem
 from orchestrator.data.importing import ImportResult, import_orders
 from orchestrator.data.records import ORDER_COLUMNS
 from orchestrator.db.engine import create_db_engine
 from orchestrator.db.models import Coupon, CouponRedemption, Customer, Order
-from plugins.coupon import CouponTerms, validity
 
 SHOP_TZ = ZoneInfo("Asia/Shanghai")
 SETTINGS = Settings()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, update
 
-from orchestrator.cli.ledger import mask_contact
+from orchestrator.cli.deliveries import mask_contact
 from orchestrator.db.models import Customer, Delivery
 from tests import dataset
 from tests.clitools import Cli

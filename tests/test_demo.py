@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from email_validator import validate_email
 
-from orchestrator.data.demo import CUSTOMER_COLUMNS, ORDER_COLUMNS, SEED_SHOP_AT, SeedShop, months_before
+from orchestrator.demo.generator import CUSTOMER_COLUMNS, ORDER_COLUMNS, SEED_SHOP_AT, SeedShop, months_before
 
 DAY = timedelta(days=1)
 TOP_PROVINCES = {"浙江", "四川", "山东"}

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from orchestrator.channels import CompiledMessage, OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
-from orchestrator.plugins import build_manager, describe
+from orchestrator.plugin_manager import build_manager, describe
 from orchestrator.rendering import TemplateLoader, TemplateRenderError, synthetic_context
 
 HTML = """<html><head><style>p { color: red }</style><title>ignored</title></head><body>

@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from orchestrator_plugins import email_inline
+from orchestrator_plugins.email import inline as email_inline
 from orchestrator_plugins.email import EmailChannel, EmailOptions
-from orchestrator_plugins.email_mime import build_message
+from orchestrator_plugins.email.mime import build_message
 
 from orchestrator.channels import OutgoingMessage, RenderedMessage, SendStatus
 from orchestrator.config import Settings

@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 import yaml
-from orchestrator_plugins.coupon import CouponTerms
 from sqlalchemy import Engine, delete, func, insert, select
 
-from orchestrator import codes
 from orchestrator.config import Settings
+from orchestrator.coupons import codes
+from orchestrator.coupons.offer import CouponTerms
 from orchestrator.db.models import (
     Campaign,
     CampaignRun,

@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator.channels import Channel
 from orchestrator.db.engine import create_db_engine, migrate
-from orchestrator.plugins import ENTRY_POINT_GROUP, build_manager, build_registry, describe, manager, registry
+from orchestrator.plugin_manager import ENTRY_POINT_GROUP, build_manager, build_registry, describe, manager, registry
 from tests import dataset
 from tests.clitools import Cli
 from tests.httpserver import Request, Response, serve

@@ -15,7 +15,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import RuntimeFailure
 from orchestrator.facts import FactContext, customers
 from orchestrator.hookspecs import hookimpl
-from orchestrator.plugins import ENTRY_POINT_GROUP, build_manager, build_registry, describe
+from orchestrator.plugin_manager import ENTRY_POINT_GROUP, build_manager, build_registry, describe
 from orchestrator.segments import SegmentCompiler
 from orchestrator.yamlfile import parse_yaml
 from tests import dataset

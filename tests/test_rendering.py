@@ -245,9 +245,8 @@ def test_synthetic_context_has_the_documented_shape():
         assert key in customer
     assert isinstance(customer["monetary"], Decimal)
     # the same keys the built-in coupon offer gives templates, so validate renders what a run renders
-    from orchestrator_plugins.coupon import CouponOffer, CouponTerms
-
     from orchestrator.config import Settings
+    from orchestrator.coupons.offer import CouponOffer, CouponTerms
 
     coupon = CouponOffer(CouponTerms(kind="amount_off", value=20, valid_days=14), Settings(), step=None)
     assert set(context["offer"]) == set(coupon._context("ABCDEFGHJKMN", now))

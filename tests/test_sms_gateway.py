@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 import pytest
 from orchestrator_plugins.sms import SmsChannel
-from orchestrator_plugins.sms_gateway import Answer, GatewayConfig, classify
+from orchestrator_plugins.sms.gateway import Answer, GatewayConfig, classify
 from sqlalchemy import Engine, select
 
 from orchestrator.channels import OutgoingMessage, RenderedMessage, SendStatus

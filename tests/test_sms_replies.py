@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from orchestrator_plugins.sms_replies import handle_reply
+from orchestrator_plugins.sms.replies import handle_reply
 from sqlalchemy import func, select
 
 from orchestrator import suppressions

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from orchestrator.channels import OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
-from orchestrator.plugins import build_manager, describe
+from orchestrator.plugin_manager import build_manager, describe
 from orchestrator.rendering import TemplateLoader, synthetic_context
 from tests.httpserver import Request, Response, serve
 

@@ -21,18 +21,13 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.durations import parse_duration
-from orchestrator.timeutil import DailyWindow, parse_clock, zone
+from orchestrator.policy_types import Duration, FrequencyCap, QuietHours
+from orchestrator.timeutil import parse_clock, zone
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 CONDITION_MARK = {"x-condition": True}  # replaced by a $ref to the catalog-built Condition schema
 
 Condition = Annotated[dict[str, Any] | list[Any], WithJsonSchema(CONDITION_MARK)]
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+\s*[dwhms]$", "examples": ["90d", "2w", "12h"]}),
-]
 
 
 class _Model(BaseModel):
@@ -96,26 +91,13 @@ class Budget(_Model):
     max_face_value: Decimal | None = Field(None, gt=0)
 
 
-class FrequencyCap(_Model):
-    max: int = Field(ge=1)
-    per: Duration
-    channel: str | None = None
-
-
 class DispatchSettings(_Model):
-    quiet_hours: str | None = Field(None, description="local quiet window, e.g. '21:00-09:00'")
+    quiet_hours: QuietHours | None = None
     frequency_cap: FrequencyCap | list[FrequencyCap] | None = None
     channels: list[str] | None = Field(None, description="preference order for fallback, e.g. [sms, email]")
     strategy: Literal["first_reachable", "all"] = "first_reachable"
     transactional: bool = False
     batch_size: int = Field(500, ge=1, le=100_000)
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _window(cls, value: str | None) -> str | None:
-        if value is not None:
-            DailyWindow.parse(value)
-        return value
 
 
 Offer = Annotated[

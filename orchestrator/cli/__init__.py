@@ -17,10 +17,10 @@ from orchestrator.cli import analyze as analyze_commands
 from orchestrator.cli import campaigns as campaign_commands
 from orchestrator.cli import coupons as coupon_commands
 from orchestrator.cli import data as data_commands
+from orchestrator.cli import deliveries as delivery_commands
 from orchestrator.cli import demo as demo_commands
-from orchestrator.cli import ledger as ledger_commands
+from orchestrator.cli import dispatch as dispatch_commands
 from orchestrator.cli import plugins as plugin_commands
-from orchestrator.cli import runs as run_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
@@ -81,16 +81,16 @@ for family in (
     demo_commands,
     analyze_commands,
     campaign_commands,
-    run_commands,
+    dispatch_commands,
     coupon_commands,
-    ledger_commands,
+    delivery_commands,
     plugin_commands,
 ):
     family.register(cli)
 
 
 def _register_plugin_commands() -> None:
-    from orchestrator.plugins import manager
+    from orchestrator.plugin_manager import manager
 
     manager().hook.register_commands(cli=cli)
 

@@ -12,7 +12,7 @@ from orchestrator.campaign.schema import json_schema
 from orchestrator.cli.render import print_run
 from orchestrator.errors import InputError
 from orchestrator.output import emit_json
-from orchestrator.plugins import registry
+from orchestrator.plugin_manager import registry
 from orchestrator.service import Orchestrator
 
 

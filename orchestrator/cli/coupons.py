@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import click
 
-from orchestrator.coupons import RedemptionRefused, campaign_coupons, find_coupon, redeem, summary_line
+from orchestrator.coupons.redemption import RedemptionRefused, campaign_coupons, find_coupon, redeem, summary_line
 from orchestrator.db.models import COUPON_STATES
 from orchestrator.errors import InputError
 from orchestrator.money import parse_amount

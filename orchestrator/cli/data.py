@@ -1,9 +1,10 @@
-"""Data commands: ``import customers FILE``, ``import orders FILE`` and ``import redemptions FILE``."""
+"""Data commands: ``import customers|orders|redemptions|call-outcomes FILE``."""
 
 from __future__ import annotations
 
 import click
 
+from orchestrator.data import call_outcomes
 from orchestrator.data.importing import ImportResult, import_customers, import_orders, import_redemptions
 from orchestrator.data.records import CUSTOMER_COLUMNS, ORDER_COLUMNS, REDEMPTION_COLUMNS
 from orchestrator.output import emit_json, is_terminal
@@ -85,3 +86,32 @@ def _report(result: ImportResult, as_json: bool) -> None:
         )
     if result.coupon_refusals_file:
         click.echo(f"refused coupons and reasons: {result.coupon_refusals_file}")
+
+
+CALL_OUTCOMES_HELP = """Import call outcomes from a call centre (a CSV with a header row).
+
+\b
+Columns (any order):
+  delivery_key,outcome,called_at,agent,note
+  (customer_id,campaign may replace delivery_key)
+
+delivery_key is the first column of the call list (run<run id>-d<delivery id>). outcome is one of reached,
+no_answer, declined, converted, do_not_call; do_not_call also suppresses the member on call_list and sms.
+called_at is ISO 8601 (no offset: the configured time zone). The file is checked whole first: any bad row
+stops the import (exit 2) and nothing is recorded; importing the same file again changes nothing.
+"""
+
+
+@import_group.command("call-outcomes", help=CALL_OUTCOMES_HELP)
+@click.argument("file", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.pass_obj
+def call_outcomes_command(app, file: str, as_json: bool) -> None:
+    result = call_outcomes.import_file(app.engine, app.settings, file)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    click.echo(
+        f"{result.file}: {result.read:,} rows read: {result.recorded:,} recorded, {result.unchanged:,} unchanged, "
+        f"{result.suppressed:,} suppression entries added"
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from orchestrator.data.demo import SEED_SHOP_AT, SeedShop
+from orchestrator.demo.generator import SEED_SHOP_AT, SeedShop
 from orchestrator.errors import RuntimeFailure
 from orchestrator.output import emit_json, is_terminal
 from orchestrator.timeutil import parse_datetime

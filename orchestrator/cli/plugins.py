@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.output import emit_json
-from orchestrator.plugins import describe, manager
+from orchestrator.plugin_manager import describe, manager
 
 
 def register(cli: click.Group) -> None:

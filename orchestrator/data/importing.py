@@ -30,7 +30,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Connection, Engine, Table, bindparam, delete, insert, select, update
 
 from orchestrator.config import Settings
-from orchestrator.coupons import RedemptionRefused, redeem
+from orchestrator.coupons.redemption import RedemptionRefused, redeem
 from orchestrator.data.csvfile import CsvSource, RejectWriter, SideFile
 from orchestrator.data.records import (
     CONSENT_COLUMNS,

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, and_, delete, func, or_, select, true, update
 from orchestrator import suppressions
 from orchestrator.channels import OutgoingMessage, RenderedMessage, SendResult
 from orchestrator.db.models import Campaign, CampaignRun, Customer, Delivery, DeliveryPayload
-from orchestrator.ledger import decode_payload
+from orchestrator.ledger import decode_payload, delivery_key
 from orchestrator.timeutil import utcnow
 
 HOST = socket.gethostname()[:40]
@@ -53,7 +53,7 @@ class Claimed:
             customer_id=self.customer_id,
             contact=self.contact or "",
             message=self.message,
-            idempotency_key=f"run{self.run_pk}-d{self.id}",
+            idempotency_key=delivery_key(self.run_pk, self.id),
             run_id=self.run_pk,
             campaign=self.campaign,
         )

@@ -39,7 +39,6 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrator.channel_config import load_channel_config
 from orchestrator.channels import (
     Channel,
     CompiledMessage,
@@ -49,9 +48,10 @@ from orchestrator.channels import (
     SendResult,
     http_result,
 )
+from orchestrator.channels.http import HttpUrl, KeptAliveClient
+from orchestrator.channels.settings import load_channel_config
 from orchestrator.errors import InputError
 from orchestrator.hookspecs import hookimpl
-from orchestrator.http_channel import HttpUrl, KeptAliveClient
 from orchestrator.rendering import TemplateLoader, synthetic_context
 
 __version__ = "0.1.0"

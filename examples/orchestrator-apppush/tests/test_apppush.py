@@ -27,7 +27,7 @@ from orchestrator.channels import OutgoingMessage, SendStatus
 from orchestrator.cli import cli
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
-from orchestrator.plugins import ENTRY_POINT_GROUP, manager, registry
+from orchestrator.plugin_manager import ENTRY_POINT_GROUP, manager, registry
 from orchestrator.rendering import TemplateLoader, synthetic_context
 
 # -- a push service on loopback ---------------------------------------------------------------------------------

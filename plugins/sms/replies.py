@@ -22,15 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-from orchestrator_plugins.sms_config import load_config
-from orchestrator_plugins.sms_text import normalise_reply
+from orchestrator_plugins.sms.config import load_config
+from orchestrator_plugins.sms.text import normalise_reply
 from sqlalchemy import Connection
 
-from orchestrator import suppressions
-from orchestrator.data.csvfile import CsvSource
-from orchestrator.errors import InputError
-from orchestrator.output import emit_json
-from orchestrator.timeutil import parse_datetime, to_utc
+from orchestrator.api import (
+    CsvSource,
+    InputError,
+    add_suppression,
+    emit_json,
+    parse_datetime,
+    suppression_target,
+    to_utc,
+)
 
 CHANNEL = "sms"
 REASON = "unsubscribed"
@@ -62,9 +66,9 @@ def _apply(conn: Connection, settings: Any, phone: str, text: str, received_at: 
     """ "suppressed" (a new entry), "unchanged" (already suppressed) or "ignored" (not an opt-out)."""
     if not is_opt_out(text, keywords):
         return "ignored"
-    target = suppressions.resolve(conn, settings, phone=phone)
+    target = suppression_target(conn, settings, phone=phone)
     note = f"replied {text.strip()[:MAX_NOTE]!r}"
-    result = suppressions.add(
+    result = add_suppression(
         conn, target, channel=CHANNEL, reason=REASON, note=note, source=SOURCE, now=to_utc(received_at)
     )
     return "suppressed" if result.added else "unchanged"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from datetime import date
 
-from orchestrator.data.demo_people import Picker
-from orchestrator.data.demo_plan import (
+from orchestrator.demo.people import Picker
+from orchestrator.demo.plan import (
     DINNER_REGULAR,
     HIGH_TICKET,
     LOW_TICKET,

@@ -3,7 +3,7 @@
 With no ``gateway:`` configured every message is written as one JSON file (``to``, ``text``, ``segments``,
 ``customer_id``, ``campaign``, ``idempotency_key``) into ``channels.sms.outbox`` (default ``outbox/sms``,
 relative to the config file's folder), named from the delivery's idempotency key so that a resend overwrites its
-file. With ``gateway:`` the messages go to that HTTP API (``orchestrator_plugins.sms_gateway`` documents the keys
+file. With ``gateway:`` the messages go to that HTTP API (``orchestrator_plugins.sms.gateway`` documents the keys
 and how answers map to results). Configuration (``channels.sms`` in the config file)::
 
     outbox: outbox/sms
@@ -31,28 +31,28 @@ from typing import Any
 
 import click
 import phonenumbers
-from orchestrator_plugins.sms_config import load_config
-from orchestrator_plugins.sms_gateway import GatewaySender, SmsRequest
-from orchestrator_plugins.sms_gateway import load_config as load_gateway_config
-from orchestrator_plugins.sms_replies import register as register_reply_commands
-from orchestrator_plugins.sms_text import (
+from orchestrator_plugins.sms.config import load_config
+from orchestrator_plugins.sms.gateway import GatewaySender, SmsRequest
+from orchestrator_plugins.sms.gateway import load_config as load_gateway_config
+from orchestrator_plugins.sms.replies import register as register_reply_commands
+from orchestrator_plugins.sms.text import (
     count_segments,
     with_opt_out,
     with_signature,
 )
 from pydantic import model_validator
 
-from orchestrator import outbox
-from orchestrator.channels import (
+from orchestrator.api import (
     Channel,
     CompiledMessage,
     MessageOptions,
     OutgoingMessage,
     RenderedMessage,
     SendResult,
+    TemplateLoader,
+    hookimpl,
+    outbox,
 )
-from orchestrator.hookspecs import hookimpl
-from orchestrator.rendering import TemplateLoader
 
 MOBILE_TYPES = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
 

@@ -48,18 +48,26 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import TemplateNotFound
-from orchestrator_plugins.email_inline import NotFlat, flatten, prepare
-from orchestrator_plugins.email_lint import lint
-from orchestrator_plugins.email_mime import build_message
-from orchestrator_plugins.email_smtp import Envelope, SmtpSender, load_config
-from orchestrator_plugins.email_text import html_to_text
+from orchestrator_plugins.email.inline import NotFlat, flatten, prepare
+from orchestrator_plugins.email.lint import lint
+from orchestrator_plugins.email.mime import build_message
+from orchestrator_plugins.email.smtp import Envelope, SmtpSender, load_config
+from orchestrator_plugins.email.text import html_to_text
 from pydantic import ConfigDict, Field, model_validator
 
-from orchestrator import outbox
-from orchestrator.channels import Channel, CompiledMessage, MessageOptions, OutgoingMessage, RenderedMessage, SendResult
-from orchestrator.errors import InputError
-from orchestrator.hookspecs import hookimpl
-from orchestrator.rendering import CompiledTemplate, TemplateLoader
+from orchestrator.api import (
+    Channel,
+    CompiledMessage,
+    CompiledTemplate,
+    InputError,
+    MessageOptions,
+    OutgoingMessage,
+    RenderedMessage,
+    SendResult,
+    TemplateLoader,
+    hookimpl,
+    outbox,
+)
 
 __all__ = ["EmailChannel", "EmailOptions", "html_to_text"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from orchestrator.data.demo_people import Picker, province_name, province_weights
+from orchestrator.demo.people import Picker, province_name, province_weights
 
 # the seed shop at scale 1; every count multiplies by the scale
 MEMBERS = 9252

@@ -27,9 +27,9 @@ from math import floor
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from orchestrator.data import demo_orders as orders
-from orchestrator.data import demo_people as people
-from orchestrator.data.demo_plan import BANDS, NEVER, MemberPlan, Targets, build_plan, targets
+from orchestrator.demo import orders as orders
+from orchestrator.demo import people as people
+from orchestrator.demo.plan import BANDS, NEVER, MemberPlan, Targets, build_plan, targets
 from orchestrator.data.records import CUSTOMER_COLUMNS, ORDER_COLUMNS
 
 SHOP_TZ = ZoneInfo("Asia/Shanghai")

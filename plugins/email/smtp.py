@@ -43,8 +43,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrator.channels import SendResult
-from orchestrator.errors import InputError
+from orchestrator.api import InputError, SendResult
 
 DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 MAX_PROVIDER_ID = 256  # the ledger's provider_id column

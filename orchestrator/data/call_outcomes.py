@@ -31,7 +31,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import click
 from sqlalchemy import Connection, Engine, select, update
 
 from orchestrator import suppressions
@@ -39,7 +38,7 @@ from orchestrator.config import Settings
 from orchestrator.data.csvfile import CsvSource
 from orchestrator.db.models import Campaign, CampaignRun, Customer, Delivery
 from orchestrator.errors import InputError, InputErrors
-from orchestrator.output import emit_json
+from orchestrator.ledger import delivery_key, parse_delivery_key
 from orchestrator.timeutil import parse_datetime, to_utc, utcnow
 
 CHANNEL = "call_list"
@@ -83,12 +82,6 @@ class _Row:
     note: str | None = None
     # resolved from the database
     customer_pk: int | None = None
-
-
-def parse_delivery_key(key: str) -> tuple[int, int] | None:
-    from orchestrator_plugins.call_list import parse_delivery_key as parse
-
-    return parse(key)
 
 
 def import_file(engine: Engine, settings: Settings, path: str | Path) -> CallOutcomeImport:
@@ -184,7 +177,7 @@ def _resolve(conn: Connection, rows: list[_Row]) -> list[InputError]:
         found.update((d.id, d) for d in conn.execute(query))
     for row in by_id:
         delivery = found.get(row.delivery_id)
-        key = f"run{row.run_id}-d{row.delivery_id}"
+        key = delivery_key(row.run_id, row.delivery_id)
         if delivery is None or delivery.run_pk != row.run_id:
             problems.append(InputError(f"delivery_key {key!r}: no such delivery in this database", line=row.line))
         elif delivery.channel != CHANNEL:
@@ -275,37 +268,3 @@ def _problems(file: str, problems: list[InputError]) -> InputError:
 
 
 # --- the command -----------------------------------------------------------------------------------------------------
-
-HELP = """Import call outcomes from a call centre (a CSV with a header row).
-
-\b
-Columns (any order):
-  delivery_key,outcome,called_at,agent,note
-  (customer_id,campaign may replace delivery_key)
-
-delivery_key is the first column of the call list (run<run id>-d<delivery id>). outcome is one of reached,
-no_answer, declined, converted, do_not_call; do_not_call also suppresses the member on call_list and sms.
-called_at is ISO 8601 (no offset: the configured time zone). The file is checked whole first: any bad row
-stops the import (exit 2) and nothing is recorded; importing the same file again changes nothing.
-"""
-
-
-@click.command("call-outcomes", help=HELP)
-@click.argument("file", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-@click.pass_obj
-def call_outcomes_command(app, file: str, as_json: bool) -> None:
-    result = import_file(app.engine, app.settings, file)
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    click.echo(
-        f"{result.file}: {result.read:,} rows read: {result.recorded:,} recorded, {result.unchanged:,} unchanged, "
-        f"{result.suppressed:,} suppression entries added"
-    )
-
-
-def register(cli: click.Group) -> None:
-    """Add ``call-outcomes`` to the ``import`` group (or to the top level if there is none)."""
-    group = cli.commands.get("import")
-    (group if isinstance(group, click.Group) else cli).add_command(call_outcomes_command)

@@ -52,11 +52,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrator.channel_config import load_channel_config
-from orchestrator.channels import SendResult
-from orchestrator.db.models import SUPPRESSION_REASONS
-from orchestrator.errors import InputError
-from orchestrator.http_channel import KeptAliveClient
+from orchestrator.api import SUPPRESSION_REASONS, InputError, KeptAliveClient, SendResult, load_channel_config
 
 MAX_PROVIDER_ID = 256  # the ledger's provider_id column
 MAX_REASON = 300  # of a provider's answer quoted in an error

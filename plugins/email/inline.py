@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orchestrator_plugins.email_text import html_to_text
+from orchestrator_plugins.email.text import html_to_text
 
 _JINJA = re.compile(
     r"\{%[-+]?\s*raw\s*[-+]?%\}.*?\{%[-+]?\s*endraw\s*[-+]?%\}"  # raw blocks are kept whole

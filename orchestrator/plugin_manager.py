@@ -17,9 +17,12 @@ from orchestrator import hookspecs
 from orchestrator.errors import RuntimeFailure
 
 ENTRY_POINT_GROUP = "orchestrator.plugins"
+#: the core's own hook implementations (the coupon offer), registered like any plugin
+CORE_PLUGINS: tuple[str, ...] = ("orchestrator.coupons.offer",)
 BUILTIN_PLUGINS: tuple[str, ...] = (
+    *CORE_PLUGINS,
     "orchestrator_plugins.email",
-    "orchestrator_plugins.coupon",
+    "orchestrator_plugins.wallet",
     "orchestrator_plugins.webhook",
     "orchestrator_plugins.wechat",
     "orchestrator_plugins.sms",

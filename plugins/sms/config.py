@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator_plugins.sms_text import DEFAULT_OPT_OUT_KEYWORDS, DEFAULT_OPT_OUT_TEXT
+from orchestrator_plugins.sms.text import DEFAULT_OPT_OUT_KEYWORDS, DEFAULT_OPT_OUT_TEXT
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.channel_config import load_channel_config
+from orchestrator.api import load_channel_config
 
 DEFAULT_OUTBOX = "outbox/sms"
 CONFIG_HINT = "keys: outbox, signature, opt_out_text, opt_out_keywords, gateway (and the dispatcher's rate_limit, …)"

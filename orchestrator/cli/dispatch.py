@@ -6,9 +6,9 @@ import click
 
 from orchestrator.cli.render import print_run
 from orchestrator.dispatch.dispatcher import Dispatcher
+from orchestrator.open_runs import dispatch_run, find_runs, resume
 from orchestrator.output import emit_json
 from orchestrator.pipeline import RunResult
-from orchestrator.runs import dispatch_run, find_runs, resume
 from orchestrator.service import Orchestrator
 
 

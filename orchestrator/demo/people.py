@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Generic, TypeVar
 
-from orchestrator.data.demo_tables import (
+from orchestrator.demo.tables import (
     EMAIL_DOMAINS,
     GIVEN_FEMALE,
     GIVEN_MALE,

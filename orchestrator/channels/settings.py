@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.channels import own_config
+from orchestrator.channels.base import own_config
 from orchestrator.errors import InputError, InputErrors
 from orchestrator.yamlfile import validation_problems
 

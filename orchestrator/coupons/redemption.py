@@ -47,8 +47,8 @@ from typing import Any
 from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator import codes
 from orchestrator.config import Settings
+from orchestrator.coupons import codes
 from orchestrator.db.models import COUPON_STATES, Campaign, CampaignRun, Coupon, CouponRedemption, Customer, Order
 from orchestrator.errors import InputError
 from orchestrator.timeutil import DailyWindow

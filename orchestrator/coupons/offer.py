@@ -1,4 +1,7 @@
-"""The built-in ``coupon`` offer, and the ``coupon`` channel that delivers a coupon to the member's wallet.
+"""The built-in ``coupon`` offer kind: terms, validity, budgets, exclusivity and issuing.
+
+Registered as a core plugin (``orchestrator.plugin_manager.CORE_PLUGINS``); the ``coupon`` channel that puts the
+coupon in the member's wallet is the plugin ``orchestrator_plugins.wallet``.
 
 Terms, as a campaign writes them::
 
@@ -24,7 +27,7 @@ the delivery row that carries it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -33,9 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator import codes
 from orchestrator.campaign.schema import Budget, Condition
-from orchestrator.channels import Channel, CompiledMessage, MessageOptions, RenderedMessage, SendResult
+from orchestrator.coupons import codes
 from orchestrator.db.models import Campaign, Coupon, OfferBudget
 from orchestrator.db.types import Money
 from orchestrator.hookspecs import hookimpl
@@ -327,40 +329,6 @@ class CouponOffer(OfferKind):
         }
 
 
-class WalletOptions(MessageOptions):
-    """``message: {coupon: {}}``: the coupon itself is the message; an optional text for the wallet entry."""
-
-
-class CouponChannel(Channel):
-    """Puts the coupon in the member's account: nothing is sent to an address, so no contact consent is needed,
-    but suppression still applies (the channel is skipped for suppressed members like any other)."""
-
-    name = "coupon"
-    contact_field = "customer_id"
-    consent = None
-    options_model = WalletOptions
-    is_message = False  # nothing reaches the member's inbox: not limited by, nor counted in, frequency caps
-
-    def compile(self, options: WalletOptions, templates: Any) -> CompiledMessage:
-        text = options.text or "{{ offer.description }}"
-        return CompiledMessage(self.name, options, {"text": templates.from_string(text, label="coupon text")})
-
-    def render(self, compiled: CompiledMessage, context: Mapping[str, Any]) -> RenderedMessage:
-        offer = context.get("offer") or {}
-        return RenderedMessage(
-            self.name, {"text": compiled.templates["text"].render(context), "code": str(offer.get("code", ""))}
-        )
-
-    def send(self, messages) -> Iterator[SendResult]:
-        for message in messages:
-            yield SendResult.sent(provider_id=message.message.parts["code"] or None)
-
-
 @hookimpl
 def register_offers():
     return [CouponOffer]
-
-
-@hookimpl
-def register_channels():
-    return [CouponChannel]

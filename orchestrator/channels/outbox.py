@@ -13,7 +13,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from orchestrator.channels import OutgoingMessage, SendResult
+from orchestrator.channels.base import OutgoingMessage, SendResult
 
 
 def file_name(key: str, suffix: str) -> str:

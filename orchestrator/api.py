@@ -1,0 +1,70 @@
+"""The public API for plugins: the one module a plugin imports from.
+
+Everything a channel, offer, fact or command plugin needs is named here; the engine's other modules are internal
+and may change between releases. The built-in plugins in ``orchestrator_plugins`` import only from this module,
+exactly as a third-party plugin would. ``docs/plugins.md`` documents each name.
+"""
+
+from __future__ import annotations
+
+from orchestrator.channels import outbox
+from orchestrator.channels.base import (
+    DISPATCH_KEYS,
+    Channel,
+    CompiledMessage,
+    MessageOptions,
+    OutgoingMessage,
+    RenderedMessage,
+    SendResult,
+    SendStatus,
+    http_result,
+)
+from orchestrator.channels.http import HttpUrl, KeptAliveClient, http_url
+from orchestrator.channels.settings import load_channel_config
+from orchestrator.data.csvfile import CsvSource
+from orchestrator.data.records import phone as phone_parser
+from orchestrator.db.models import SUPPRESSION_REASONS
+from orchestrator.errors import InputError, InputErrors, RuntimeFailure
+from orchestrator.hookspecs import hookimpl
+from orchestrator.ledger import delivery_key, parse_delivery_key
+from orchestrator.output import emit_json
+from orchestrator.rendering import CompiledTemplate, TemplateLoader
+from orchestrator.suppressions import add as add_suppression
+from orchestrator.suppressions import resolve as suppression_target
+from orchestrator.template_context import mask_phone
+from orchestrator.timeutil import parse_datetime, to_utc, utcnow
+
+__all__ = [
+    "DISPATCH_KEYS",
+    "SUPPRESSION_REASONS",
+    "Channel",
+    "CompiledMessage",
+    "CompiledTemplate",
+    "CsvSource",
+    "HttpUrl",
+    "InputError",
+    "InputErrors",
+    "KeptAliveClient",
+    "MessageOptions",
+    "OutgoingMessage",
+    "RenderedMessage",
+    "RuntimeFailure",
+    "SendResult",
+    "SendStatus",
+    "TemplateLoader",
+    "add_suppression",
+    "delivery_key",
+    "emit_json",
+    "hookimpl",
+    "http_result",
+    "http_url",
+    "load_channel_config",
+    "mask_phone",
+    "outbox",
+    "parse_datetime",
+    "parse_delivery_key",
+    "phone_parser",
+    "suppression_target",
+    "to_utc",
+    "utcnow",
+]
