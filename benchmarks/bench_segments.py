@@ -1,6 +1,6 @@
 """Benchmark: the wake-dormant segment through the compiler against hand-written SQL, on SQLite and PostgreSQL.
 
-The target (PRODUCT.md, "Fast": segment queries close to hand-written SQL on the same engine): on the seed shop at
+The target (benchmarks/README.md: segment queries close to hand-written SQL on the same engine): on the seed shop at
 ``--scale`` (default 20: 185,040 members, 219,580 orders), executing
 ``Audience(engine, settings, plan, at).ids_statement()`` for ``campaigns/wake_dormant.yaml`` and fetching every id
 takes at most ``--target`` (1.5) times as long as a hand-written query for the same audience on the same database

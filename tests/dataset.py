@@ -1,4 +1,4 @@
-"""A small hand-made shop with the edge cases of PRODUCT.md §2, and a plain-Python model of its facts.
+"""A small hand-made shop with the edge cases of docs/domain.md, and a plain-Python model of its facts.
 
 The data (``CUSTOMERS``, ``ORDERS``) is written so that each case is visible where it is defined; ``load(engine)``
 inserts it with SQLAlchemy Core. ``expected_facts(at, settings)`` recomputes every per-customer fact from these

@@ -1,9 +1,10 @@
 """Crash safety of a real run: ``kill -9`` at random moments, resume with the same ``--at``, count what arrived.
 
-PRODUCT.md, "Delivery guarantees": a crash or ``kill -9`` at any moment followed by a restart neither loses nor
-repeats a message. The run (20,000 e-mails over SMTP, batches of 200) is a child process killed with SIGKILL at
-seeded random moments and restarted each time; a last run completes. The SMTP server is aiosmtpd in a separate
-process (so the kills do not touch it) that appends every accepted message's Message-ID and recipient to a file.
+docs/guarantees.md, "Each result as it happens": a crash or ``kill -9`` at any moment followed by a restart
+neither loses nor repeats a message. The run (20,000 e-mails over SMTP, batches of 200) is a child process killed
+with SIGKILL at seeded random moments and restarted each time; a last run completes. The SMTP server is aiosmtpd
+in a separate process (so the kills do not touch it) that appends every accepted message's Message-ID and
+recipient to a file.
 
 At the end every audience member has exactly one delivery row, all ``sent``; every Message-ID (derived from the
 delivery's idempotency key) was received; none is lost. A message accepted by the server whose result was not yet

@@ -1,4 +1,4 @@
-"""The seed-shop demo data: the figures of PRODUCT.md section 2, determinism, valid contacts, and the CLI.
+"""The seed-shop demo data: the figures of docs/domain.md ("The seed shop"), determinism, valid contacts, and the CLI.
 
 The figure tests read the generated CSV files back with the csv module and compute every figure in plain Python,
 independently of the generator's internals and of the database, so they check what a user would import.

@@ -3,7 +3,7 @@ against a policy, defers (never drops) those in their quiet hours, contacts whoe
 records every skipped member with exactly one reason.
 
 Hypothesis draws small worlds; each is written to a fresh SQLite database and run through the real pipeline and
-dispatcher (file outboxes). The oracle below is written from the policy rules in PRODUCT.md, not from the code.
+dispatcher (file outboxes). The oracle below is written from the policy rules in docs/guarantees.md, not from the code.
 """
 
 from __future__ import annotations

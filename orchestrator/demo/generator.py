@@ -1,4 +1,4 @@
-"""The seed shop (某网店): a deterministic demo member base that reproduces PRODUCT.md section 2.
+"""The seed shop (某网店): a deterministic demo member base that reproduces docs/domain.md ("The seed shop").
 
 9,252 members over the ten months before ``SEED_SHOP_AT``; 8,280 of them bought; 10,764 paid orders (frequency
 1.30) worth exactly 112 yuan each on average; 6,500 dormant for 90+ days, 6,100 for 180+; 31 big spenders over
