@@ -349,7 +349,9 @@ def insert_decided(engine: Engine, keys: dict[str, int]) -> None:
     now = datetime(2025, 6, 1, tzinfo=UTC)
     with engine.begin() as conn:
         campaign_pk = conn.execute(
-            insert(Campaign).values(name="decided", definition={}, created_at=now, updated_at=now).returning(Campaign.id)
+            insert(Campaign)
+            .values(name="decided", definition={}, created_at=now, updated_at=now)
+            .returning(Campaign.id)
         ).scalar_one()
         run_pk = conn.execute(
             insert(CampaignRun)
