@@ -9,8 +9,9 @@ batches; nothing here holds the whole audience in memory.
 
 A member in their quiet hours is decided like any other (policies, control group, offer) but their delivery rows
 are written ``deferred`` with ``deferred_until`` instead of ``pending``, and nothing is sent to them by the run;
-``RunResult.deferred`` counts those rows (messages, like ``messages``). ``orchestrator dispatch`` sends them once
-their time has come.
+``RunResult.deferred`` counts those rows (messages, like ``messages``), ``StepResult.deferred`` per channel, and
+``RunResult.deferred_window`` holds the earliest and latest ``deferred_until``. ``orchestrator dispatch`` sends
+them once their time has come.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, func, select
 
 from orchestrator import ledger, policies
 from orchestrator.campaign.loader import CampaignPlan, StepPlan
 from orchestrator.channels import Channel, RenderedMessage
 from orchestrator.config import Settings
+from orchestrator.db.models import Delivery
 from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
@@ -40,6 +42,7 @@ class StepResult:
     name: str
     audience: int = 0
     channels: Counter = field(default_factory=Counter)
+    deferred: Counter = field(default_factory=Counter)  # messages deferred by quiet hours, per channel
     offers: OfferTally = field(default_factory=OfferTally)
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,6 +50,7 @@ class StepResult:
             "name": self.name,
             "audience": self.audience,
             "channels": dict(self.channels),
+            "deferred": dict(self.deferred),
             "offers": {
                 "issued": self.offers.issued,
                 "withheld": dict(self.offers.withheld),
@@ -67,6 +71,7 @@ class RunResult:
     skipped: Counter = field(default_factory=Counter)
     messages: int = 0
     deferred: int = 0  # messages deferred by quiet hours: written, not sent now
+    deferred_window: tuple[datetime, datetime] | None = None  # earliest and latest deferred_until
     outcomes: Counter = field(default_factory=Counter)  # sent / failed / retrying / already_<state>, real runs
     samples: list[dict[str, Any]] = field(default_factory=list)
     # what the run's new messages will cost: messages and SMS segments per channel, priced from the config
@@ -74,6 +79,7 @@ class RunResult:
     segments: Counter = field(default_factory=Counter)
     prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # channel -> channels.<name> config
     currency: str = ""
+    timezone: tzinfo | None = None  # the shop's, for times shown to people
     run_id: int | None = None
     resumed: bool = False
     state: str | None = None  # the run's state afterwards: done, or waiting (messages left for `dispatch`)
@@ -91,6 +97,17 @@ class RunResult:
             total = Decimal(str(per_message or 0)) * count + Decimal(str(per_segment or 0)) * self.segments[channel]
             costs[channel] = total.quantize(Decimal("0.01"))
         return costs
+
+    def deferred_until(self) -> dict[str, datetime] | None:
+        """When the deferred messages go out: the earliest and latest ``deferred_until``, in the shop's zone."""
+        if self.deferred_window is None:
+            return None
+        earliest, latest = (t.astimezone(self.timezone) for t in self.deferred_window)
+        return {"earliest": earliest, "latest": latest}
+
+    def note_deferred(self, until: datetime) -> None:
+        earliest, latest = self.deferred_window or (until, until)
+        self.deferred_window = (min(earliest, until), max(latest, until))
 
     def to_dict(self) -> dict[str, Any]:
         offers = OfferTally()
@@ -113,6 +130,7 @@ class RunResult:
             "skipped": dict(self.skipped),
             "messages": self.messages,
             "deferred": self.deferred,
+            "deferred_until": self.deferred_until(),
             "channels": dict(channels),
             "offers": {"issued": offers.issued, "withheld": offers.withheld, "face_value": offers.face_value},
             "sms_segments": sum(self.segments.values()),
@@ -199,6 +217,7 @@ class CampaignRunner:
             dry_run=dry_run,
             prices=self.settings.channels,
             currency=self.settings.currency,
+            timezone=self.settings.tz,
         )
         result.steps = [StepResult(step.name) for step in self.plan.steps]
         result.conditions = audience.funnel()
@@ -232,6 +251,8 @@ class CampaignRunner:
         if not dry_run:
             if result.dispatch is not None:
                 result.outcomes.update(result.dispatch.outcomes)
+            with self.engine.connect() as conn:  # the run's deferred rows, also those an earlier invocation wrote
+                result.deferred_window = _deferred_window(conn, result.run_id)
             result.state = ledger.finish_run(self.engine, result.run_id, _json_summary(result))
         return result
 
@@ -300,6 +321,8 @@ class CampaignRunner:
             result.steps[candidate.step.index].offers.add(candidate.grant)
         if first.state == "deferred":
             result.deferred += len(rows)
+            for row in rows:
+                result.steps[candidate.step.index].deferred[row.channel] += 1
             return
         for row in rows:
             self._count_message(candidate, row.channel, result)
@@ -341,6 +364,8 @@ class CampaignRunner:
             result.segments[name] += int(rendered.measures.get("sms_segments") or 0)
             if candidate.deferred_until:
                 result.deferred += 1
+                result.steps[step.index].deferred[name] += 1
+                result.note_deferred(candidate.deferred_until)
             else:
                 self._count_message(candidate, name, result)
                 if len(result.samples) < sample:
@@ -373,6 +398,15 @@ def _sample(candidate: Candidate, channel: str, contact: str, rendered: Rendered
         "parts": rendered.parts,
         "measures": rendered.measures,
     }
+
+
+def _deferred_window(conn: Connection, run_pk: int) -> tuple[datetime, datetime] | None:
+    earliest, latest = conn.execute(
+        select(func.min(Delivery.deferred_until), func.max(Delivery.deferred_until)).where(
+            Delivery.run_pk == run_pk, Delivery.state == "deferred"
+        )
+    ).one()
+    return None if earliest is None else (earliest, latest)
 
 
 def _json_summary(result: RunResult) -> dict[str, Any]:

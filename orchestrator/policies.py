@@ -6,17 +6,21 @@ customer ends in exactly one of: contacted on one or more channels, held out (co
 with one reason.
 
 Lookups are made per batch (one query for a batch's consents, one for its suppressions, one for its recent
-sends), never per customer.
+messages), never per customer.
 
-Frequency caps (``dispatch.frequency_cap``, else ``policies.frequency_cap`` in the config) count messages actually
-sent to a customer by any campaign: delivery rows in state ``sent`` whose ``sent_at`` is later than ``at - per``.
-A send exactly ``per`` before ``at`` has left the window and does not count. There is no upper bound: a send
-recorded after ``at`` (a late or resumed run, or a run for a past ``at``) counts too, since it is recent by any
-reading and the cap exists to protect the customer. A cap with ``channel`` counts and limits that channel only, so
-the customer falls back to the next channel in preference order; a cap without one counts every channel and
-limits the customer on all of them. A customer at or over a cap is skipped with reason ``frequency_cap``;
-consent, suppression and a missing contact are reported first, as the more lasting reasons. Transactional
-campaigns bypass caps, never consent or suppression.
+Frequency caps (``dispatch.frequency_cap``, else ``policies.frequency_cap`` in the config) count the messages a
+customer has had or will have from any campaign: delivery rows ``sent``, and rows still ``pending`` or
+``deferred`` (claimed rows are pending), since those will be sent - counting only sent ones let two runs a second
+apart each defer, and later both send, the message a cap allows once. Each row counts at the time it is due:
+``sent_at`` for a sent one, ``deferred_until`` for one deferred by quiet hours (kept when a dispatcher claims it),
+else ``created_at``, the time it was decided. A row counts when that time is later than ``at - per``: one due
+exactly ``per`` before ``at`` has left the window. There is no upper bound: a row due after ``at`` (deferred to
+the morning, a late or resumed run, a run for a past ``at``) counts too, since the cap exists to protect the
+customer. Failed, skipped and held-out rows are not messages and never count. A cap with ``channel`` counts and
+limits that channel only, so the customer falls back to the next channel in preference order; a cap without one
+counts every channel and limits the customer on all of them. A customer at or over a cap is skipped with reason
+``frequency_cap``; consent, suppression and a missing contact are reported first, as the more lasting reasons.
+Transactional campaigns bypass caps, never consent or suppression.
 
 Quiet hours (``dispatch.quiet_hours``, else ``policies.quiet_hours``) are read in the customer's own time zone
 (``customers.timezone``, else the configured one): start inclusive, end exclusive, and a window may wrap past
@@ -70,7 +74,7 @@ class ContactPlan:
 
 
 class BatchLookups:
-    """Consents, suppressions and (when caps apply) recent sends for one batch of customers, one query each."""
+    """Consents, suppressions and (when caps apply) recent messages for one batch of customers, one query each."""
 
     def __init__(
         self,
@@ -104,15 +108,15 @@ class BatchLookups:
             if address:
                 self.by_address[address].add(channel)
         self.caps = list(caps)
-        self.sent: dict[int, list[int]] = {}  # customer -> sends counted by each cap, in ``caps`` order
+        self.counted: dict[int, list[int]] = {}  # customer -> messages counted by each cap, in ``caps`` order
         if self.caps and customer_pks:
             if at is None:
                 raise ValueError("frequency caps need the run time")
-            self.sent = recent_sends(conn, customer_pks, self.caps, at, uncounted)
+            self.counted = recent_messages(conn, customer_pks, self.caps, at, uncounted)
 
     def capped(self, customer_pk: int, channel: str | None) -> bool:
         """At or over a cap: the all-channel caps with ``channel=None``, that channel's caps otherwise."""
-        counts = self.sent.get(customer_pk)
+        counts = self.counted.get(customer_pk)
         if not counts:
             return False
         return any(cap.channel == channel and n >= cap.max for cap, n in zip(self.caps, counts, strict=True))
@@ -125,19 +129,32 @@ class BatchLookups:
         return None in scopes or channel in scopes
 
 
-def recent_sends(
+COUNTED_STATES = ("sent", "pending", "deferred")  # sent, or decided and still to be sent
+
+
+def due_time():
+    """When a delivery row is (or was) due to reach the customer: the time frequency caps measure."""
+    return case(
+        (Delivery.state == "sent", Delivery.sent_at),
+        else_=func.coalesce(Delivery.deferred_until, Delivery.created_at),
+    )
+
+
+def recent_messages(
     conn: Connection,
     customer_pks: Sequence[int],
     caps: Sequence[FrequencyCap],
     at: datetime,
     uncounted: Sequence[str] = (),
 ) -> dict[int, list[int]]:
-    """Per customer, the sends each cap counts: one grouped query for the batch, whatever the number of caps."""
+    """Per customer, the messages (sent or still to be sent) each cap counts: one grouped query for the batch,
+    whatever the number of caps."""
     at = at.astimezone(UTC)
     starts = [at - cap.per for cap in caps]
+    due = due_time()
     columns = []
     for cap, start in zip(caps, starts, strict=True):
-        condition = Delivery.sent_at > start
+        condition = due > start
         if cap.channel is not None:
             condition = condition & (Delivery.channel == cap.channel)
         columns.append(func.sum(case((condition, 1), else_=0)))
@@ -145,8 +162,8 @@ def recent_sends(
         select(Delivery.customer_pk, *columns)
         .where(
             Delivery.customer_pk.in_(customer_pks),
-            Delivery.state == "sent",
-            Delivery.sent_at > min(starts),
+            Delivery.state.in_(COUNTED_STATES),
+            due > min(starts),
             Delivery.channel.not_in(list(uncounted) or [""]),
         )
         .group_by(Delivery.customer_pk)

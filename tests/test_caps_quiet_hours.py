@@ -6,6 +6,7 @@ data set as of ``AT``; a member without an e-mail is skipped ``no_contact``, wit
 the rest are contacted, or deferred when their local time at ``AT`` is in the quiet window.
 
 Decisions under test: a send exactly ``per`` before ``at`` has left the window; failed deliveries do not count;
+messages decided but not yet sent (pending, deferred, claimed) count at the time they are due;
 a cap with a channel counts only that channel's sends; a campaign's cap replaces the config's default;
 ``transactional`` bypasses caps and quiet hours; a deferred member still gets the offer.
 """
@@ -327,6 +328,65 @@ def test_caps_count_sends_of_an_earlier_run(env: Env):
     assert want == {"C01", "C20"}  # C20: two SMS and the first run's e-mail
     assert predicted["skipped"].get("frequency_cap") == data["skipped"].get("frequency_cap") == len(want)
     capped = {cid for cid, rs in env.rows("second").items() if rs[0].reason == "frequency_cap"}
+    assert capped == want
+
+
+# (customer, channel, state, created_at, deferred_until, claimed): messages another campaign has decided but not
+# yet sent, to members whose SENDS a week's cap does not count
+DECIDED = [
+    ("C03", "email", "deferred", AT - 8 * DAY, AT - 6 * DAY, False),  # due inside the week, created before it
+    ("C17", "email", "deferred", AT - 3600 * SECOND, AT + 10 * 3600 * SECOND, False),  # due after AT: counts too
+    ("C30", "email", "pending", AT - 2 * DAY, None, False),  # waiting for dispatch, decided inside the week
+    ("C32", "email", "pending", AT - DAY, AT - 3 * 3600 * SECOND, True),  # was deferred, now claimed for sending
+    ("C34", "email", "deferred", AT - 9 * DAY, AT - WEEK, False),  # due exactly a week before AT: out, like a send
+    ("C34", "sms", "held_out", AT - DAY, None, False),  # control group: never a message
+    ("C47", "email", "pending", AT - 8 * DAY, None, False),  # decided before the week: out
+    ("C47", "sms", "skipped", AT - DAY, None, False),
+]
+
+
+def insert_decided(engine: Engine, keys: dict[str, int]) -> None:
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        campaign_pk = conn.execute(
+            insert(Campaign)
+            .values(name="decided", definition={}, created_at=now, updated_at=now)
+            .returning(Campaign.id)
+        ).scalar_one()
+        run_pk = conn.execute(
+            insert(CampaignRun)
+            .values(campaign_pk=campaign_pk, scheduled_at=now, state="waiting", summary={})
+            .returning(CampaignRun.id)
+        ).scalar_one()
+        for cid, channel, state, created_at, deferred_until, claimed in DECIDED:
+            conn.execute(
+                insert(Delivery).values(
+                    run_pk=run_pk,
+                    customer_pk=keys[cid],
+                    channel=channel,
+                    state=state,
+                    attempts=0,
+                    created_at=created_at,
+                    updated_at=created_at,
+                    deferred_until=deferred_until,
+                    claimed_by="host:1:abc" if claimed else None,
+                    claim_expires=AT + DAY if claimed else None,
+                )
+            )
+
+
+def test_caps_count_messages_decided_but_not_yet_sent(env: Env):
+    """A deferred or pending message will be sent: it counts at the time it is due (deferred_until, else the
+    time it was decided), so that two runs cannot both send to a member one cap allows once."""
+    reachable = expected(AT, []).contacted
+    assert {cid for cid, *_ in DECIDED} <= reachable
+    insert_decided(env.engine, env.keys)
+    caps = [cap(1, WEEK)]
+    by_sends = expected(AT, caps).skipped["frequency_cap"]
+    predicted, data = env.both(env.campaign("after-decided", {"frequency_cap": caps}))
+    want = by_sends | {"C03", "C17", "C30", "C32"}
+    assert predicted["skipped"]["frequency_cap"] == data["skipped"]["frequency_cap"] == len(want)
+    capped = {cid for cid, rs in env.rows("after-decided").items() if rs[0].reason == "frequency_cap"}
     assert capped == want
 
 

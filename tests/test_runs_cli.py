@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select, update
 
-from orchestrator.db.models import CampaignRun, Delivery
+from orchestrator.db.models import CampaignRun, Customer, Delivery
 from tests.clitools import Cli
 from tests.test_dispatch import write_world
 
@@ -46,6 +47,31 @@ def test_messages_deferred_by_quiet_hours_go_out_when_dispatch_reaches_their_tim
         assert set(conn.execute(select(Delivery.state)).scalars()) == {"sent"}
         assert conn.execute(select(CampaignRun.state)).scalar_one() == "done"
     assert json.loads(cli("dispatch", "--json").stdout) == {"runs": []}
+
+
+def one_line(text: str) -> str:
+    """Terminal output with its line wrapping undone, so that a test reads what a person reads."""
+    return re.sub(r"\s+", " ", text)
+
+
+def test_the_text_summary_shows_deferred_messages_per_step_and_channel_and_when_they_go_out(
+    engine: Engine, db_url: str, tmp_path: Path
+):
+    """``messages 0`` alone read as "nothing will happen" while --json said 12 were deferred."""
+    cli, campaign = world(tmp_path, engine, db_url, QUIET + 'dispatch: {quiet_hours: "21:00-09:00"}\n')
+    with engine.begin() as conn:  # 23:00 in Tokyo: their night ends at 08:00 Shanghai time, an hour earlier
+        conn.execute(update(Customer).where(Customer.customer_id == "M00001").values(timezone="Asia/Tokyo"))
+    for command in ("dry-run", "run"):
+        result = cli(command, campaign, "--at", AT)
+        assert result.exit_code == 0, result.output
+        text = one_line(result.output)
+        assert "messages 0 deferred 12" in text, text
+        assert "deferred by quiet hours: 12 messages step main: webhook 12" in text, text
+        assert "earliest 2026-11-03 08:00, latest 2026-11-03 09:00 (Asia/Shanghai)" in text, text
+    # the same in --json, for scripts: per step and channel, and the window in the shop's zone
+    data = json.loads(cli("run", campaign, "--at", AT, "--json").stdout)
+    assert data["steps"][0]["deferred"] == {"webhook": 12}
+    assert data["deferred_until"] == {"earliest": "2026-11-03T08:00:00+08:00", "latest": "2026-11-03T09:00:00+08:00"}
 
 
 def test_resume_plans_the_rest_of_an_interrupted_run_and_sends_it(engine: Engine, db_url: str, tmp_path: Path):

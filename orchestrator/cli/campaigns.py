@@ -11,6 +11,7 @@ from orchestrator.campaign.loader import CampaignInvalid
 from orchestrator.campaign.schema import json_schema
 from orchestrator.cli.render import print_run
 from orchestrator.errors import InputError
+from orchestrator.open_runs import check_new_run
 from orchestrator.output import emit_json
 from orchestrator.plugin_manager import registry
 from orchestrator.service import Orchestrator
@@ -103,9 +104,12 @@ def dry_run(app, file: str, at_text: str | None, sample: int, as_json: bool) -> 
 @JSON_OPTION
 @click.pass_obj
 def run(app, file: str, at_text: str | None, plan_only: bool, as_json: bool) -> None:
-    """Run a campaign once. ``--at`` is the run's scheduled time: the same time continues the same run."""
+    """Run a campaign once. ``--at`` is the run's scheduled time: the same time continues the same run, if the
+    campaign file is unchanged. Without ``--at`` (now), a campaign with an open run is refused: finish that run
+    (`orchestrator dispatch` / `resume`), or give a deliberate new run its time with ``--at``."""
     at = app.parse_at(at_text)  # every input is checked before anything is written
     service = Orchestrator(app.settings, app.engine)
     plan = service.load(file)
+    check_new_run(service, plan, at, at_given=at_text is not None)
     result = service.runner(plan).execute(at, dry_run=False, sample=0, send=not plan_only)
     emit_json(result.to_dict()) if as_json else print_run(result)

@@ -13,7 +13,10 @@ def print_run(result: RunResult) -> None:
     data = result.to_dict()
     title = "dry run" if result.dry_run else f"run {result.run_id}" + (" (continued)" if result.resumed else "")
     console.print(f"[bold]{result.campaign}[/bold] — {title} at {result.at.isoformat()}")
-    console.print(f"audience {data['audience']}  control {data['control']}  messages {data['messages']}")
+    console.print(
+        f"audience {data['audience']}  control {data['control']}  messages {data['messages']}"
+        + (f"  deferred {data['deferred']}" if data["deferred"] else "")
+    )
     if data["conditions"]:
         table = Table("condition", "keeps alone", "keeps cumulatively", title="segment funnel")
         for c in data["conditions"]:
@@ -32,6 +35,8 @@ def print_run(result: RunResult) -> None:
             str(s["offers"]["face_value"]),
         )
     console.print(table)
+    if data["deferred"]:
+        _print_deferred(console, data, result)
     if data["skipped"]:
         table = Table("reason", "customers", title="skipped")
         for reason, n in sorted(data["skipped"].items()):
@@ -53,3 +58,18 @@ def print_run(result: RunResult) -> None:
                 continue
             console.print(f"[bold]{part}[/bold]", highlight=False)
             console.print(text if len(text) < 2000 else text[:2000] + " …", highlight=False, markup=False)
+
+
+def _print_deferred(console: Console, data: dict, result: RunResult) -> None:
+    """Messages held back by quiet hours: not in ``messages``, but they will go out, so say how many and when."""
+    verb = "would be deferred" if result.dry_run else "deferred"
+    console.print(f"{verb} by quiet hours: {data['deferred']} messages", highlight=False)
+    for s in data["steps"]:
+        if s["deferred"]:
+            console.print(f"  step {s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["deferred"].items()))
+    window = data["deferred_until"]
+    if window:
+        zone = str(result.timezone or "UTC")
+        earliest, latest = (window[k].strftime("%Y-%m-%d %H:%M") for k in ("earliest", "latest"))
+        console.print(f"  earliest {earliest}, latest {latest} ({zone})", highlight=False)
+        console.print("  `orchestrator dispatch` sends each one when its time has come", highlight=False)
