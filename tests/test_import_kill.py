@@ -20,7 +20,7 @@ import pytest
 from orchestrator.data.records import CUSTOMER_COLUMNS
 from tests.test_import import CUSTOMER, customers_csv, import_json, rejects
 
-ROWS = 200_000  # far more than the import gets through before it is killed
+ROWS = 60_000  # far more than the import gets through before it is killed
 TIMEOUT = 120
 
 
