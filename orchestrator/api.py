@@ -23,6 +23,7 @@ from orchestrator.channels.http import HttpUrl, KeptAliveClient, http_url
 from orchestrator.channels.settings import load_channel_config
 from orchestrator.data.csvfile import CsvSource
 from orchestrator.data.records import phone as phone_parser
+from orchestrator.data.spreadsheet import spreadsheet_cell
 from orchestrator.db.models import SUPPRESSION_REASONS
 from orchestrator.errors import InputError, InputErrors, RuntimeFailure
 from orchestrator.hookspecs import hookimpl
@@ -64,6 +65,7 @@ __all__ = [
     "parse_datetime",
     "parse_delivery_key",
     "phone_parser",
+    "spreadsheet_cell",
     "suppression_target",
     "to_utc",
     "utcnow",

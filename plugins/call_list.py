@@ -35,8 +35,11 @@ Configuration (``channels.call_list`` in the config file)::
 
 The dispatcher's keys (``retry``, ``breaker``, ``rate_limit``, ``cost_per_message``, ``cost_per_segment``)
 belong to it and are ignored
-here. Text cells that a spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``, ``@``) get a
-leading ``'`` in the CSV; the phone columns are E.164 / masked numbers and are written as they are.
+here. Every cell goes through ``orchestrator.api.spreadsheet_cell``: a cell a spreadsheet would evaluate as a
+formula (starting with ``=``, ``+``, ``-``, ``@``, TAB or CR, such as a customer_id ``=cmd|...``) gets a leading
+``'`` in the CSV, while numbers and E.164 phones (``+8613812345678``) are written as they are. In the workbook every
+cell but ``priority`` is a text cell formatted as text (``@``): phones and ids show as written (not 8.61381E+12,
+leading zeros kept), a formula-looking value is plain text and stays text when edited, so it needs no quote there.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from orchestrator.api import (
     mask_phone,
     parse_delivery_key,
     phone_parser,
+    spreadsheet_cell,
 )
 
 try:  # POSIX: appends from several dispatch processes are serialised; elsewhere one process writes a file
@@ -83,7 +87,6 @@ NAME = "call_list"
 DEFAULT_OUTBOX = "outbox/call_list"
 BOM = b"\xef\xbb\xbf"
 ROW_END = "\r\n"  # rows end with CRLF; newlines inside a value are normalised to LF, so CRLF only ends a row
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SAFE_NAME = re.compile(r"[^\w.-]+")  # \w keeps Chinese campaign and queue names readable
 
 
@@ -221,7 +224,7 @@ class CallListChannel(Channel):
         path = outbox / self._folder(message) / f"{_safe(parts.get('queue') or 'default')}.csv"
         try:
             file = self._file(path)
-            row = file.append(key, self._row(message, key))
+            row = file.append(_cell(key), self._row(message, key))  # the key as the file holds it
         except (OSError, ValueError) as exc:
             return SendResult.transient(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}")
         return SendResult.sent(provider_id=f"{path.name}:{row}")
@@ -240,18 +243,19 @@ class CallListChannel(Channel):
     def _row(self, message: OutgoingMessage, key: str) -> dict[str, str]:
         parts = message.message.parts
         queue = parts.get("queue") or "default"
-        return {
+        row = {
             "delivery_key": key,
             "customer_id": message.customer_id,
-            "name": _cell(parts.get("name", "")),
+            "name": parts.get("name", ""),
             "phone_masked": self._masked(message.contact),
             "phone": message.contact,
             "priority": parts.get("priority", ""),
-            "agent": _cell(self._agent(message, queue, parts.get("province", ""))),
+            "agent": self._agent(message, queue, parts.get("province", "")),
             "due": parts.get("due", ""),
-            "script": _cell(parts["script"]),
+            "script": parts["script"],
             "campaign": message.campaign,
         }
+        return {column: _cell(value) for column, value in row.items()}
 
     def _masked(self, phone: str) -> str:
         """``138****5678`` for a number of the default region, ``+1 415***2671`` for others."""
@@ -290,8 +294,7 @@ def _safe(name: str) -> str:
 
 def _cell(value: str) -> str:
     """A text cell a spreadsheet will not run as a formula (CSV injection), with newlines as LF only."""
-    value = str(value).replace("\r\n", "\n").replace("\r", "\n")
-    return "'" + value if value.startswith(_FORMULA_START) else value
+    return spreadsheet_cell(str(value).replace("\r\n", "\n").replace("\r", "\n"))
 
 
 class _CallFile:
@@ -388,10 +391,11 @@ class _CallFile:
                 if number and column == "priority" and value.isdigit():
                     cells.append(int(value))
                     continue
-                if value.startswith("'") and value[1:].startswith(_FORMULA_START):
+                if value.startswith("'") and spreadsheet_cell(value[1:]) == value:
                     value = value[1:]  # a workbook's text cell is never a formula: the CSV's guard is not needed
                 cell = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("", value))
-                cell.data_type = "s"  # phone numbers, ids and "=…" stay text
+                cell.data_type = "s"  # phone numbers, ids and "=…" stay text …
+                cell.number_format = "@"  # … and so does what someone types over them
                 cells.append(cell)
             sheet.append(cells)
         target = self.path.with_suffix(".xlsx")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -112,7 +113,8 @@ def test_options_defaults_inline_script_and_due_days(tmp_path, templates):
     assert result.provider_id == "default.csv:2"
     [row] = read_list(tmp_path / "outbox" / "call_list" / "winback-run7" / "default.csv")
     assert "phone" not in row  # only the masked column was asked for
-    assert row["phone_masked"] == "+1 415***2671"  # another country keeps its code
+    # another country keeps its code; not a number, so a spreadsheet would evaluate "+1 415…": it is quoted
+    assert row["phone_masked"] == "'+1 415***2671"
     assert row["agent"] == "" and row["due"] == "2026-03-02"
     assert CallListOptions.model_validate({"script": "x"}).due_in_days == 2
 
@@ -261,3 +263,39 @@ def test_a_list_that_cannot_be_written_is_a_transient_result(tmp_path, templates
     assert [r.status for r in results] == [SendStatus.TRANSIENT] * 2
     assert "blocked" in results[0].error
     channel.close()
+
+
+def test_every_text_cell_of_the_call_list_is_guarded_against_formulas(tmp_path, templates):
+    """customer_id and campaign came straight from imported data and campaign files: they are guarded like the rest,
+    while the phone (E.164), the priority and the due date stay as they are."""
+    channel = make_channel(tmp_path, agents={"default": ["-agent"]})
+    compiled = compile_(channel, templates, script="@SUM(1)")
+    outgoing = message(channel, compiled, 1, name="+1+1")
+    outgoing = replace(outgoing, customer_id="=cmd|' /C calc'!A0", campaign="-1+2")
+    list(channel.send([outgoing]))
+    channel.close()
+    (row,) = read_list(next((tmp_path / "outbox" / "call_list").rglob("default.csv")))
+    assert row["customer_id"] == "'=cmd|' /C calc'!A0"
+    assert (row["name"], row["agent"], row["script"], row["campaign"]) == ("'+1+1", "'-agent", "'@SUM(1)", "'-1+2")
+    assert (row["phone"], row["phone_masked"], row["priority"]) == ("+8613812345678", "138****5678", "3")
+
+
+def test_xlsx_phone_and_id_columns_are_text_cells(tmp_path, templates):
+    """Spreadsheets show a number-looking phone as 8.61381E+12 and drop an id's leading zeros unless the cell is
+    text, and a text-formatted cell stays text when someone edits it."""
+    channel = make_channel(tmp_path, xlsx=True)
+    compiled = compile_(channel, templates, script="{{ customer.name }}")
+    outgoing = message(channel, compiled, 1, name="=1+1")
+    outgoing = replace(outgoing, customer_id="00123")
+    list(channel.send([outgoing]))
+    channel.close()
+    path = next((tmp_path / "outbox" / "call_list").rglob("default.xlsx"))
+    sheet = load_workbook(path).active
+    header = [cell.value for cell in sheet[1]]
+    cells = dict(zip(header, sheet[2], strict=True))
+    for column in ("delivery_key", "customer_id", "phone", "phone_masked", "name", "script", "due"):
+        assert cells[column].data_type == "s", column
+        assert cells[column].number_format == "@", column
+    assert (cells["customer_id"].value, cells["phone"].value) == ("00123", "+8613812345678")
+    assert cells["name"].value == "=1+1"
+    assert cells["priority"].value == 3 and cells["priority"].data_type == "n"

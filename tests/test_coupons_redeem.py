@@ -645,12 +645,22 @@ def test_orders_import_result_through_the_python_api(shop: Shop, tmp_path: Path)
         ",".join(ORDER_COLUMNS) + "\n"
         f"O1,C1,{LUNCH},120.00,paid,,,{code},\n"
         f"O2,C1,{LUNCH},120.00,paid,,,{code},\n"
-        f"O1,C1,{LUNCH},120.00,paid,,,{code},\n",  # the same order twice in one batch: one redemption
+        f"O1,C1,{LUNCH},120.00,paid,,,{code},\n",  # the same order twice in one file: rejected, one redemption
         encoding="utf-8",
     )
     result = import_orders(shop.engine, SETTINGS, path)
     assert result == ImportResult(
-        "orders", str(path), 3, 2, 0, 1, 0, None, 1, 1, str(tmp_path / "o.coupon-refusals.csv")
+        "orders",
+        str(path),
+        3,
+        2,
+        0,
+        0,
+        1,
+        str(tmp_path / "o.rejects.csv"),
+        1,
+        1,
+        str(tmp_path / "o.coupon-refusals.csv"),
     )
     assert shop.redemptions() == [(code, "O1", Decimal("120.00"), local(LUNCH), "orders_import")]
     assert "already redeemed on order O1" in (tmp_path / "o.coupon-refusals.csv").read_text(encoding="utf-8")

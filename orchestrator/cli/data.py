@@ -6,7 +6,14 @@ import click
 
 from orchestrator.data import call_outcomes
 from orchestrator.data.importing import ImportResult, import_customers, import_orders, import_redemptions
-from orchestrator.data.records import CUSTOMER_COLUMNS, ORDER_COLUMNS, REDEMPTION_COLUMNS
+from orchestrator.data.records import (
+    CUSTOMER_COLUMNS,
+    CUSTOMER_REQUIRED_COLUMNS,
+    ORDER_COLUMNS,
+    ORDER_REQUIRED_COLUMNS,
+    REDEMPTION_COLUMNS,
+    REDEMPTION_REQUIRED_COLUMNS,
+)
 from orchestrator.output import emit_json, is_terminal
 
 
@@ -18,21 +25,33 @@ def register(cli: click.Group) -> None:
 def import_group() -> None:
     """Load members, orders and coupon redemptions from CSV files (UTF-8, with a header row).
 
-    Bad rows go to the reject file <name>.rejects.csv beside FILE, with their line and the reason, and good rows
-    load; importing the same file again changes nothing. Extra columns are kept as attributes. Exit status 2
-    means the file as a whole was unusable and nothing was loaded.
+    Bad rows go to the reject file <name>.rejects.csv beside FILE (customers.csv: customers.rejects.csv), with
+    their line and the reason, and good rows load; importing the same file again changes nothing. An id that
+    occurs twice in one file is rejected on its later line. A column left out of the header leaves the stored
+    values alone; extra columns are kept as attributes. Exit status 2 means the file as a whole was unusable
+    and nothing was loaded.
     """
 
 
-def _help(summary: str, columns: tuple[str, ...]) -> str:
+def _help(summary: str, columns: tuple[str, ...], required: tuple[str, ...]) -> str:
     """The summary plus the expected header, kept verbatim (\\b) so it can be copied into a spreadsheet."""
-    return f"{summary}\n\n\b\nColumns (any order):\n  {','.join(columns)}"
+    return (
+        f"{summary}\n\n\b\nColumns (any order):\n  {','.join(columns)}\n"
+        f"  required: {','.join(required)} (any other may be left out)"
+    )
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 
 
-@import_group.command("customers", help=_help("Import customers (members) with tags and consents.", CUSTOMER_COLUMNS))
+CUSTOMERS_HELP = (
+    "Import customers (members) with tags and consents.\n\n"
+    "Yes/no columns take 是/否, yes/no, y/n, true/false or 1/0. Provinces are stored by their short name (浙江省 and "
+    "Zhejiang are 浙江, 广西壮族自治区 is 广西), gender as male, female or other (男/女, M/F, ...)."
+)
+
+
+@import_group.command("customers", help=_help(CUSTOMERS_HELP, CUSTOMER_COLUMNS, CUSTOMER_REQUIRED_COLUMNS))
 @click.argument("file", type=click.Path(path_type=str))
 @json_option
 @click.pass_obj
@@ -41,7 +60,7 @@ def customers_command(app, file: str, as_json: bool) -> None:
 
 
 ORDERS_HELP = (
-    "Import orders; their customers must be imported first.\n\n"
+    "Import orders; their customers must be imported first. Without a status column every order is paid.\n\n"
     "The coupon_code of each paid order is redeemed on it. A coupon that cannot be redeemed does not reject the "
     "order: it is counted and listed, with the reason, in <name>.coupon-refusals.csv beside FILE."
 )
@@ -54,7 +73,7 @@ REDEMPTIONS_HELP = (
 )
 
 
-@import_group.command("orders", help=_help(ORDERS_HELP, ORDER_COLUMNS))
+@import_group.command("orders", help=_help(ORDERS_HELP, ORDER_COLUMNS, ORDER_REQUIRED_COLUMNS))
 @click.argument("file", type=click.Path(path_type=str))
 @json_option
 @click.pass_obj
@@ -62,7 +81,7 @@ def orders_command(app, file: str, as_json: bool) -> None:
     _report(import_orders(app.engine, app.settings, file, progress=is_terminal()), as_json)
 
 
-@import_group.command("redemptions", help=_help(REDEMPTIONS_HELP, REDEMPTION_COLUMNS))
+@import_group.command("redemptions", help=_help(REDEMPTIONS_HELP, REDEMPTION_COLUMNS, REDEMPTION_REQUIRED_COLUMNS))
 @click.argument("file", type=click.Path(path_type=str))
 @json_option
 @click.pass_obj

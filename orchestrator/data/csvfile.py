@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import csv
 import difflib
+import glob
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from orchestrator.data.spreadsheet import spreadsheet_cell
 from orchestrator.errors import InputError, RuntimeFailure
+
+try:  # POSIX: a side file being written is locked, so the next import can tell a live one from a killed one's
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 1 << 20  # a physical line longer than this is not a CSV a shop exported
@@ -29,6 +38,9 @@ _MAGIC = {  # well-known binary formats people export by mistake, and what to do
     b"\xff\xfe": "UTF-16 text; re-save it as UTF-8",
     b"\xfe\xff": "UTF-16 text; re-save it as UTF-8",
 }
+MAX_GUESS_CANDIDATES = 1000  # header names difflib compares a missing column with: it is slow, headers may be huge
+STALE_AGE = 24 * 3600  # without file locks (Windows), a side file's temp file this old is a killed import's
+_NAME_NOISE = re.compile(r"[\W_]+")  # "E-Mail", "Customer ID": spellings of email, customer_id
 
 
 def reject_path(path: Path) -> Path:
@@ -41,9 +53,13 @@ class CsvSource:
 
     Every problem with the file as a whole (missing, empty, binary, not UTF-8, unparsable, bad header) is an
     ``InputError`` naming the file and, where there is one, the line.
+
+    ``columns`` must all be in the header. ``known`` (if given) are every column the file may have: a header name
+    that is only a different spelling of one of them (``E-Mail``, ``Customer ID``) is refused, since as an extra
+    column it would be kept as an attribute and its values silently not read.
     """
 
-    def __init__(self, path: Path, columns: tuple[str, ...]):
+    def __init__(self, path: Path, columns: tuple[str, ...], known: tuple[str, ...] = ()):
         self.path = path
         self.name = str(path)
         self.stream = _open(path)
@@ -53,7 +69,7 @@ class CsvSource:
             self.has_bom = False
             self._line = 0
             self._reader = csv.reader(self._text_lines(), strict=True)
-            self.header = self._read_header(columns)
+            self.header = self._read_header(columns, known or columns)
         except BaseException:
             self.stream.close()
             raise
@@ -89,7 +105,7 @@ class CsvSource:
             hint='a value containing quotes must be quoted itself, with each quote doubled: "say ""hi"""',
         )
 
-    def _read_header(self, columns: tuple[str, ...]) -> list[str]:
+    def _read_header(self, columns: tuple[str, ...], known: tuple[str, ...]) -> list[str]:
         head = self.stream.peek(8) if hasattr(self.stream, "peek") else b""
         for magic, what in _MAGIC.items():
             if head.startswith(magic):
@@ -97,25 +113,41 @@ class CsvSource:
         records = self.records()
         first = next(records, None)
         if first is None:
-            raise self.error("the file is empty: expected a header row", hint=f"the header is: {','.join(columns)}")
+            raise self.error("the file is empty: expected a header row", hint=f"the header is: {','.join(known)}")
         header = [name.strip() for name in first[1]]
-        self._check_header(header, columns, first[0])
+        self._check_header(header, columns, known, first[0])
         return header
 
-    def _check_header(self, header: list[str], columns: tuple[str, ...], line: int) -> None:
+    def _check_header(self, header: list[str], columns: tuple[str, ...], known: tuple[str, ...], line: int) -> None:
+        """Duplicates, missing required columns, misspelt known ones; linear in the header's length."""
+        hint = _header_hint(columns, known)
         lowered = [name.lower() for name in header]
-        for name in lowered:
-            if name and lowered.count(name) > 1:
-                raise self.error(f"the column {name!r} appears more than once in the header", line)
-        missing = [c for c in columns if c not in lowered]
-        if not missing:
-            return
-        unknown = [name for name in lowered if name not in columns]
-        guesses = [f"{m!r} (found {g[0]!r})" for m in missing if (g := difflib.get_close_matches(m, unknown, 1))]
-        message = f"missing required column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
-        if guesses:
-            message += f"; did you mean {', '.join(guesses)}?"
-        raise self.error(message, line, hint=f"the header must include: {','.join(columns)}")
+        seen: dict[str, int] = {}
+        for position, name in enumerate(lowered, 1):
+            if name in seen:
+                raise self.error(
+                    f"the column {name!r} appears more than once in the header (columns {seen[name]} and {position})",
+                    line,
+                )
+            if name:
+                seen[name] = position
+        missing = [c for c in columns if c not in seen]
+        if missing:
+            unknown = [name for name in lowered if name not in known][:MAX_GUESS_CANDIDATES]
+            guesses = [f"{m!r} (found {g[0]!r})" for m in missing if (g := difflib.get_close_matches(m, unknown, 1))]
+            message = f"missing required column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+            if guesses:
+                message += f"; did you mean {', '.join(guesses)}?"
+            raise self.error(message, line, hint=hint)
+        spellings = {_NAME_NOISE.sub("", column): column for column in known}
+        for name in header:
+            meant = spellings.get(_NAME_NOISE.sub("", name.lower()))
+            if meant is not None and meant != name.lower():
+                raise self.error(
+                    f"the column {name!r} is not a column name we know; did you mean {meant!r}?",
+                    line,
+                    hint=f"rename it to {meant} (a column we do not know is kept as an attribute, not read); {hint}",
+                )
 
     def _text_lines(self) -> Iterator[str]:
         """Physical lines, decoded one by one, each checked for NUL bytes and undecodable bytes."""
@@ -150,6 +182,12 @@ class CsvSource:
             ) from None
 
 
+def _header_hint(columns: tuple[str, ...], known: tuple[str, ...]) -> str:
+    optional = [c for c in known if c not in columns]
+    hint = f"the header must include: {','.join(columns)}"
+    return hint + (f"; it may also have: {','.join(optional)}" if optional else "")
+
+
 def _open(path: Path) -> IO[bytes]:
     try:
         return path.open("rb")
@@ -167,6 +205,11 @@ class SideFile:
     Rows go to a temporary file in the same folder; :meth:`commit` puts it in place (or removes a stale file of
     that name from an earlier import when nothing was written this time), :meth:`discard` throws it away, so a
     failed import leaves the folder as it was.
+
+    The rows are personal data: the temporary file (and so the file it becomes) is readable by its owner only
+    (``mkstemp``'s 0600). An import killed with ``kill -9`` leaves its temporary file behind; it holds an
+    exclusive lock on it while alive, so the next import writing the same side file removes every temporary file
+    of that name that nobody holds. Every cell goes through :func:`spreadsheet_cell` (CSV injection).
     """
 
     def __init__(self, path: Path, header: list[str], *, bom: bool, what: str):
@@ -178,36 +221,75 @@ class SideFile:
         self._file: IO[str] | None = None
         self._temp: Path | None = None
         self._writer = None
+        remove_stale_temp_files(path)
 
     def write(self, row: list) -> None:
         if self._writer is None:
             self._writer = self._create()
-        self._writer.writerow(row)
+        self._writer.writerow([spreadsheet_cell(value) for value in row])
         self.count += 1
 
     def _create(self):
         try:
-            fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            fd, temp = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
         except OSError as exc:
             raise RuntimeFailure(f"cannot write the {self.what} next to the input: {exc}") from None
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until the file is closed: "an import is writing this"
         self._file = open(fd, "w", encoding=self.encoding, newline="")  # noqa: SIM115 (closed in commit/discard)
         self._temp = Path(temp)
         writer = csv.writer(self._file)
-        writer.writerow(self.header)
+        writer.writerow([spreadsheet_cell(name) for name in self.header])
         return writer
 
     def commit(self) -> str | None:
         if self._file is None or self._temp is None:
             self.path.unlink(missing_ok=True)
             return None
+        self._file.flush()
+        if fcntl is None:  # pragma: no cover - Windows cannot rename an open file
+            self._file.close()
+        os.replace(self._temp, self.path)  # still locked: another import's clean-up cannot take it first
         self._file.close()
-        os.replace(self._temp, self.path)
         return str(self.path)
 
     def discard(self) -> None:
         if self._file is not None and self._temp is not None:
-            self._file.close()
             self._temp.unlink(missing_ok=True)
+            self._file.close()
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Remove the temporary files of ``path`` left by imports that were killed; the ones removed."""
+    removed = []
+    for temp in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
+        if _is_abandoned(temp):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
+
+
+def _is_abandoned(temp: Path) -> bool:
+    if fcntl is None:  # pragma: no cover - Windows: no locks to ask, only the age
+        try:
+            return time.time() - temp.stat().st_mtime > STALE_AGE
+        except OSError:
+            return False
+    try:
+        fd = os.open(temp, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # a live import holds it
+    finally:
+        os.close(fd)
+    return True
 
 
 class RejectWriter(SideFile):

@@ -3,10 +3,14 @@
 The file is read in batches of ``BATCH_SIZE`` rows, so memory stays flat however large it is. For each batch:
 validate every row (bad ones go to the reject file with a reason), look the batch's ids up in the database in
 one query, then insert the new rows, update the changed ones and leave identical ones alone, with Core
-``executemany`` statements that run unchanged on SQLite and PostgreSQL (no dialect-specific upsert). Rows are
-applied in file order, so when an id occurs twice the later row wins and counts as updated or unchanged against
-the earlier one. The whole file is one transaction: a problem with the file found on its last line leaves the
-database and the folder as they were.
+``executemany`` statements that run unchanged on SQLite and PostgreSQL (no dialect-specific upsert). An id that
+occurs twice in one file is a mistake in the file: the later row is rejected ("also on line N"), whichever batch
+the first is in; the ids seen so far are kept in a temporary table, not in memory. The whole file is one
+transaction: a problem with the file found on its last line leaves the database and the folder as they were.
+
+A column absent from the header says nothing: the stored value is left alone (a file of ``customer_id, name``
+renames members and keeps their e-mails, tags and consents). Likewise extra columns are merged into the stored
+``attributes`` by name: a non-empty value sets it, an empty one removes it, attributes the file does not name stay.
 
 Redemptions (``code, order_id[, amount][, redeemed_at]``) go through ``orchestrator.coupons.redeem`` row by row,
 in file order: a refused row is rejected with the refusal as its reason, a coupon already redeemed on the same
@@ -27,7 +31,21 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 
 from orchestrator.config import Settings
 from orchestrator.coupons.redemption import RedemptionRefused, redeem
@@ -35,7 +53,10 @@ from orchestrator.data.csvfile import CsvSource, RejectWriter, SideFile
 from orchestrator.data.records import (
     CONSENT_COLUMNS,
     CUSTOMER_COLUMNS,
+    CUSTOMER_REQUIRED_COLUMNS,
     ORDER_COLUMNS,
+    ORDER_REQUIRED_COLUMNS,
+    REDEMPTION_COLUMNS,
     REDEMPTION_REQUIRED_COLUMNS,
     CustomerRecord,
     OrderRecord,
@@ -112,6 +133,7 @@ class _Context:
 
     settings: Settings
     now: datetime
+    extras: frozenset[str] = frozenset()  # the file's extra columns: the attributes it sets or removes
     refusals: CouponRefusalWriter | None = None  # orders: where refused coupon codes go
 
 
@@ -144,20 +166,24 @@ def import_redemptions(
 
 
 def _import(engine: Engine, settings: Settings, path: Path, kind: str, progress: bool) -> ImportResult:
-    columns, make_reader, apply = _KINDS[kind]
+    kind_ = _KINDS[kind]
     result = ImportResult(kind=kind, file=str(path))
-    with CsvSource(path, columns) as source:
-        read_row = make_reader(source.header, settings)
+    with CsvSource(path, kind_.required, kind_.columns) as source:
+        read_row = kind_.reader(source.header, settings)
         rejects = RejectWriter(source)
-        context = _Context(settings, utcnow())
+        extras = frozenset(name or f"column_{i + 1}" for i, name in enumerate(source.header))
+        context = _Context(settings, utcnow(), extras - set(kind_.columns))
         if kind == "orders":
             context.refusals = CouponRefusalWriter(source)
             result.coupons_redeemed = result.coupon_refusals = 0
         try:
             with engine.begin() as conn, _progress_bar(source, progress) as advance:
+                seen = _SeenIds(conn, kind_.key) if kind_.key else None
                 for chunk in _chunks(source.records(), BATCH_SIZE):
-                    _import_batch(conn, chunk, read_row, apply, result, rejects, context)
+                    _import_batch(conn, chunk, read_row, kind_.apply, result, rejects, context, seen)
                     advance()
+                if seen is not None:
+                    seen.drop()
         except BaseException:
             rejects.discard()
             if context.refusals is not None:
@@ -177,6 +203,7 @@ def _import_batch(
     result: ImportResult,
     rejects: RejectWriter,
     context: _Context,
+    seen: _SeenIds | None,
 ) -> None:
     """Validate, then apply the valid rows; rejects are written in line order, whichever check caught them."""
     rows: list[_Row] = []
@@ -186,11 +213,54 @@ def _import_batch(
             rows.append(_Row(line, fields, read_row(fields)))
         except RowError as exc:
             bad.append((line, fields, str(exc)))
+    if seen is not None:
+        rows = seen.first_occurrences(rows, bad)
     bad += apply(conn, rows, result, context)
     for line, fields, reason in sorted(bad, key=lambda reject: reject[0]):
         rejects.reject(line, fields, reason)
     result.read += len(chunk)
     result.rejected += len(bad)
+
+
+class _SeenIds:
+    """The ids of the file's rows so far, with the line each first occurs on, in a temporary table of the
+    import's connection: a duplicate is found however far apart the two rows are, and memory stays flat."""
+
+    def __init__(self, conn: Connection, column: str):
+        self.conn = conn
+        self.column = column
+        self.table = Table(
+            "orchestrator_import_seen_ids",
+            MetaData(),
+            Column("key", Text, primary_key=True),
+            Column("line", Integer, nullable=False),
+            prefixes=["TEMPORARY"],
+        )
+        self.table.drop(conn, checkfirst=True)  # SQLite runs DDL outside the transaction: a failed import's
+        self.table.create(conn)
+
+    def first_occurrences(self, rows: list[_Row], bad: list[_Reject]) -> list[_Row]:
+        """The rows whose id is new to the file; each other row is added to ``bad`` naming the earlier line."""
+        keys = {row.record.key for row in rows}
+        table = self.table
+        query = select(table.c.key, table.c.line).where(table.c.key.in_(padded(keys)))
+        earlier: dict[str, int] = {key: line for key, line in self.conn.execute(query)} if keys else {}
+        kept: list[_Row] = []
+        new: dict[str, int] = {}
+        for row in rows:
+            key = row.record.key
+            first = earlier.get(key) or new.get(key)
+            if first is not None:
+                bad.append((row.line, row.fields, f"{self.column}: {key} is also on line {first} of this file"))
+                continue
+            new[key] = row.line
+            kept.append(row)
+        if new:
+            self.conn.execute(insert(table), [{"key": key, "line": line} for key, line in new.items()])
+        return kept
+
+    def drop(self) -> None:
+        self.table.drop(self.conn)
 
 
 def _chunks(items: Iterable[tuple[int, list[str]]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
@@ -223,8 +293,7 @@ def _plan(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a batch into records to insert and records to update (by key), counting each row's outcome.
 
-    ``stored`` maps the keys found in the database to their comparable state. Rows are taken in file order and
-    each is compared with the state before it, so a duplicate id is judged against its earlier row.
+    ``stored`` maps the keys found in the database to their state, as comparable with ``state(record)``.
     """
     current = dict(stored)
     inserts: dict[str, Any] = {}
@@ -243,6 +312,17 @@ def _plan(
             result.updated += 1
         current[key] = new_state
     return inserts, updates
+
+
+def _merge_attributes(values: dict[str, Any], stored: dict[str, Any] | None, extras: frozenset[str]) -> None:
+    """The row's ``attributes`` as they will be stored: the stored ones the file does not name, then the file's."""
+    if stored:
+        values["attributes"] = {k: v for k, v in stored.items() if k not in extras} | values["attributes"]
+
+
+def _same_columns(values: dict[str, Any], record_values: dict[str, Any]) -> dict[str, Any]:
+    """The stored ``values`` of the columns the file has: a column it has not is not compared (nor written)."""
+    return {column: values[column] for column in record_values}
 
 
 def _stored_rows(
@@ -276,8 +356,10 @@ class _StoredCustomer:
     tags: frozenset[str]
     consents: dict[str, bool]
 
-    def state(self) -> tuple:
-        return (self.values, self.tags, self.consents)
+    def state_like(self, record: CustomerRecord) -> tuple:
+        """What is stored of the columns ``record``'s file has, comparable with ``_customer_state(record)``."""
+        tags = self.tags if record.tags is not None else None
+        return (_same_columns(self.values, record.values), tags, {c: self.consents.get(c) for c in record.consents})
 
 
 def _customer_state(record: CustomerRecord) -> tuple:
@@ -287,12 +369,17 @@ def _customer_state(record: CustomerRecord) -> tuple:
 def _apply_customers(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> list[_Reject]:
     now = context.now
     stored = _stored_customers(conn, {row.record.key for row in rows})
-    inserts, updates = _plan(rows, {k: s.state() for k, s in stored.items()}, _customer_state, result)
+    states = {}
+    for row in rows:
+        if (found := stored.get(row.record.key)) is not None:
+            _merge_attributes(row.record.values, found.values["attributes"], context.extras)
+            states[row.record.key] = found.state_like(row.record)
+    inserts, updates = _plan(rows, states, _customer_state, result)
     new_pks = _insert_customers(conn, list(inserts.values()), now)
     _update_rows(conn, customers, [(stored[k].pk, r.values) for k, r in updates.items()], now)
     changes = [(new_pks[k], frozenset(), {}, r) for k, r in inserts.items()]
     changes += [(stored[k].pk, stored[k].tags, stored[k].consents, r) for k, r in updates.items()]
-    _write_tags(conn, [(pk, old, record.tags) for pk, old, _, record in changes])
+    _write_tags(conn, [(pk, old, record.tags) for pk, old, _, record in changes if record.tags is not None])
     _write_consents(conn, [(pk, old, record.consents) for pk, _, old, record in changes], now)
     return []
 
@@ -394,7 +481,12 @@ def _apply_orders(conn: Connection, rows: list[_Row], result: ImportResult, cont
         record.values["customer_pk"] = pk
         known.append(row)
     found = _stored_rows(conn, orders, "order_id", ORDER_VALUES, {row.record.key for row in known})
-    inserts, updates = _plan(known, {k: v for k, (_, v) in found.items()}, lambda r: r.values, result)
+    states = {}
+    for row in known:
+        if (stored := found.get(row.record.key)) is not None:
+            _merge_attributes(row.record.values, stored[1]["attributes"], context.extras)
+            states[row.record.key] = _same_columns(stored[1], row.record.values)
+    inserts, updates = _plan(known, states, lambda r: r.values, result)
     if inserts:
         conn.execute(insert(orders), [{**r.values, "created_at": now, "updated_at": now} for r in inserts.values()])
     _update_rows(conn, orders, [(found[k][0], r.values) for k, r in updates.items()], now)
@@ -468,8 +560,17 @@ def _customer_pks(conn: Connection, keys: set[str]) -> dict[str, int]:
     return {key: pk for key, pk in conn.execute(query)}
 
 
-_KINDS: dict[str, tuple[tuple[str, ...], Callable[..., Callable[[list[str]], Any]], _Apply]] = {
-    "customers": (CUSTOMER_COLUMNS, customer_reader, _apply_customers),
-    "orders": (ORDER_COLUMNS, order_reader, _apply_orders),
-    "redemptions": (REDEMPTION_REQUIRED_COLUMNS, redemption_reader, _apply_redemptions),
+@dataclass(frozen=True)
+class _Kind:
+    required: tuple[str, ...]  # columns the header must have
+    columns: tuple[str, ...]  # every column read; others are extras (attributes)
+    reader: Callable[..., Callable[[list[str]], Any]]
+    apply: _Apply
+    key: str | None  # the id column: a second row with the same id is rejected
+
+
+_KINDS = {
+    "customers": _Kind(CUSTOMER_REQUIRED_COLUMNS, CUSTOMER_COLUMNS, customer_reader, _apply_customers, "customer_id"),
+    "orders": _Kind(ORDER_REQUIRED_COLUMNS, ORDER_COLUMNS, order_reader, _apply_orders, "order_id"),
+    "redemptions": _Kind(REDEMPTION_REQUIRED_COLUMNS, REDEMPTION_COLUMNS, redemption_reader, _apply_redemptions, None),
 }

@@ -3,12 +3,18 @@
 Each column has a parser that takes the trimmed text and returns the stored value or raises ``ValueError``
 with a message that says what is wrong with the value; the row validator collects every column's problem so
 that one pass over the reject file shows all of them. Values are normalised here (E.164 phones, normalised
-e-mail addresses, UTC times, lower-case statuses) so that comparing a row with the database is plain equality.
+e-mail addresses, UTC times, lower-case statuses, short province names, ``male`` / ``female``) so that comparing
+a row with the database is plain equality.
+
+Only the columns a file has are read: a customers file needs ``customer_id`` and an orders file ``order_id,
+customer_id, ordered_at, amount`` (``REQUIRED``); an absent column leaves the stored value alone, and an orders
+file without ``status`` holds paid orders.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -21,6 +27,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from orchestrator.config import Settings
+from orchestrator.data.regions import province
 from orchestrator.db.models import ORDER_STATUSES
 from orchestrator.money import parse_amount
 from orchestrator.timeutil import parse_date, parse_datetime, to_utc, zone
@@ -54,12 +61,24 @@ ORDER_COLUMNS = (
 )
 REDEMPTION_COLUMNS = ("code", "order_id", "amount", "redeemed_at")
 REDEMPTION_REQUIRED_COLUMNS = ("code", "order_id")  # amount and redeemed_at may be left out of the header
+CUSTOMER_REQUIRED_COLUMNS = ("customer_id",)
+ORDER_REQUIRED_COLUMNS = ("order_id", "customer_id", "ordered_at", "amount")
+DEFAULT_ORDER_STATUS = "paid"  # of every row of a file without a status column
 CONSENT_COLUMNS = {"email_opt_in": "email", "sms_opt_in": "sms"}
 TAG_SEPARATOR = ";"
 MAX_TAG_LENGTH = 64
 MAX_MINOR_UNITS = 2**63 - 1  # the BIGINT money column
-_TRUE = frozenset({"true", "1", "yes", "y"})
-_FALSE = frozenset({"false", "0", "no", "n", ""})
+_TRUE = frozenset({"true", "1", "yes", "y", "是"})
+_FALSE = frozenset({"false", "0", "no", "n", "否", ""})
+# the stored genders are the demo generator's words; segment conditions compare with them (gender: female)
+_GENDERS = {
+    **dict.fromkeys(("male", "m", "man", "男", "男性", "先生"), "male"),
+    **dict.fromkeys(("female", "f", "woman", "女", "女性", "女士"), "female"),
+    **dict.fromkeys(("other", "其他"), "other"),
+    **dict.fromkeys(("unknown", "u", "未知", "保密", "不详"), None),
+}
+# control (Cc), format (Cf: zero-width, bidi overrides) and line / paragraph separators: never part of an id
+_NOT_IN_IDS = frozenset({"Cc", "Cf", "Zl", "Zp"})
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_LOCAL = re.compile(rf"(?=.{{1,64}}$){_ATEXT}(?:\.{_ATEXT})*", re.ASCII)  # RFC 5322 dot-atom
 MAX_EMAIL_LENGTH = 254
@@ -71,9 +90,9 @@ class RowError(ValueError):
 
 @dataclass(slots=True)
 class CustomerRecord:
-    values: dict[str, Any]  # columns of ``customers`` (without keys and timestamps)
-    tags: frozenset[str] = frozenset()
-    consents: dict[str, bool] = field(default_factory=dict)  # channel -> opted in
+    values: dict[str, Any]  # the file's columns of ``customers`` (without keys and timestamps)
+    tags: frozenset[str] | None = frozenset()  # None: the file has no tags column
+    consents: dict[str, bool] = field(default_factory=dict)  # channel -> opted in, for the file's consent columns
 
     @property
     def key(self) -> str:
@@ -111,6 +130,29 @@ def text(limit: int) -> Parser:
         return value
 
     return parse
+
+
+def identifier(limit: int) -> Parser:
+    """An id (customer, order, coupon code, openid): as written, but never with an invisible character.
+
+    A CR, LF, ESC or bidi override in an id breaks the files we export (a row split in two, a terminal escape, a
+    name shown backwards) and makes two ids that look the same differ, so the row is rejected instead. TAB too.
+    """
+    check = text(limit)
+
+    def parse(value: str) -> str:
+        for position, char in enumerate(value if not value.isprintable() else "", 1):
+            if unicodedata.category(char) in _NOT_IN_IDS:
+                raise ValueError(
+                    f"contains the control character U+{ord(char):04X} at position {position}; identifiers may hold "
+                    "no control, format or line-break characters"
+                )
+        return check(value)
+
+    return parse
+
+
+_PROVINCE_TEXT = text(64)
 
 
 def email(value: str) -> str:
@@ -189,7 +231,22 @@ def boolean(value: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"{value!r} is not a yes/no value (use true/false, 1/0, yes/no or y/n)")
+    raise ValueError(f"{value!r} is not a yes/no value (use 是/否, yes/no, y/n, true/false or 1/0)")
+
+
+def province_name(value: str) -> str:
+    """The short name of a Chinese province (浙江省 → 浙江, see ``regions``); anything else as written."""
+    return _PROVINCE_TEXT(province(value))
+
+
+def gender(value: str) -> str | None:
+    """``male``, ``female`` or ``other`` from the usual words (男/女, M/F, …); ``None`` for "unknown"."""
+    try:
+        return _GENDERS[value.lower()]
+    except KeyError:
+        raise ValueError(
+            f"{value!r} is not a gender we know (use male/female, 男/女 or M/F; leave it empty if unknown)"
+        ) from None
 
 
 def timezone(value: str) -> str:
@@ -214,12 +271,17 @@ def _sentence(message: str) -> str:
 
 
 class RowReader:
-    """Turns one row's fields into a record: required and optional columns, parsers, extra columns."""
+    """Turns one row's fields into a record: required and optional columns, parsers, extra columns.
+
+    ``parsers`` name every known column; those absent from the header are not read (the caller's header check has
+    made sure the required ones are there). Every other column of the header is an extra, kept in ``attributes``.
+    """
 
     def __init__(self, header: list[str], parsers: dict[str, Parser], required: tuple[str, ...]):
         positions = {name.lower(): i for i, name in enumerate(header)}
         self.width = len(header)
-        self.columns = [(name, positions[name], parse) for name, parse in parsers.items()]
+        self.columns = [(name, positions[name], parse) for name, parse in parsers.items() if name in positions]
+        self.present = frozenset(name for name, _, _ in self.columns)
         self.required = frozenset(required)
         self.extras = [(name or f"column_{i + 1}", i) for i, name in enumerate(header) if name.lower() not in parsers]
 
@@ -255,47 +317,53 @@ class RowReader:
 
 def customer_reader(header: list[str], settings: Settings) -> Callable[[list[str]], CustomerRecord]:
     parsers: dict[str, Parser] = {
-        "customer_id": text(64),
+        "customer_id": identifier(64),
         "name": text(200),
         "email": email,
         "phone": phone(settings.default_region),
-        "province": text(64),
+        "province": province_name,
         "city": text(64),
-        "gender": text(16),
+        "gender": gender,
         "birthday": birthday,
         "signup_at": timestamp(settings.tz),
         "tags": tags,
         "email_opt_in": boolean,
         "sms_opt_in": boolean,
-        "wechat_openid": text(128),
+        "wechat_openid": identifier(128),
         "timezone": timezone,
     }
-    rows = RowReader(header, parsers, required=("customer_id",))
+    rows = RowReader(header, parsers, required=CUSTOMER_REQUIRED_COLUMNS)
+    has_tags = "tags" in rows.present
+    consent_columns = {column: channel for column, channel in CONSENT_COLUMNS.items() if column in rows.present}
 
     def read(fields: list[str]) -> CustomerRecord:
         values = rows.read(fields)
-        consents = {channel: values.pop(column) for column, channel in CONSENT_COLUMNS.items()}
-        return CustomerRecord(values, values.pop("tags") or frozenset(), consents)
+        consents = {channel: values.pop(column) for column, channel in consent_columns.items()}
+        tag_set = (values.pop("tags") or frozenset()) if has_tags else None
+        return CustomerRecord(values, tag_set, consents)
 
     return read
 
 
 def order_reader(header: list[str], settings: Settings) -> Callable[[list[str]], OrderRecord]:
     parsers: dict[str, Parser] = {
-        "order_id": text(64),
-        "customer_id": text(64),
+        "order_id": identifier(64),
+        "customer_id": identifier(64),
         "ordered_at": timestamp(settings.tz),
         "amount": amount,
         "status": status,
         "channel": text(32),
         "payment_method": text(32),
-        "coupon_code": text(32),
+        "coupon_code": identifier(32),
         "category": text(64),
     }
-    rows = RowReader(header, parsers, required=("order_id", "customer_id", "ordered_at", "amount", "status"))
+    # a status column that is there must be filled in: an empty cell is a mistake, not "paid"
+    rows = RowReader(header, parsers, required=(*ORDER_REQUIRED_COLUMNS, "status"))
+    default_status = {} if "status" in rows.present else {"status": DEFAULT_ORDER_STATUS}
 
     def read(fields: list[str]) -> OrderRecord:
         values = rows.read(fields)
+        values.update(default_status)
         return OrderRecord(values, values.pop("customer_id"))
 
     return read
@@ -304,13 +372,12 @@ def order_reader(header: list[str], settings: Settings) -> Callable[[list[str]],
 def redemption_reader(header: list[str], settings: Settings) -> Callable[[list[str]], RedemptionRecord]:
     """Rows of ``code, order_id[, amount][, redeemed_at]``; the optional columns may be absent from the header."""
     parsers: dict[str, Parser] = {
-        "code": text(32),
-        "order_id": text(64),
+        "code": identifier(32),
+        "order_id": identifier(64),
         "amount": amount,
         "redeemed_at": timestamp(settings.tz),
     }
-    present = {name.lower() for name in header}
-    rows = RowReader(header, {k: p for k, p in parsers.items() if k in present}, REDEMPTION_REQUIRED_COLUMNS)
+    rows = RowReader(header, parsers, REDEMPTION_REQUIRED_COLUMNS)
 
     def read(fields: list[str]) -> RedemptionRecord:
         values = rows.read(fields)
