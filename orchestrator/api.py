@@ -28,7 +28,7 @@ from orchestrator.errors import InputError, InputErrors, RuntimeFailure
 from orchestrator.hookspecs import hookimpl
 from orchestrator.ledger import delivery_key, parse_delivery_key
 from orchestrator.output import emit_json
-from orchestrator.rendering import CompiledTemplate, TemplateLoader
+from orchestrator.rendering import CompiledTemplate, TemplateLoader, synthetic_context
 from orchestrator.suppressions import add as add_suppression
 from orchestrator.suppressions import resolve as suppression_target
 from orchestrator.template_context import mask_phone
@@ -65,6 +65,7 @@ __all__ = [
     "parse_delivery_key",
     "phone_parser",
     "suppression_target",
+    "synthetic_context",
     "to_utc",
     "utcnow",
 ]
