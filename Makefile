@@ -4,7 +4,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ORCH := $(BIN)/orchestrator --config config/orchestrator.yaml --db sqlite:///demo/orchestrator.db
 PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
-REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .PHONY: demo test lint format bench clean
 
@@ -12,11 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+$(VENV)/.installed: $(BIN)/python setup.py setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
+$(VENV)/.installed-test: $(BIN)/python setup.py setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -29,7 +29,7 @@ from orchestrator.errors import InputError, InputErrors, RuntimeFailure
 from orchestrator.hookspecs import hookimpl
 from orchestrator.ledger import delivery_key, parse_delivery_key
 from orchestrator.output import emit_json
-from orchestrator.rendering import CompiledTemplate, TemplateLoader
+from orchestrator.rendering import CompiledTemplate, TemplateLoader, synthetic_context
 from orchestrator.suppressions import add as add_suppression
 from orchestrator.suppressions import resolve as suppression_target
 from orchestrator.template_context import mask_phone
@@ -67,6 +67,7 @@ __all__ = [
     "phone_parser",
     "spreadsheet_cell",
     "suppression_target",
+    "synthetic_context",
     "to_utc",
     "utcnow",
 ]

@@ -2,16 +2,19 @@
 
 PostgreSQL comes from ``ORCHESTRATOR_TEST_POSTGRES_URL`` (a server URL; the suite creates its own database and
 drops it at the end). Without it the PostgreSQL half is skipped, unless ``ORCHESTRATOR_REQUIRE_SERVICES=1``,
-under which a missing service fails the run.
+under which a missing service fails the run. Redis (``ORCHESTRATOR_TEST_REDIS_URL``) is required the same way,
+but only by a test that asks for the ``redis_url`` fixture: no product code uses Redis yet, so none does.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -52,6 +55,24 @@ def postgres_server_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis server that answers PING; a test using it makes Redis a required service under
+    ``ORCHESTRATOR_REQUIRE_SERVICES=1``."""
+    if not REDIS_URL:
+        service_unavailable("ORCHESTRATOR_TEST_REDIS_URL is not set")
+    url = urlparse(REDIS_URL)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379), timeout=3) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = sock.recv(64)
+    except OSError as exc:
+        service_unavailable(f"Redis at {REDIS_URL} is unavailable: {exc}")
+    if reply != b"+PONG\r\n":
+        service_unavailable(f"Redis at {REDIS_URL} answered PING with {reply!r}")
+    return REDIS_URL
 
 
 @pytest.fixture(scope="session")

@@ -210,7 +210,10 @@ class CampaignLoader:
             channel = self.channels.get(channel_name)
             if channel is None:
                 hint = suggest(channel_name, self.channels) or f"loaded channels: {', '.join(sorted(self.channels))}"
-                problems.append(doc.error(path, f"unknown channel {channel_name!r}", hint=hint))
+                # a plugin that failed to load is the likely cause: say which, and why (ChannelTable.why_missing)
+                why = getattr(self.channels, "why_missing", lambda _name: None)(channel_name)
+                message = f"unknown channel {channel_name!r}" + (f": {why}" if why else "")
+                problems.append(doc.error(path, message, hint=hint))
                 continue
             try:
                 options: BaseModel = channel.options_model.model_validate(raw_options or {})

@@ -90,13 +90,24 @@ for family in (
 
 
 def _register_plugin_commands() -> None:
-    from orchestrator.plugin_manager import manager
+    from orchestrator.plugin_manager import call_each, manager
 
-    manager().hook.register_commands(cli=cli)
+    pm = manager()
+    # a plugin whose register_commands raises is reported like one that failed to import; the others still add theirs
+    pm.failures.extend(call_each(pm, "register_commands", cli=cli))
 
 
 _register_plugin_commands()
 
 
+def warn_about_failed_plugins() -> None:
+    """One line on stderr per plugin left out; the command itself still runs."""
+    from orchestrator.plugin_manager import manager
+
+    for failure in manager().failures:
+        click.echo(failure.warning(), err=True)
+
+
 def main() -> None:
+    warn_about_failed_plugins()
     sys.exit(cli.main(prog_name="orchestrator"))

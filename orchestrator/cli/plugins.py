@@ -17,9 +17,9 @@ def register(cli: click.Group) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, kind, source}.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, kind, source, hooks, error}.")
 def plugins(as_json: bool) -> None:
-    """List loaded plugins and the channels and offers they provide."""
+    """List loaded plugins and the channels and offers they provide, and plugins that failed to load."""
     infos = describe(manager())
     if as_json:
         emit_json([asdict(i) for i in infos])
@@ -27,9 +27,11 @@ def plugins(as_json: bool) -> None:
     if not infos:
         click.echo("no plugins loaded")
         return
+    failed = any(info.error for info in infos)
     table = Table(title="plugins")
-    for column in ("name", "kind", "source", "hooks"):
+    for column in ("name", "kind", "source", "hooks") + (("error",) if failed else ()):
         table.add_column(column, overflow="fold")  # full module names, wrapped, on narrow terminals
     for info in infos:
-        table.add_row(info.name, info.kind, info.source, ", ".join(info.hooks))
+        row = [info.name, info.kind, info.source, ", ".join(info.hooks)]
+        table.add_row(*row, *([info.error or ""] if failed else []))
     Console().print(table)

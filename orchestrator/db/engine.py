@@ -12,12 +12,15 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.errors import InputError, RuntimeFailure
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+#: the source tree this package runs from (an editable install or a bare checkout), or None once installed
+CHECKOUT_ROOT = next((p for p in Path(__file__).resolve().parents[2:3] if (p / "setup.cfg").is_file()), None)
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -29,6 +32,15 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
+def driver_hint(drivername: str) -> str:
+    """How to install the PostgreSQL driver, said the way that works for how the orchestrator was installed."""
+    if drivername != "postgresql+psycopg":
+        return f"install the DBAPI module for {drivername}, or use postgresql://host/db (psycopg 3)"
+    if CHECKOUT_ROOT is not None:
+        return f"from this checkout: pip install -e '{CHECKOUT_ROOT}[postgres]'"
+    return "pip install 'campaign-orchestrator[postgres]' (from a checkout: pip install -e '.[postgres]')"
+
+
 def create_db_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -37,16 +49,27 @@ def create_db_engine(url: str) -> Engine:
             f"{url!r} is not a database URL",
             hint="use e.g. sqlite:///orchestrator.db or postgresql://host/db",
         ) from None
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        raise InputError(
+            f"{backend!r} databases are not supported (the URL {parsed.render_as_string(hide_password=True)!r})",
+            hint="the orchestrator runs on SQLite (sqlite:///orchestrator.db) and PostgreSQL (postgresql://host/db)",
+        )
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = create_engine(parsed)
     except ModuleNotFoundError as exc:
         raise RuntimeFailure(
-            f"the driver for {parsed.drivername} is not installed ({exc.name})",
-            hint="pip install 'campaign-orchestrator[postgres]'",
+            f"the driver for {parsed.drivername} is not installed (no module named {exc.name!r})",
+            hint=driver_hint(parsed.drivername),
+        ) from None
+    except NoSuchModuleError:
+        raise InputError(
+            f"unknown database driver {parsed.drivername!r}",
+            hint="use sqlite:///path.db, or postgresql://host/db (the psycopg driver)",
         ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

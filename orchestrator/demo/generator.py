@@ -27,10 +27,10 @@ from math import floor
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from orchestrator.data.records import CUSTOMER_COLUMNS, ORDER_COLUMNS
 from orchestrator.demo import orders as orders
 from orchestrator.demo import people as people
 from orchestrator.demo.plan import BANDS, NEVER, MemberPlan, Targets, build_plan, targets
-from orchestrator.data.records import CUSTOMER_COLUMNS, ORDER_COLUMNS
 
 SHOP_TZ = ZoneInfo("Asia/Shanghai")
 SEED_SHOP_AT = datetime(2026, 11, 1, tzinfo=SHOP_TZ)

@@ -26,7 +26,7 @@ Each message is one ``POST <url>`` with the JSON body
 
 Results: 2xx is sent (the provider id is the ``id`` of a JSON answer, else the status); 404 with
 ``{"error": "unknown_member"}`` is permanent and suppresses the member on this channel (``do_not_contact``: the
-member has no device that can receive pushes); every other status as ``orchestrator.channels.http_result`` reads
+member has no device that can receive pushes); every other status as ``orchestrator.api.http_result`` reads
 it (408, 425, 429 and 5xx transient, other 4xx permanent); timeouts and connection errors transient. The channel
 never retries or waits: the dispatcher does, by ``channels.apppush.retry``, ``breaker`` and ``rate_limit``.
 """
@@ -39,20 +39,22 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrator.channels import (
+from orchestrator.api import (
     Channel,
     CompiledMessage,
+    HttpUrl,
+    InputError,
+    KeptAliveClient,
     MessageOptions,
     OutgoingMessage,
     RenderedMessage,
     SendResult,
+    TemplateLoader,
+    hookimpl,
     http_result,
+    load_channel_config,
+    synthetic_context,
 )
-from orchestrator.channels.http import HttpUrl, KeptAliveClient
-from orchestrator.channels.settings import load_channel_config
-from orchestrator.errors import InputError
-from orchestrator.hookspecs import hookimpl
-from orchestrator.rendering import TemplateLoader, synthetic_context
 
 __version__ = "0.1.0"
 

@@ -23,12 +23,12 @@ import pytest
 from click.testing import CliRunner
 from orchestrator_apppush import LOCK_SCREEN_CHARS, AppPushChannel, AppPushOptions
 
-from orchestrator.channels import OutgoingMessage, SendStatus
+from orchestrator.api import InputError, OutgoingMessage, SendStatus, TemplateLoader, synthetic_context
+
+# the host application, which a plugin's tests drive (the plugin itself imports only orchestrator.api)
 from orchestrator.cli import cli
 from orchestrator.config import Settings
-from orchestrator.errors import InputError
 from orchestrator.plugin_manager import ENTRY_POINT_GROUP, manager, registry
-from orchestrator.rendering import TemplateLoader, synthetic_context
 
 # -- a push service on loopback ---------------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The demo generator: the seed shop's members and orders (``orchestrator demo-data``)."""
