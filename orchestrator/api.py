@@ -7,6 +7,7 @@ exactly as a third-party plugin would. ``docs/plugins.md`` documents each name.
 
 from __future__ import annotations
 
+from orchestrator.campaign.catalog import FactParam, FactSpec
 from orchestrator.channels import outbox
 from orchestrator.channels.base import (
     DISPATCH_KEYS,
@@ -26,8 +27,11 @@ from orchestrator.data.records import phone as phone_parser
 from orchestrator.data.spreadsheet import spreadsheet_cell
 from orchestrator.db.models import SUPPRESSION_REASONS
 from orchestrator.errors import InputError, InputErrors, RuntimeFailure
+from orchestrator.facts import customers as customers_table
+from orchestrator.facts import orders as orders_table
 from orchestrator.hookspecs import hookimpl
 from orchestrator.ledger import delivery_key, parse_delivery_key
+from orchestrator.offers import Grant, OfferKind, Withheld
 from orchestrator.output import emit_json
 from orchestrator.rendering import CompiledTemplate, TemplateLoader, synthetic_context
 from orchestrator.suppressions import add as add_suppression
@@ -42,18 +46,24 @@ __all__ = [
     "CompiledMessage",
     "CompiledTemplate",
     "CsvSource",
+    "FactParam",
+    "FactSpec",
+    "Grant",
     "HttpUrl",
     "InputError",
     "InputErrors",
     "KeptAliveClient",
     "MessageOptions",
+    "OfferKind",
     "OutgoingMessage",
     "RenderedMessage",
     "RuntimeFailure",
     "SendResult",
     "SendStatus",
     "TemplateLoader",
+    "Withheld",
     "add_suppression",
+    "customers_table",
     "delivery_key",
     "emit_json",
     "hookimpl",
@@ -61,6 +71,7 @@ __all__ = [
     "http_url",
     "load_channel_config",
     "mask_phone",
+    "orders_table",
     "outbox",
     "parse_datetime",
     "parse_delivery_key",

@@ -1,6 +1,6 @@
 """Every hook a plugin can implement, in one place.
 
-A plugin is a module (or any object) with functions decorated by ``orchestrator.hookimpl`` whose names match
+A plugin is a module (or any object) with functions decorated by ``orchestrator.api.hookimpl`` whose names match
 the specifications below. Built-in plugins live in the ``orchestrator_plugins`` package (the repository's
 ``plugins/`` folder); third-party ones are found through the ``orchestrator.plugins`` entry-point group::
 
@@ -9,8 +9,10 @@ the specifications below. Built-in plugins live in the ``orchestrator_plugins`` 
     orchestrator.plugins =
         my_channel = my_package.plugin
 
-Hooks are called through ``orchestrator.plugin_manager.manager().hook.<name>(...)``; each specification documents
-when it is called and what it must return.
+A plugin imports from the orchestrator only ``orchestrator.api``. Hooks are called through
+``orchestrator.plugin_manager.manager().hook.<name>(...)``; each specification documents when it is called and what
+it must return. A plugin that raises on import or in a ``register_*`` hook, or registers a name another plugin
+already has, is left out with a warning (``orchestrator plugins`` lists it with its error); the rest load.
 """
 
 from __future__ import annotations
@@ -34,18 +36,18 @@ def register_commands(cli):
 def register_channels():
     """Return a list of channel classes this plugin provides.
 
-    Called once when the plugin manager is built. Each class implements ``orchestrator.channels.Channel``;
-    its ``name`` attribute (``email``, ``sms``, …) is the key campaign files use under ``message:``. Two
-    plugins registering the same name is an error reported by ``orchestrator plugins``.
+    Called once when the plugin manager is built. Each class implements ``orchestrator.api.Channel``;
+    its ``name`` attribute (``email``, ``sms``, …) is the key campaign files use under ``message:``. A name
+    another plugin already registered (built-ins load first) leaves this plugin out, with a warning.
     """
 
 
 @hookspec
 def register_facts():
-    """Return a list of ``orchestrator.campaign.catalog.FactSpec`` objects to add to the condition language.
+    """Return a list of ``orchestrator.api.FactSpec`` objects to add to the condition language.
 
     Each spec declares the fact's name, value kind, parameters and documentation; its ``build`` callable
-    returns the fact as a SQL expression over the ``customers`` table: ``build(compiler, compare)``, where
+    returns the fact as a SQL expression over ``orchestrator.api.customers_table``: ``build(compiler, compare)``, where
     ``compiler`` is the ``orchestrator.segments.SegmentCompiler`` (``compiler.ctx.at`` is the run time,
     ``compiler.facts`` the built-in ``CustomerFacts``, ``compiler.paid_orders_of_customer(compare)`` the
     correlated conditions for this customer's paid orders) and ``compare`` the parsed comparison with its
@@ -56,7 +58,7 @@ def register_facts():
 
 @hookspec
 def register_offers():
-    """Return a list of offer classes (subclasses of ``orchestrator.offers.OfferKind``).
+    """Return a list of offer classes (subclasses of ``orchestrator.api.OfferKind``).
 
     Each class's ``name`` is the key campaign files use under ``offer:`` (e.g. ``coupon``); its
     ``options_model`` validates the terms written there.

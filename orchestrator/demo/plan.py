@@ -1,8 +1,8 @@
 """The seed shop's plan: who buys, how often, how recently, by construction.
 
-The figures of docs/domain.md ("The seed shop") must come out exactly, so every counted figure is assigned as a count first
-(so many buyers per province, so many members with 3 orders, so many dormant) and only then randomised over
-members. Probabilities are used only for traits no figure depends on (personas, ticket classes). The plan is one
+The figures of docs/domain.md ("The seed shop") must come out exactly, so every counted figure is assigned as a
+count first (so many buyers per province, so many members with 3 orders, so many dormant) and only then randomised
+over members. Probabilities are used only for traits no figure depends on (personas, ticket classes). The plan is one
 small record per member; the orders themselves are generated later, member by member, and streamed to disk.
 """
 
