@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from orchestrator.output import emit_json
+from orchestrator.output import console, emit_json
 from orchestrator.plugin_manager import describe, manager
 
 
@@ -32,4 +31,4 @@ def plugins(as_json: bool) -> None:
         table.add_column(column, overflow="fold")  # full module names, wrapped, on narrow terminals
     for info in infos:
         table.add_row(info.name, info.kind, info.source, ", ".join(info.hooks))
-    Console().print(table)
+    console().print(table)
