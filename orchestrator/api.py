@@ -29,6 +29,7 @@ from orchestrator.hookspecs import hookimpl
 from orchestrator.ledger import delivery_key, parse_delivery_key
 from orchestrator.output import emit_json
 from orchestrator.rendering import CompiledTemplate, TemplateLoader
+from orchestrator.shared_values import SharedValue, SharedValues
 from orchestrator.suppressions import add as add_suppression
 from orchestrator.suppressions import resolve as suppression_target
 from orchestrator.template_context import mask_phone
@@ -51,6 +52,8 @@ __all__ = [
     "RuntimeFailure",
     "SendResult",
     "SendStatus",
+    "SharedValue",
+    "SharedValues",
     "TemplateLoader",
     "add_suppression",
     "delivery_key",
