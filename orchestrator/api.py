@@ -34,6 +34,7 @@ from orchestrator.ledger import delivery_key, parse_delivery_key
 from orchestrator.offers import Grant, OfferKind, Withheld
 from orchestrator.output import emit_json
 from orchestrator.rendering import CompiledTemplate, TemplateLoader, synthetic_context
+from orchestrator.shared_values import SharedValue, SharedValues
 from orchestrator.suppressions import add as add_suppression
 from orchestrator.suppressions import resolve as suppression_target
 from orchestrator.template_context import mask_phone
@@ -60,6 +61,8 @@ __all__ = [
     "RuntimeFailure",
     "SendResult",
     "SendStatus",
+    "SharedValue",
+    "SharedValues",
     "TemplateLoader",
     "Withheld",
     "add_suppression",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
 import click
+from rich.console import Console
 
 
 def _default(value: Any) -> Any:
@@ -33,3 +35,37 @@ def emit_json(data: Any) -> None:
 def is_terminal(stream=None) -> bool:
     stream = stream or sys.stderr
     return hasattr(stream, "isatty") and stream.isatty()
+
+
+#: the exit status when the reader of stdout went away (``orchestrator deliveries | head``): 128 + SIGPIPE, what a
+#: shell reports for a Unix tool stopped by a closed pipe
+BROKEN_PIPE_EXIT = 141
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null after its reader has gone, so that the interpreter's final flush of what is
+    still buffered neither fails nor prints "Exception ignored … BrokenPipeError"."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (an in-process test runner)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def local_time(value: datetime | None, tz: tzinfo) -> str | None:
+    """A stored (UTC) time for a person to read: in the shop's zone, to the second, with its offset."""
+    return value.astimezone(tz).isoformat(timespec="seconds") if value is not None else None
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit with status 1 here; the command line's own handling gives every command the same status
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def console() -> Console:
+    """A rich console for tables and reports on stdout that ends like every command when its reader goes away."""
+    return _Console()

@@ -16,6 +16,7 @@ from orchestrator.offers import Grant, OfferKind
 from orchestrator.pipeline import CampaignRunner
 from orchestrator.plugin_manager import Registry, registry
 from orchestrator.rendering import TemplateLoader
+from orchestrator.shared_values import SharedValues
 from orchestrator.template_context import synthetic_context
 from orchestrator.unsubscribe import secret_key, unsubscribe_url
 
@@ -31,9 +32,12 @@ class Orchestrator:
         return TemplateLoader.from_settings(self.settings)
 
     def channel(self, name: str) -> Channel:
-        return self._channels.setdefault(
-            name, self.registry.channels[name](self.settings.channels.get(name, {}), self.settings)
-        )
+        if name not in self._channels:
+            channel = self.registry.channels[name](self.settings.channels.get(name, {}), self.settings)
+            if self.engine is not None:  # what the channel shares with other processes lives in this database
+                channel.shared_values = SharedValues(self.engine)
+            self._channels[name] = channel
+        return self._channels[name]
 
     @cached_property
     def _channels(self) -> dict[str, Channel]:

@@ -27,12 +27,14 @@ Render produces ``parts["body"]``: the JSON body of ``POST /cgi-bin/message/temp
 which is set from the contact at send time (with ``client_msg_id`` derived from the delivery's idempotency key,
 so WeChat drops a retried duplicate within its dedup window).
 
-Access token: fetched with ``GET /cgi-bin/token?grant_type=client_credential`` and kept in the channel until five
-minutes before it expires. When the API says the token is invalid or expired (40001, 40014, 42001) the channel
-fetches a new one and retries that message once. A failed token fetch makes the message transient with WeChat's
-errmsg, and the rest of that batch transient without fetching again. Note that fetching a token through
-``/cgi-bin/token`` invalidates the account's previous one after a short grace period: processes that share an
-account each keep their own token, and each refetches when the other's fetch expired it.
+Access token: fetched with ``GET /cgi-bin/token?grant_type=client_credential`` and used until five minutes before
+it expires. Fetching a token invalidates the account's previous one, so every process sending through one database
+shares one token per app_id, stored with its expiry in the database (``Channel.shared_values``): a process reuses
+the stored token, and only when it is missing or about to expire does one process fetch a new one, with the row
+locked, while the others wait and then reuse it. When the API says the token is invalid or expired (40001, 40014,
+42001) the channel takes a newer token from the database or, if there is none, fetches one, and retries that
+message once. A failed token fetch makes the message transient with WeChat's errmsg, and the rest of that batch
+transient without fetching again. A channel built without a database (a test) keeps its token to itself.
 
 Results: errcode 0 is sent with ``msgid`` as the provider id; -1 (system busy), 45009 (API frequency limit) and
 45047 are transient; 43004 (not following) and 43101 (the member refused messages) are permanent and suppress
@@ -48,6 +50,7 @@ import json
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -67,6 +70,7 @@ from orchestrator.api import (
     http_result,
     load_channel_config,
     outbox,
+    utcnow,
 )
 
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
@@ -242,11 +246,29 @@ class WeChatChannel(Channel):
 
     # --- the access token -------------------------------------------------------------------------------
 
-    def access_token(self, *, refresh: bool = False) -> str:
-        """The cached token, or a new one; ``_TokenError`` (with WeChat's errmsg) when it cannot be had."""
-        if not refresh and self._token and time.monotonic() < self._token_valid_until:
+    def access_token(self, *, refused: str | None = None) -> str:
+        """A token to use: the one in hand, else the shared one, else a new one; ``refused`` names a token the API
+        turned down, which is never returned again. ``_TokenError`` (with WeChat's errmsg) when none can be had."""
+        if refused is None and self._token and time.monotonic() < self._token_valid_until:
             return self._token
         self._token = None
+        if self.shared_values is None:
+            token, expires_at = self._fetch_token()
+        else:
+            shared = self.shared_values.get_or_refresh(
+                f"wechat.access_token:{self.cfg.app_id}",
+                self._fetch_token,
+                margin=timedelta(seconds=TOKEN_MARGIN),
+                refused=refused,
+            )
+            token, expires_at = shared.value, shared.expires_at
+        left = (expires_at - utcnow()).total_seconds() if expires_at else 0.0
+        self._token = token
+        self._token_valid_until = time.monotonic() + left - TOKEN_MARGIN
+        return token
+
+    def _fetch_token(self) -> tuple[str, datetime]:
+        """A new token from ``/cgi-bin/token`` and when it expires."""
         params = {"grant_type": "client_credential", "appid": self.cfg.app_id, "secret": self.cfg.app_secret}
         try:
             response = self.client.get(f"{self.cfg.base_url}{TOKEN_PATH}", params=params)
@@ -264,9 +286,7 @@ class WeChatChannel(Channel):
             expires_in = float(answer.get("expires_in", 7200))
         except (TypeError, ValueError):
             expires_in = 7200.0
-        self._token = token
-        self._token_valid_until = time.monotonic() + expires_in - TOKEN_MARGIN
-        return token
+        return token, utcnow() + timedelta(seconds=expires_in)
 
     def _scrub(self, text: str) -> str:
         """Secrets never reach an error message (errors are stored in the ledger and printed)."""
@@ -278,9 +298,10 @@ class WeChatChannel(Channel):
     # --- one message ----------------------------------------------------------------------------------------
 
     def _deliver(self, body: bytes) -> SendResult:
-        result, errcode = self._post(self.access_token(), body)
-        if errcode in TOKEN_ERRORS:  # revoked or expired early (another process fetched a token): once more
-            result, errcode = self._post(self.access_token(refresh=True), body)
+        token = self.access_token()
+        result, errcode = self._post(token, body)
+        if errcode in TOKEN_ERRORS:  # revoked or expired early: a newer shared token or a new one, once more
+            result, errcode = self._post(self.access_token(refused=token), body)
             if errcode in TOKEN_ERRORS:
                 self._token = None
                 return SendResult.transient(f"access token refused twice: {result.error}")

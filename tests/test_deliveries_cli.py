@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, select, update
@@ -178,3 +179,22 @@ def test_summary(env: Env):
     only = env.json("deliveries", "--summary", "--run", str(second["run_id"]))
     assert [s["run_id"] for s in only] == [second["run_id"]]
     assert NAME in env.cli("deliveries", "--summary").output
+
+
+def test_text_listing_has_a_header_and_shows_times_in_the_shop_zone(env: Env):
+    run(env)
+    lines = env.cli("deliveries").stdout.splitlines()
+    header = lines[0].split("\t")
+    assert header[:3] == ["id", "campaign", "run"] and "state" in header and "sent_at (Asia/Shanghai)" in header
+    rows = [line.split("\t") for line in lines[1:]]
+    assert rows and all(len(row) == len(header) for row in rows)
+    sent_at = [row[header.index("sent_at (Asia/Shanghai)")] for row in rows if row[header.index("state")] == "sent"]
+    assert sent_at and all(value.endswith("+08:00") for value in sent_at), sent_at[:3]
+
+    summary = env.cli("deliveries", "--summary").stdout.splitlines()
+    assert summary and all(f"{AT.astimezone(ZoneInfo('Asia/Shanghai')).isoformat()}" in line for line in summary)
+
+
+def test_an_empty_listing_prints_its_header_only(env: Env):
+    lines = env.cli("deliveries", "--campaign", "nope").stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("id\tcampaign\trun\t")

@@ -314,7 +314,9 @@ def test_demo_data_rejects_bad_options(tmp_path: Path, args: list[str]) -> None:
     assert "Traceback" not in result.output
 
 
-def test_demo_data_loads_the_seed_shop(run_cli, engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_data_loads_the_seed_shop_and_analyze_reports_the_readme_figures(
+    run_cli, engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sqlalchemy import func, select
 
     from orchestrator.db.models import Customer, Order
@@ -332,3 +334,52 @@ def test_demo_data_loads_the_seed_shop(run_cli, engine, tmp_path: Path, monkeypa
         assert conn.scalar(select(func.count()).select_from(Customer)) == 9252
         paid = select(func.count()).select_from(Order).where(Order.status == "paid")
         assert conn.scalar(paid) == 10764
+
+    # the figures README.md states, as `orchestrator analyze` reports them at midnight and at `make demo`'s time
+    readme = readme_seed_shop()
+    midnight = json.loads(run_cli("analyze", "--at", "2026-11-01", "--json").stdout)
+    assert midnight["members"] == readme["members"]
+    assert midnight["buying_members"] == readme["buying"]
+    assert round(midnight["buying_rate"] * 100, 1) == readme["buying_percent"]
+    assert midnight["orders"] == readme["paid_orders"]
+    assert f"{midnight['purchase_frequency']:.2f}" == readme["frequency"]
+    assert midnight["aov"] == readme["aov"]
+    assert midnight["dormant_90d"] == readme["dormant"]
+    assert midnight["big_spenders"]["threshold"] == readme["big_threshold"]
+    assert midnight["big_spenders"]["count"] == readme["big_spenders"]
+    assert round(midnight["big_spenders"]["sales_share"] * 100) == readme["big_share_percent"]
+    assert [p["province"] for p in midnight["provinces"][:3]] == readme["top_provinces"]
+    at_demo_time = json.loads(run_cli("analyze", "--at", makefile_demo_at(), "--json").stdout)
+    assert at_demo_time["dormant_90d"] == readme["dormant_at_demo_time"]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+README_SEED_SHOP = re.compile(
+    r"\(某网店\): (?P<members>[\d,]+) members over ten months, (?P<buying>[\d,]+) of them buying "
+    r"\((?P<buying_percent>[\d.]+) %\), (?P<paid_orders>[\d,]+) paid orders, purchase frequency (?P<frequency>[\d.]+), "
+    r"average order value (?P<aov>\d+) yuan, (?P<dormant>[\d,]+) members dormant three months, "
+    r"(?P<big_spenders>\d+) members over (?P<big_threshold>[\d,]+) yuan holding (?P<big_share_percent>\d+) % of "
+    r"sales, (?P<p1>\w+), (?P<p2>\w+) and (?P<p3>\w+) converting best\. `orchestrator analyze --at 2026-11-01` "
+    r"reports exactly these figures; `make demo` analyses as of 10:00 that morning, "
+    r".*? \((?P<dormant_at_demo_time>[\d,]+)\)\."
+)
+
+
+def readme_seed_shop() -> dict:
+    """The seed shop's figures as README.md states them (its lines unwrapped)."""
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    match = README_SEED_SHOP.search(text)
+    assert match, "README.md's seed-shop paragraph has changed shape: update README_SEED_SHOP with it"
+    number = {k: int(v.replace(",", "")) for k, v in match.groupdict().items() if re.fullmatch(r"[\d,]+", v)}
+    return {
+        **number,
+        "buying_percent": float(match["buying_percent"]),
+        "frequency": match["frequency"],
+        "top_provinces": [match["p1"], match["p2"], match["p3"]],
+    }
+
+
+def makefile_demo_at() -> str:
+    match = re.search(r"^DEMO_AT \?= (\S+)$", (ROOT / "Makefile").read_text(encoding="utf-8"), re.MULTILINE)
+    assert match, "Makefile: DEMO_AT not found"
+    return match[1]

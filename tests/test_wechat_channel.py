@@ -2,16 +2,19 @@
 
 ``WeChatServer`` issues access tokens at ``/cgi-bin/token`` (counting them), accepts template messages at
 ``/cgi-bin/message/template/send`` only with a valid token, can expire a token mid-run (answering 42001 for it
-from then on), and answers each openid as the test configures. Covered: the body as configured (Chinese text
-intact in UTF-8 JSON), token caching across messages and batches and its five-minute margin, exactly one
-refetch when a token expires mid-run, every errcode mapping, HTTP errors and timeouts, token fetch failures,
-configuration and options validation.
+from then on), invalidates the previous token whenever it issues a new one (40001 for it, as WeChat does), and
+answers each openid as the test configures. Covered: the body as configured (Chinese text intact in UTF-8 JSON),
+token caching across messages and batches and its five-minute margin, exactly one refetch when a token expires
+mid-run, one token shared through the database by channels in several processes, every errcode mapping, HTTP
+errors and timeouts, token fetch failures, configuration and options validation.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from orchestrator.channels import OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
 from orchestrator.rendering import TemplateLoader, synthetic_context
+from orchestrator.service import Orchestrator
 from tests.httpserver import Request, Response, serve
 
 APP_ID = "wx1234567890abcdef"
@@ -51,8 +55,10 @@ class WeChatServer:
         token_answer: dict | None = None,
         expire_after: int | None = None,
         usable_tokens: bool = True,
+        token_delay: float = 0,
     ):
         self.expires_in = expires_in
+        self.token_delay = token_delay  # seconds before a token is issued: lets concurrent fetches overlap
         self.usable_tokens = usable_tokens  # False: tokens are issued that the send endpoint then refuses
         self.token_answer = token_answer
         self.expire_after = expire_after
@@ -70,6 +76,8 @@ class WeChatServer:
         if request.body and self.answers.get(request.json().get("touser")) == "stall":
             self.stall(5)  # outside the lock: other requests are answered meanwhile
             return Response.json({"errcode": -1, "errmsg": "too late"})
+        if request.path == "/cgi-bin/token" and self.token_delay:
+            self.stall(self.token_delay)
         with self._lock:
             if request.path == "/cgi-bin/token":
                 return self._token(request)
@@ -85,6 +93,7 @@ class WeChatServer:
         if not ok:
             return Response.json({"errcode": 40125, "errmsg": "invalid appsecret"})
         token = f"TOKEN-{len(self.token_requests)}"
+        self.valid.clear()  # as WeChat does: a new token invalidates the account's previous one
         if self.usable_tokens:
             self.valid.add(token)
         return Response.json({"access_token": token, "expires_in": self.expires_in})
@@ -349,3 +358,83 @@ def test_without_an_account_each_message_is_written_to_the_outbox(tmp_path: Path
     body = json.loads(written.read_text(encoding="utf-8"))
     assert body["touser"] == "oUser0001" and body["template_id"] == OPTIONS["template_id"]
     assert body["data"] == json.loads(message.message.parts["body"])["data"]
+
+
+# ---- one token for every process sharing the database ----------------------------------------------------------
+
+
+def shared_channel(tmp_path: Path, base_url: str, engine) -> WeChatChannel:
+    """The channel as a run or ``orchestrator dispatch`` builds it: through the service, with its database."""
+    settings = make_settings(tmp_path, app_id=APP_ID, app_secret=APP_SECRET, base_url=base_url)
+    channel = Orchestrator(settings, engine).channel("wechat")
+    assert isinstance(channel, WeChatChannel)
+    return channel
+
+
+def test_two_channels_sharing_a_database_fetch_one_token(tmp_path, templates, engine):
+    state = WeChatServer()
+    with serve(state) as server:
+        first, second = shared_channel(tmp_path, server.url, engine), shared_channel(tmp_path, server.url, engine)
+        results = []
+        for channel, openid in ((first, "oUser000001"), (second, "oUser000002"), (first, "oUser000003")):
+            results += send(channel, templates, openid)
+        results += send(second, templates, "oUser000004", "oUser000005")
+        first.close()
+        second.close()
+    assert [r.status for r in results] == [SendStatus.SENT] * 5
+    assert len(state.token_requests) == 1
+    assert [r.query["access_token"] for r in state.send_requests] == ["TOKEN-1"] * 5  # nothing refused
+
+
+def test_a_refused_shared_token_is_replaced_once_for_everyone(tmp_path, templates, engine):
+    state = WeChatServer(expire_after=1)  # WeChat expires TOKEN-1 early, after the first message
+    with serve(state) as server:
+        first, second = shared_channel(tmp_path, server.url, engine), shared_channel(tmp_path, server.url, engine)
+        results = send(first, templates, "oUser000001") + send(second, templates, "oUser000002")
+        results += send(first, templates, "oUser000003")  # still holds TOKEN-1: refused, takes TOKEN-2 from the db
+        first.close()
+        second.close()
+    assert [r.status for r in results] == [SendStatus.SENT] * 3
+    assert len(state.token_requests) == 2
+    tokens = [r.query["access_token"] for r in state.send_requests]
+    assert tokens == ["TOKEN-1", "TOKEN-1", "TOKEN-2", "TOKEN-1", "TOKEN-2"]
+
+
+SENDER = """
+import sys
+from pathlib import Path
+from orchestrator.db.engine import create_db_engine
+from orchestrator.rendering import TemplateLoader
+from tests.test_wechat_channel import outgoing, send, shared_channel
+
+folder, base_url, db_url, *openids = sys.argv[1:]
+engine = create_db_engine(db_url)
+channel = shared_channel(Path(folder), base_url, engine)
+templates = TemplateLoader([Path(folder)]).for_campaign(Path(folder) / "campaigns" / "winback.yaml")
+results = send(channel, templates, *openids)
+channel.close()
+print(" ".join(r.status.value for r in results))
+"""
+
+
+def test_two_dispatch_processes_fetch_one_token(tmp_path, engine, db_url):
+    state = WeChatServer(token_delay=0.5)  # a slow token API: both processes ask for a token at the same time
+    root = Path(__file__).resolve().parent.parent
+    with serve(state) as server:
+        state.stall = server.stall
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", SENDER, str(tmp_path), server.url, db_url, *openids],
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for openids in (("oUser000001", "oUser000002", "oUser000003"), ("oUser000004", "oUser000005"))
+        ]
+        outputs = [process.communicate(timeout=60) for process in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err
+        assert set(out.split()) == {"sent"}, (out, err)
+    assert len(state.token_requests) == 1
+    assert len(state.delivered) == 5 and len(state.send_requests) == 5

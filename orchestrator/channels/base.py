@@ -20,9 +20,12 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # the module needs the ledger, which needs this one
+    from orchestrator.shared_values import SharedValues
 
 #: keys of ``channels.<name>`` that belong to the dispatcher (and to dry-run's cost estimate), not to the channel:
 #: a channel validating its own config drops them first (``own_config``)
@@ -129,6 +132,9 @@ class Channel(ABC):
     #: whether a delivery reaches the member as a message: such deliveries count toward, and are limited by,
     #: frequency caps (a coupon put in the member's wallet is not one)
     is_message: ClassVar[bool] = True
+    #: values shared through the database with every process sending through it (e.g. an access token that the
+    #: provider revokes when another is fetched); set when the channel is built for a database, else None
+    shared_values: SharedValues | None = None
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
         """``config`` is ``channels.<name>`` from the config file; ``settings`` the whole ``Settings``."""

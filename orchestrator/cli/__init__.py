@@ -2,7 +2,8 @@
 
 One module per command family; each exposes ``register(cli)``. Plugins add commands through the
 ``register_commands`` hook. Errors become exit statuses here, once: 2 for invalid input, 1 for runtime
-failures, never a traceback (set ``ORCHESTRATOR_DEBUG=1`` to see one).
+failures, never a traceback (set ``ORCHESTRATOR_DEBUG=1`` to see one); 141 (as for a Unix tool stopped by SIGPIPE)
+when the reader of the output went away, e.g. ``orchestrator deliveries | head``, without a message.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from orchestrator.cli import plugins as plugin_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
+from orchestrator.output import BROKEN_PIPE_EXIT, silence_stdout
 
 
 class OrchestratorGroup(click.Group):
@@ -38,6 +40,9 @@ class OrchestratorGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # the reader stopped early (`| head`): not an error worth a message
+            silence_stdout()
+            ctx.exit(BROKEN_PIPE_EXIT)
         except Exception as exc:
             if os.environ.get("ORCHESTRATOR_DEBUG"):
                 raise

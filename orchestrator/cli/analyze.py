@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.analysis import MemberReport, member_report
-from orchestrator.output import emit_json
+from orchestrator.output import console, emit_json
 
 TOP_PROVINCES = 10
 
@@ -38,7 +38,7 @@ def analyze(app, at_text: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
     else:
-        render(report, Console())
+        render(report, console())
 
 
 # --- tables ---------------------------------------------------------------------------------------------------

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from orchestrator.config import Settings, database_url, load_settings
 from orchestrator.db.engine import create_db_engine, schema_is_current
@@ -44,6 +47,7 @@ class AppContext:
     @property
     def engine(self) -> Engine:
         """The engine of a database whose schema is current (commands other than ``init`` use this)."""
+        self._refuse_missing_sqlite_file()
         engine = self.raw_engine()
         try:
             current = schema_is_current(engine)
@@ -55,6 +59,21 @@ class AppContext:
                 hint="run 'orchestrator init' to create or upgrade it",
             )
         return engine
+
+    def _refuse_missing_sqlite_file(self) -> None:
+        """Opening a missing SQLite file would create an empty one (and its folder): only ``init`` may."""
+        try:
+            url = make_url(self.db_url)
+        except ArgumentError:
+            return  # create_db_engine reports it
+        path = url.database
+        if url.get_backend_name() != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
+            return
+        if not Path(path).exists():
+            raise RuntimeFailure(
+                f"the database file {Path(path).resolve()} does not exist",
+                hint="run 'orchestrator init' (with the same --config / --db) to create it",
+            )
 
     def close(self) -> None:
         if self._engine is not None:

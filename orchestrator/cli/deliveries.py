@@ -11,7 +11,7 @@ from sqlalchemy import desc, func, select
 from orchestrator import suppressions
 from orchestrator.db.models import DELIVERY_STATES, SUPPRESSION_REASONS, Campaign, CampaignRun, Customer, Delivery
 from orchestrator.errors import InputError
-from orchestrator.output import emit_json, to_json
+from orchestrator.output import emit_json, local_time, to_json
 from orchestrator.template_context import mask_phone
 
 LIST_BATCH = 500
@@ -183,6 +183,7 @@ def deliveries_command(app, campaign, run_id, state, reason, customer_id, limit,
     `orchestrator deliveries --state failed`.
     """
     filters = _filters(campaign, run_id, state, reason, customer_id)
+    tz = app.settings.tz
     with app.engine.connect() as conn:
         if summary:
             data = _summary(conn, filters)
@@ -193,7 +194,7 @@ def deliveries_command(app, campaign, run_id, state, reason, customer_id, limit,
                 skipped = ", ".join(f"{k} {v}" for k, v in run["skipped"].items())
                 states = ", ".join(f"{k} {v}" for k, v in run["states"].items())
                 click.echo(
-                    f"{run['campaign']}  run {run['run_id']}  {run['scheduled_at'].isoformat()}  "
+                    f"{run['campaign']}  run {run['run_id']}  {local_time(run['scheduled_at'], tz)}  "
                     f"total {run['total']}: {states}" + (f"  (skipped: {skipped})" if skipped else "")
                 )
             return
@@ -204,26 +205,46 @@ def deliveries_command(app, campaign, run_id, state, reason, customer_id, limit,
         if as_json:
             _stream_json(rows)
             return
+        click.echo("\t".join(_text_header(tz)))
         for r in rows:
-            click.echo(
-                "\t".join(
-                    str(v if v is not None else "-")
-                    for v in (
-                        r["id"],
-                        r["campaign"],
-                        r["run_id"],
-                        r["customer_id"],
-                        r["channel"],
-                        r["step"],
-                        r["state"],
-                        r["reason"],
-                        r["contact"],
-                        r["attempts"],
-                        r["sent_at"].isoformat() if r["sent_at"] else None,
-                        r["last_error"],
-                    )
-                )
-            )
+            click.echo("\t".join(_text_cells(r, tz)))
+
+
+def _text_header(tz) -> list[str]:
+    """The text listing's columns: tab-separated, one header line, so ``cut -f`` and spreadsheets can read it."""
+    zone = f" ({tz.key})" if getattr(tz, "key", None) else ""
+    return [
+        "id",
+        "campaign",
+        "run",
+        "customer",
+        "channel",
+        "step",
+        "state",
+        "reason",
+        "contact",
+        "attempts",
+        f"sent_at{zone}",
+        "last_error",
+    ]
+
+
+def _text_cells(r: dict[str, Any], tz) -> list[str]:
+    values = (
+        r["id"],
+        r["campaign"],
+        r["run_id"],
+        r["customer_id"],
+        r["channel"],
+        r["step"],
+        r["state"],
+        r["reason"],
+        r["contact"],
+        r["attempts"],
+        local_time(r["sent_at"], tz),
+        r["last_error"],
+    )
+    return [str(v) if v is not None else "-" for v in values]
 
 
 def _filters(campaign, run_id, state, reason, customer_id) -> list:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from orchestrator.output import emit_json
+from orchestrator.output import console, emit_json
 from orchestrator.plugin_manager import describe, manager
 
 
@@ -34,4 +33,4 @@ def plugins(as_json: bool) -> None:
     for info in infos:
         row = [info.name, info.kind, info.source, ", ".join(info.hooks)]
         table.add_row(*row, *([info.error or ""] if failed else []))
-    Console().print(table)
+    console().print(table)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
+from orchestrator.output import console as stdout_console
 from orchestrator.pipeline import RunResult
 
 
 def print_run(result: RunResult) -> None:
-    console = Console()
+    console = stdout_console()
     data = result.to_dict()
     title = "dry run" if result.dry_run else f"run {result.run_id}" + (" (continued)" if result.resumed else "")
     console.print(f"[bold]{result.campaign}[/bold] — {title} at {result.at.isoformat()}")

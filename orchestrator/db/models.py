@@ -6,6 +6,7 @@ Members and their orders are the input; campaigns, runs, deliveries and coupons 
                ├─ orders ── (coupon_code) ── coupons ── coupon_redemptions
                └─ deliveries ── campaign_runs ── campaigns
     suppressions: per customer or per address, per channel or all channels
+    provider_quotas, shared_values: state shared by every dispatch process (rate limits, access tokens)
 
 Customers and orders have an internal integer key (``id``) and the shop's own identifier (``customer_id``,
 ``order_id``) that imports match on. Money columns are integer minor units (see ``orchestrator.money``);
@@ -224,6 +225,18 @@ class ProviderQuota(Base):
     tat: Mapped[datetime | None]
     day: Mapped[date | None]
     day_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SharedValue(Base):
+    """A small value every process using this database shares, with its expiry: e.g. a provider's access token,
+    which the provider invalidates when another one is fetched (see ``orchestrator.shared_values``)."""
+
+    __tablename__ = "shared_values"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
 
 
 class Coupon(Base):

@@ -1,4 +1,4 @@
-"""provider access tokens shared through the database (placeholder)
+"""shared_values: provider access tokens (and other small values) shared by every process through the database
 
 Revision ID: 0006
 Revises: 0005
@@ -8,6 +8,11 @@ Create Date: 2026-12-06 20:20:00
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
+from orchestrator.db.types import UTCDateTime
+
 revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
@@ -15,8 +20,15 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "shared_values",
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("value", sa.Text(), nullable=True),
+        sa.Column("expires_at", UTCDateTime(), nullable=True),
+        sa.Column("updated_at", UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_shared_values")),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("shared_values")
