@@ -23,6 +23,8 @@ from orchestrator.durations import parse_duration
 from orchestrator.errors import InputError
 from orchestrator.yamlfile import YamlDocument, suggest
 
+#: conditions nest at most this deep (all/any/not and named segments): SQLite's parser overflows at about 35
+MAX_CONDITION_DEPTH = 16
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte")
 OPERATORS = (*COMPARISONS, "in", "not_in", "between")
 COMBINATORS = ("all", "any", "not")
