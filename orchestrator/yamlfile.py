@@ -69,7 +69,7 @@ class _Loader(yaml.SafeLoader):
 
 
 #: deeper YAML than any campaign or config needs; PyYAML composes recursively and would hit Python's limit
-MAX_DEPTH = 64
+MAX_DEPTH = 100
 #: values a file may expand to: aliases (*name) repeated inside aliases grow exponentially ("billion laughs")
 MAX_VALUES = 20_000
 

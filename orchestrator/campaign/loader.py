@@ -171,6 +171,9 @@ class CampaignLoader:
     def _condition(self, parser: ConditionParser, data: Any, path: tuple, problems: list) -> Node | None:
         try:
             return parser.parse(data, path)
+        except InputErrors as exc:
+            problems.extend(exc.problems)
+            return None
         except InputError as exc:
             problems.append(exc)
             return None
