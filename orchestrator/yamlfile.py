@@ -271,6 +271,26 @@ def _yaml_path(doc: YamlDocument, prefix: tuple, loc: tuple) -> tuple:
     return path
 
 
+def _empty_block_above(doc: YamlDocument, loc: tuple) -> tuple | None:
+    """For an unknown key: the key just above it, when that one is empty (no value) and the unknown key is one
+    its block may hold: the classic mis-indented block (``schedule:`` then ``cron:`` at the same column)."""
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    parent: Any = doc.data
+    for part in loc[:-1]:
+        try:
+            parent = parent[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    if not isinstance(parent, dict):
+        return None
+    keys = list(parent)
+    index = keys.index(loc[-1]) if loc[-1] in keys else 0
+    if index == 0 or parent[keys[index - 1]] is not None:
+        return None
+    return (*loc[:-1], keys[index - 1])
+
+
 def validation_problems(
     doc: YamlDocument,
     exc: ValidationError,
@@ -290,11 +310,25 @@ def validation_problems(
     by_location: dict[tuple, list[dict]] = {}
     for loc, err in errors:
         by_location.setdefault(loc, []).append(err)
+    dedented = {
+        loc: _empty_block_above(doc, loc) for loc, errs in by_location.items() if errs[0]["type"] == "extra_forbidden"
+    }
+    empty_blocks = {block for block in dedented.values() if block is not None}
     problems = []
     for loc, errs in by_location.items():
         key = loc[-1] if loc else None
         err = errs[0]
-        if err["type"] == "extra_forbidden":
+        if loc in empty_blocks:
+            continue  # explained by the key indented too little below it
+        if dedented.get(loc) is not None:
+            block = dedented[loc]
+            line, _ = doc.position(block)
+            error = doc.error(loc, "", hint=f"indent {key}: and the lines that belong with it under {block[-1]}:")
+            text = f"{key!r} is not indented under '{block[-1]}:' (line {line}): as written, {block[-1]}: is empty"
+            parent = format_path(loc[:-1])
+            error.message = f"{parent}: {text}" if parent else text
+            problems.append(error)
+        elif err["type"] == "extra_forbidden":
             error = doc.error(loc, "", suggest(str(key), vocabulary))  # at the stray key itself
             parent = format_path(loc[:-1])
             error.message = f"{parent}: unknown key {key!r}" if parent else f"unknown key {key!r}"

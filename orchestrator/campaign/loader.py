@@ -139,6 +139,7 @@ class CampaignLoader:
             messages = self._messages(doc, step, base, bool(step.offer), problems)
             name = schema.step_name(step, index)
             steps.append(StepPlan(index, name, when, offer, messages, guard))
+        problems += self._dispatch_channels(doc, campaign.dispatch)
         if problems:
             raise CampaignInvalid(doc.file, problems)
         raw = Path(doc.file).read_bytes()
@@ -167,6 +168,22 @@ class CampaignLoader:
             if isinstance(condition, dict | list) and condition:
                 self._condition(parser, condition, path, found)
         return [p for p in found if p.line not in reported]
+
+    def _dispatch_channels(self, doc: YamlDocument, dispatch: schema.DispatchSettings) -> list[InputError]:
+        """Channels named in ``dispatch``: the fallback order and per-channel frequency caps."""
+        named: list[tuple[tuple, str]] = [
+            (("dispatch", "channels", i), c) for i, c in enumerate(dispatch.channels or [])
+        ]
+        caps = dispatch.frequency_cap
+        if isinstance(caps, list):
+            named += [(("dispatch", "frequency_cap", i, "channel"), c.channel) for i, c in enumerate(caps) if c.channel]
+        elif caps is not None and caps.channel:
+            named.append((("dispatch", "frequency_cap", "channel"), caps.channel))
+        return [self._unknown_channel(doc, path, name) for path, name in named if name not in self.channels]
+
+    def _unknown_channel(self, doc: YamlDocument, path: tuple, name: str) -> InputError:
+        hint = suggest(name, self.channels) or f"loaded channels: {', '.join(sorted(self.channels))}"
+        return doc.error(path, f"unknown channel {name!r}", hint=hint)
 
     def _condition(self, parser: ConditionParser, data: Any, path: tuple, problems: list) -> Node | None:
         try:
@@ -212,8 +229,7 @@ class CampaignLoader:
             path = (*base, "message", channel_name)
             channel = self.channels.get(channel_name)
             if channel is None:
-                hint = suggest(channel_name, self.channels) or f"loaded channels: {', '.join(sorted(self.channels))}"
-                problems.append(doc.error(path, f"unknown channel {channel_name!r}", hint=hint))
+                problems.append(self._unknown_channel(doc, path, channel_name))
                 continue
             try:
                 options: BaseModel = channel.options_model.model_validate(raw_options or {})
