@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from orchestrator.policy_types import Duration, FrequencyCap, QuietHours
-from orchestrator.timeutil import parse_clock, zone
+from orchestrator.timeutil import check_run_time, parse_clock, zone
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 CONDITION_MARK = {"x-condition": True}  # replaced by a $ref to the catalog-built Condition schema
@@ -81,6 +81,8 @@ class Schedule(_Model):
             raise ValueError("every: the interval must be at least 1m")
         if self.at is not None and self.at.tzinfo is None:
             self.at = self.at.replace(tzinfo=zone(self.timezone))
+        if self.at is not None:
+            check_run_time(self.at)
         if self.relative_to is not None and self.days_before is None:
             raise ValueError("relative_to needs days_before (0 for the day itself)")
         return self
