@@ -196,7 +196,10 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, file: str) -> InputError
         mark = exc.context_mark
         problem = f"the quote opened here is never closed ({problem})"
     elif (quoted := _runaway_quote(text, mark)) is not None:
-        problem = f"the quoted value that starts here runs on to line {quoted.end_mark.line + 1}: is its closing quote missing? ({problem} at {at})"
+        end = quoted.end_mark.line + 1
+        problem = (
+            f"the quoted value that starts here runs on to line {end}: is a closing quote missing? ({problem} at {at})"
+        )
         mark = quoted.start_mark
     elif exc.context and exc.context_mark and mark and exc.context_mark.line != mark.line:
         problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"

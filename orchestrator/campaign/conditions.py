@@ -134,7 +134,7 @@ class ConditionParser:
                     doc,
                     path,
                     f"nested too deeply: conditions nest at most {MAX_CONDITION_DEPTH} levels of all/any/not",
-                    hint="a database cannot compile deeper trees; flatten them (all: [a, b, c] rather than all inside all)",
+                    hint="a database cannot compile deeper trees: flatten them (all: [a, b, c], not all inside all)",
                 )
             return tuple(self._collect(self._parse, item, (*path, i), doc) for i, item in enumerate(value))
         finally:
@@ -348,14 +348,18 @@ def durations_in(node: Node) -> list[timedelta]:
     return []
 
 
+_RANGE = {"minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE}
+#: one text value: no comma of any kind (a comma list is written as a list)
+_ONE_TEXT = {"type": "string", "pattern": r"^[^,，、]*$"}
 _KIND_SCHEMA = {
-    "int": {"type": "integer"},
-    "number": {"type": "number"},
-    "money": {"type": "number"},
+    "int": {"type": "integer", **_RANGE},
+    "number": {"type": "number", **_RANGE},
+    "money": {"type": "number", **_RANGE},
     "ratio": {"type": "number", "minimum": 0, "maximum": 1},
-    "string": {"type": "string"},
+    "string": _ONE_TEXT,
     "bool": {"type": "boolean"},
 }
+_DURATION_SCHEMA = {"type": "string", "pattern": r"^\s*\d+\s*[dwhms]\s*$"}
 
 
 def _fact_schema(spec: FactSpec) -> dict[str, Any]:
@@ -369,13 +373,16 @@ def _fact_schema(spec: FactSpec) -> dict[str, Any]:
     if spec.kind not in ("string", "bool"):
         ops["between"] = {"type": "array", "items": scalar, "minItems": 2, "maxItems": 2}
     for param in spec.params:
-        ops[param.name] = (
-            {"type": "string", "pattern": r"^\d+\s*[dwhms]$"} if param.kind == "duration" else {"type": "string"}
-        )
+        if param.kind == "duration":
+            ops[param.name] = _DURATION_SCHEMA
+        else:
+            ops[param.name] = {"type": "string", "enum": list(param.choices)} if param.choices else _ONE_TEXT
     required = [p.name for p in spec.params if p.required]
-    mapping = {"type": "object", "properties": ops, "additionalProperties": False}
+    mapping: dict[str, Any] = {"type": "object", "properties": ops, "additionalProperties": False}
     if required:
         mapping["required"] = required
+    if spec.kind != "bool":  # a bool fact without an operator means "is true"; any other needs a comparison
+        mapping["anyOf"] = [{"required": [op]} for op in OPERATORS if op in ops]
     return {"description": spec.doc, "anyOf": [scalar, mapping] if not required else [mapping]}
 
 
@@ -388,9 +395,9 @@ def condition_json_schema(facts: Mapping[str, FactSpec]) -> dict[str, Any]:
         "any": cond_list,
         "not": cond_list,
         "segment": {"type": "string", "description": "a named segment from the config"},
-        "tag": {"type": "string"},
-        "tags_any": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "tags_all": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "tag": _ONE_TEXT,
+        "tags_any": {"type": "array", "items": _ONE_TEXT, "minItems": 1},
+        "tags_all": {"type": "array", "items": _ONE_TEXT, "minItems": 1},
     }
     properties.update({name: _fact_schema(spec) for name, spec in sorted(facts.items())})
     mapping = {"type": "object", "properties": properties, "additionalProperties": False, "minProperties": 1}
