@@ -6,6 +6,8 @@ import re
 from datetime import timedelta
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(d|w|h|m|s)\s*$")
+_SECONDS = {"d": 86400, "w": 604800, "h": 3600, "m": 60, "s": 1}
+MAX_DURATION = timedelta(days=36500)
 _UNITS = {"d": "days", "w": "weeks", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
@@ -18,7 +20,11 @@ def parse_duration(value: object) -> timedelta:
             f"{value!r} is not a duration; write a whole number and a unit: 90d (days), 2w (weeks), "
             "12h (hours), 30m (minutes), 45s (seconds)"
         )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount * _SECONDS[unit] > MAX_DURATION.total_seconds():
+        # a longer window reaches before the first representable date (and overflows timedelta itself)
+        raise ValueError(f"{value!r} is too long: a duration is at most {MAX_DURATION.days}d (100 years)")
+    return timedelta(**{_UNITS[unit]: amount})
 
 
 def format_duration(value: timedelta) -> str:

@@ -35,6 +35,24 @@ def parse_datetime(text: str, default_tz: ZoneInfo) -> datetime:
     return value
 
 
+#: run times the orchestrator accepts: calendar arithmetic (a 100-year window back, a schedule forward) stays
+#: inside what Python and the databases represent
+EARLIEST_RUN = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_RUN = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def check_run_time(value: datetime) -> datetime:
+    """``value`` if it lies in the supported years; ValueError otherwise."""
+    if not EARLIEST_RUN <= value < LATEST_RUN:
+        raise ValueError(f"{value.isoformat()} is not between 1970-01-01 and 2999-12-31")
+    return value
+
+
+def parse_run_time(text: str, default_tz: ZoneInfo) -> datetime:
+    """``--at``: an ISO 8601 time (see ``parse_datetime``) in the supported years."""
+    return check_run_time(parse_datetime(text, default_tz))
+
+
 def parse_date(text: str) -> date:
     """Strictly YYYY-MM-DD (``date.fromisoformat`` also takes 20260301 and week dates)."""
     text = text.strip()

@@ -68,6 +68,36 @@ class _Loader(yaml.SafeLoader):
     """
 
 
+#: deeper YAML than any campaign or config needs; PyYAML composes recursively and would hit Python's limit
+MAX_DEPTH = 100
+#: values a file may expand to: aliases (*name) repeated inside aliases grow exponentially ("billion laughs")
+MAX_VALUES = 20_000
+
+
+class _BoundedLoader(_Loader):
+    """Refuses, while composing, nesting deeper than ``MAX_DEPTH``."""
+
+    def __init__(self, stream, file: str):
+        super().__init__(stream)
+        self.file = file
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise InputError(
+                    f"nested too deeply: more than {MAX_DEPTH} levels",
+                    file=self.file,
+                    line=mark.line + 1,
+                    column=mark.column + 1,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 _BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
@@ -87,6 +117,14 @@ _Loader.add_implicit_resolver(
 def _construct(loader: _Loader, node: yaml.Node, path: Path_, positions: dict, file: str) -> Any:
     # a mapping entry is located at its key (set by the caller), which is where a reader looks for it
     positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if len(positions) > MAX_VALUES:  # every value built has a position: this counts the expanded file
+        raise InputError(
+            f"the file expands to more than {MAX_VALUES:,} values: YAML aliases (*name) repeated inside aliases",
+            file=file,
+            line=node.start_mark.line + 1,
+            column=node.start_mark.column + 1,
+            hint="reuse a block with an alias a few times at most, or write the values out",
+        )
     if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_COLLECTION_TAGS:
         line, column = positions[path]
         raise InputError(f"YAML tag {node.tag!r} is not allowed", file=file, line=line, column=column)
@@ -123,29 +161,77 @@ def _first_explicit(node: yaml.MappingNode, key: str, merged: int) -> int:
 
 
 def parse_yaml(text: str, file: str) -> YamlDocument:
-    loader = _Loader(text)
+    loader = _BoundedLoader(text, file)
     try:
         node = loader.get_single_node()
         positions: dict[Path_, tuple[int, int]] = {}
         data = None if node is None else _construct(loader, node, (), positions, file)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != mark.line:
-            # an unclosed bracket or quote: the parser notices late; say where the construct began
-            problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
-        raise InputError(
-            f"invalid YAML: {problem}",
-            file=file,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
-        ) from None
+        raise _syntax_error(exc, text, file) from None
     except yaml.YAMLError as exc:
         raise InputError(f"invalid YAML: {exc}", file=file) from None
     finally:
         loader.dispose()
     positions.setdefault((), (1, 1))  # an empty document is still located: at its first line
     return YamlDocument(data=data, file=file, positions=positions)
+
+
+_OPENERS = {"while parsing a flow sequence": "[", "while parsing a flow mapping": "{"}
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, text: str, file: str) -> InputError:
+    """A syntax error located where a reader can fix it.
+
+    The parser notices an unclosed bracket or quote only lines later, where the next construct does not fit;
+    the error is reported where the bracket or quote opened, with where the parser gave up.
+    """
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "invalid YAML"
+    at = f"line {mark.line + 1}" if mark else "the end"
+    opener = _OPENERS.get(exc.context or "")
+    if opener and exc.context_mark and mark and exc.context_mark.line != mark.line:
+        mark = exc.context_mark
+        problem = f"the {opener!r} opened here is not closed ({problem} at {at})"
+    elif exc.context == "while scanning a quoted scalar" and exc.context_mark:
+        mark = exc.context_mark
+        problem = f"the quote opened here is never closed ({problem})"
+    elif (quoted := _runaway_quote(text, mark)) is not None:
+        end = quoted.end_mark.line + 1
+        problem = (
+            f"the quoted value that starts here runs on to line {end}: is a closing quote missing? ({problem} at {at})"
+        )
+        mark = quoted.start_mark
+    elif exc.context and exc.context_mark and mark and exc.context_mark.line != mark.line:
+        problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+    return InputError(
+        f"invalid YAML: {problem}",
+        file=file,
+        line=mark.line + 1 if mark else None,
+        column=mark.column + 1 if mark else None,
+    )
+
+
+def _runaway_quote(text: str, mark: yaml.Mark | None) -> yaml.ScalarToken | None:
+    """The quoted value spanning lines that ends just before a syntax error: a quote left open swallows the
+    line break and closes on the next line's quote, and the parser fails right after it."""
+    if mark is None:
+        return None
+    last = None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if (token.start_mark.line, token.start_mark.column) >= (mark.line, mark.column):
+                break
+            last = token
+    except yaml.YAMLError:
+        pass
+    if (
+        isinstance(last, yaml.ScalarToken)
+        and last.style in ('"', "'")
+        and last.start_mark.line < last.end_mark.line
+        and last.end_mark.line == mark.line
+    ):
+        return last
+    return None
 
 
 def load_yaml(path: str | Path) -> YamlDocument:
@@ -188,6 +274,26 @@ def _yaml_path(doc: YamlDocument, prefix: tuple, loc: tuple) -> tuple:
     return path
 
 
+def _empty_block_above(doc: YamlDocument, loc: tuple) -> tuple | None:
+    """For an unknown key: the key just above it, when that one is empty (no value) and the unknown key is one
+    its block may hold: the classic mis-indented block (``schedule:`` then ``cron:`` at the same column)."""
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    parent: Any = doc.data
+    for part in loc[:-1]:
+        try:
+            parent = parent[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    if not isinstance(parent, dict):
+        return None
+    keys = list(parent)
+    index = keys.index(loc[-1]) if loc[-1] in keys else 0
+    if index == 0 or parent[keys[index - 1]] is not None:
+        return None
+    return (*loc[:-1], keys[index - 1])
+
+
 def validation_problems(
     doc: YamlDocument,
     exc: ValidationError,
@@ -207,11 +313,25 @@ def validation_problems(
     by_location: dict[tuple, list[dict]] = {}
     for loc, err in errors:
         by_location.setdefault(loc, []).append(err)
+    dedented = {
+        loc: _empty_block_above(doc, loc) for loc, errs in by_location.items() if errs[0]["type"] == "extra_forbidden"
+    }
+    empty_blocks = {block for block in dedented.values() if block is not None}
     problems = []
     for loc, errs in by_location.items():
         key = loc[-1] if loc else None
         err = errs[0]
-        if err["type"] == "extra_forbidden":
+        if loc in empty_blocks:
+            continue  # explained by the key indented too little below it
+        if dedented.get(loc) is not None:
+            block = dedented[loc]
+            line, _ = doc.position(block)
+            error = doc.error(loc, "", hint=f"indent {key}: and the lines that belong with it under {block[-1]}:")
+            text = f"{key!r} is not indented under '{block[-1]}:' (line {line}): as written, {block[-1]}: is empty"
+            parent = format_path(loc[:-1])
+            error.message = f"{parent}: {text}" if parent else text
+            problems.append(error)
+        elif err["type"] == "extra_forbidden":
             error = doc.error(loc, "", suggest(str(key), vocabulary))  # at the stray key itself
             parent = format_path(loc[:-1])
             error.message = f"{parent}: unknown key {key!r}" if parent else f"unknown key {key!r}"

@@ -64,7 +64,7 @@ def test_missing_env_reference_names_file_and_line(tmp_path, monkeypatch):
         ("currency: CNY\nanalysis:\n  big_spender_threshold: lots\n", 3, "big_spender_threshold"),
         ("lifecycle:\n  dormant_day: 90\n", 2, "dormant_day"),
         ("tiers:\n  - {name: gold, min_spend: 1000}\n  - {min_spend: 0}\n", 3, "name"),
-        ("timezone: [unclosed\n", 2, "invalid YAML"),
+        ("timezone: [unclosed\n", 1, "invalid YAML"),  # where the bracket opened
         ("- just\n- a list\n", 1, "mapping"),
         ("currency: CNY\ncurrency: USD\n", 2, "duplicate key"),
         ("dayparts:\n  lunch: 11:00-25:00\n", 2, "dayparts.lunch"),

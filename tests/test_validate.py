@@ -438,3 +438,89 @@ def test_lint_advice_is_printed_without_failing_the_file(cli: Cli, tmp_path: Pat
     check_exit(as_json, 0)
     [entry] = json.loads(as_json.stdout)["files"]
     assert entry["valid"] is True and len(entry["warnings"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------- schema parity
+
+# Invalid files whose problem JSON Schema cannot express; the schema accepts them and only validate rejects them.
+# Every other invalid file must be rejected by the schema too (a file not listed here that the schema accepts
+# fails the test, and so does a listed one the schema starts to reject: then take it off the list).
+SCHEMA_CANNOT_SAY = {
+    "between_low_above_high": "compares two values of one list with each other",
+    "condition_too_deep": "a recursive $ref has no depth limit",
+    "cron_hour_25": "cron syntax needs a cron parser",
+    "cron_minute_61": "cron syntax needs a cron parser",
+    "cron_too_few_fields": "cron syntax needs a cron parser",
+    "duplicate_step_names": "uniqueItems compares whole steps, not their names",
+    "email_bad_from": "an e-mail address is checked by the e-mail plugin's parser",
+    "email_two_html_bodies": "a rule of the e-mail plugin's own validator, not of its fields",
+    "email_without_body": "a rule of the e-mail plugin's own validator, not of its fields",
+    "inline_offer_without_offer": "templates are compiled and rendered",
+    "inline_subject_syntax_error": "templates are compiled and rendered",
+    "inline_text_undefined": "templates are compiled and rendered",
+    "named_segment_broken_definition": "named segments live in the config, not in the campaign",
+    "named_segment_cycle": "named segments live in the config, not in the campaign",
+    "named_segment_undefined": "named segments live in the config, not in the campaign",
+    "quiet_hours_empty_window": "start equal to end needs comparing two times (09:00-9:00)",
+    "schedule_every_overflow": "the 100-year bound depends on the unit (36500d, 5214w, ...)",
+    "schedule_unknown_timezone": "the time zone database is the machine's, not the schema's",
+    "template_include_missing": "templates are files read at validation",
+    "template_missing": "templates are files read at validation",
+    "template_not_utf8": "templates are files read at validation",
+    "template_offer_without_offer": "templates are compiled and rendered",
+    "template_path_absolute": "templates are files read at validation",
+    "template_path_escape": "templates are files read at validation",
+    "template_sandbox": "templates are compiled and rendered",
+    "template_syntax_error": "templates are compiled and rendered",
+    "template_undefined_in_block": "templates are compiled and rendered",
+    "template_undefined_variable": "templates are compiled and rendered",
+    "within_overflow": "the 100-year bound depends on the unit (36500d, 5214w, ...)",
+}
+
+
+NOT_A_DOCUMENT = object()
+
+
+def _document(path: Path):
+    """The file as the product reads it (YAML 1.2), or NOT_A_DOCUMENT when it is not YAML at all (a syntax
+    error, a Python tag, a duplicate key, bytes that are not UTF-8): JSON Schema never sees those."""
+    from orchestrator.errors import InputError
+
+    try:
+        return parse_yaml(path.read_bytes().decode("utf-8"), path.name).data
+    except (InputError, UnicodeDecodeError):
+        return NOT_A_DOCUMENT
+
+
+@pytest.fixture(scope="module")
+def verdicts(corpus_config: Path) -> dict[Path, bool]:
+    """validate's verdict on every corpus file and example, from one ``validate --json`` per configuration."""
+    found: dict[Path, bool] = {}
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("ORCHESTRATOR_CONFIG", "ORCHESTRATOR_DATABASE_URL", "ORCHESTRATOR_DEBUG"):
+            env.delenv(name, raising=False)
+        for config, paths in ((corpus_config, [*VALID, *INVALID]), (EXAMPLE_CONFIG, EXAMPLES)):
+            result = Cli(None, config=str(config))("validate", "--json", *map(str, paths))
+            found.update({Path(f["file"]): f["valid"] for f in json.loads(result.stdout)["files"]})
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, id=f"valid-{p.stem}") for p in VALID]
+    + [pytest.param(p, id=f"example-{p.stem}") for p in EXAMPLES]
+    + [pytest.param(p, id=f"invalid-{p.stem}") for p in INVALID],
+)
+def test_schema_and_validate_agree(schema_validator, verdicts: dict[Path, bool], path: Path):
+    """The JSON Schema is as strict as validate wherever JSON Schema can say it."""
+    valid = verdicts[path]
+    assert valid is (path not in INVALID)
+    data = _document(path)
+    if data is NOT_A_DOCUMENT:
+        assert not valid and path.stem.startswith(("yaml_", "condition_nested")), path.name
+        return
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in schema_validator.iter_errors(data)]
+    if valid or path.stem in SCHEMA_CANNOT_SAY:
+        assert not errors, "\n".join(errors)
+    else:
+        assert errors, f"validate rejects {path.name} but the schema accepts it"

@@ -12,6 +12,7 @@ OP is one of eq, ne, gt, gte, lt, lte, in, not_in, between. A mapping with sever
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,9 +21,15 @@ from typing import Any
 
 from orchestrator.campaign.catalog import FactSpec
 from orchestrator.durations import parse_duration
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, InputErrors
 from orchestrator.yamlfile import YamlDocument, suggest
 
+#: conditions nest at most this deep (all/any/not and named segments): SQLite's parser overflows at about 35
+MAX_CONDITION_DEPTH = 16
+#: a number a condition may compare with: SQLite binds at most 64-bit integers, and no shop counts higher
+MAX_MAGNITUDE = 10**12
+#: commas (ASCII, full-width, the Chinese enumeration comma) that make one text value look like a list
+LIST_SEPARATORS = re.compile(r"\s*[,，、]\s*")
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte")
 OPERATORS = (*COMPARISONS, "in", "not_in", "between")
 COMBINATORS = ("all", "any", "not")
@@ -80,16 +87,31 @@ class ConditionParser:
         self.named = named_segments or {}
         self.named_doc = named_segments_doc
         self._expanding: list[str] = []
+        self._problems: list[InputError] = []
+        self._depth = 0
 
     def parse(self, data: Any, path: tuple) -> Node:
-        return self._parse(data, path, self.doc)
+        """The condition tree, or ``InputErrors`` listing every problem in it (not only the first)."""
+        self._problems = []
+        node = self._parse(data, path, self.doc)
+        if self._problems:
+            raise InputErrors(self.doc.file, self._problems)
+        return node
+
+    def _collect(self, parse, *args) -> Node | None:
+        """Parse one branch; a problem in it is recorded and its siblings are still checked."""
+        try:
+            return parse(*args)
+        except InputError as exc:
+            self._problems.extend(exc.problems if isinstance(exc, InputErrors) else [exc])
+            return None
 
     def _error(self, doc: YamlDocument, path: tuple, message: str, hint: str | None = None):
         return doc.error(path, message, hint)
 
     def _parse(self, data: Any, path: tuple, doc: YamlDocument) -> Node:
         if isinstance(data, list):
-            return All(tuple(self._parse(item, (*path, i), doc) for i, item in enumerate(data)))
+            return All(tuple(self._collect(self._parse, item, (*path, i), doc) for i, item in enumerate(data)))
         if not isinstance(data, dict) or not data:
             raise self._error(
                 doc,
@@ -97,7 +119,7 @@ class ConditionParser:
                 "a condition must be a non-empty mapping such as {recency_days: {gte: 90}}",
                 hint="combine conditions with all: / any: / not: lists",
             )
-        nodes = [self._parse_key(key, value, (*path, key), doc) for key, value in data.items()]
+        nodes = [self._collect(self._parse_key, key, value, (*path, key), doc) for key, value in data.items()]
         return nodes[0] if len(nodes) == 1 else All(tuple(nodes))
 
     def _parse_list(self, value: Any, path: tuple, doc: YamlDocument, key: str) -> tuple[Node, ...]:
@@ -105,7 +127,18 @@ class ConditionParser:
             value = [value]
         if not isinstance(value, list) or not value:
             raise self._error(doc, path, f"{key}: expects a non-empty list of conditions")
-        return tuple(self._parse(item, (*path, i), doc) for i, item in enumerate(value))
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONDITION_DEPTH:
+                raise self._error(
+                    doc,
+                    path,
+                    f"nested too deeply: conditions nest at most {MAX_CONDITION_DEPTH} levels of all/any/not",
+                    hint="a database cannot compile deeper trees: flatten them (all: [a, b, c], not all inside all)",
+                )
+            return tuple(self._collect(self._parse, item, (*path, i), doc) for i, item in enumerate(value))
+        finally:
+            self._depth -= 1
 
     def _parse_key(self, key: str, value: Any, path: tuple, doc: YamlDocument) -> Node:
         if key == "all":
@@ -132,10 +165,24 @@ class ConditionParser:
         if key == "tag":
             if not isinstance(value, str) or not value.strip():
                 raise self._error(doc, path, "tag: expects one tag name", hint="use tags_any: [a, b] for several")
+            self._one_value("tag", value, path, doc, "tags_any: [{}]")
             return Tags("any", (value.strip(),))
+        if isinstance(value, str) and LIST_SEPARATORS.search(value):
+            raise self._error(
+                doc, path, f"{key}: expects a list of tag names", hint=_list_hint(f"{key}: [{{}}]", value)
+            )
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
             raise self._error(doc, path, f"{key}: expects a non-empty list of tag names")
+        for i, tag in enumerate(value):
+            self._one_value(key, tag, (*path, i), doc, f"{key}: [{{}}]")
         return Tags("any" if key == "tags_any" else "all", tuple(v.strip() for v in value))
+
+    def _one_value(self, what: str, value: Any, path: tuple, doc: YamlDocument, meant: str) -> None:
+        """A text value that reads as a list (``浙江, 上海``) is almost certainly one: say how to write it."""
+        if isinstance(value, str) and LIST_SEPARATORS.search(value.strip()):
+            raise self._error(
+                doc, path, f"{what}: {value!r} is one value with a comma in it", hint=_list_hint(meant, value)
+            )
 
     def _expand_segment(self, value: Any, path: tuple, doc: YamlDocument) -> Node:
         if not isinstance(value, str):
@@ -149,20 +196,23 @@ class ConditionParser:
             cycle = " -> ".join([*self._expanding, value])
             raise self._error(doc, path, f"segment {value!r} refers to itself ({cycle})")
         self._expanding.append(value)
+        start = len(self._problems)
         try:
             target_doc = self.named_doc or doc
             target_path = ("segments", value) if self.named_doc else path
-            return self._parse(self.named[value], target_path, target_doc)
-        except InputError as exc:
-            if exc.file != doc.file and len(self._expanding) == 1:  # say which campaign line uses the segment
-                line, column = doc.position(path)
-                exc.message += f" (segment used at {doc.file}:{line}:{column})"
-            raise
+            node = self._collect(self._parse, self.named[value], target_path, target_doc)
         finally:
             self._expanding.pop()
+        for exc in self._problems[start:]:
+            if exc.file != doc.file and not self._expanding:  # say which campaign line uses the segment
+                line, column = doc.position(path)
+                exc.message += f" (segment used at {doc.file}:{line}:{column})"
+        return node
 
     def _parse_fact(self, spec: FactSpec, value: Any, path: tuple, doc: YamlDocument) -> Compare:
         if not isinstance(value, dict):
+            if spec.kind == "string":
+                self._one_value(spec.name, value, path, doc, f"{spec.name}: {{{{in: [{{}}]}}}}")
             return Compare(spec.name, (("eq", self._value(spec, value, path, doc)),))
         ops: list[tuple[str, Any]] = []
         params: list[tuple[str, Any]] = []
@@ -199,6 +249,13 @@ class ConditionParser:
         if not isinstance(raw, str | int) or isinstance(raw, bool) or not str(raw).strip():
             raise self._error(doc, path, f"{spec.name}.{key}: expects a name")
         value = str(raw).strip()
+        if LIST_SEPARATORS.search(value) and not (param.choices and value in param.choices):
+            raise self._error(
+                doc,
+                path,
+                f"{spec.name}.{key}: {value!r} is one value with a comma in it",
+                hint=f"one {key} per condition: combine several with any: [...]",
+            )
         if param.choices and value not in param.choices:
             raise self._error(
                 doc,
@@ -210,8 +267,18 @@ class ConditionParser:
 
     def _operand(self, spec: FactSpec, op: str, raw: Any, path: tuple, doc: YamlDocument) -> Any:
         if op in ("in", "not_in"):
+            if isinstance(raw, str) and LIST_SEPARATORS.search(raw):
+                raise self._error(
+                    doc,
+                    path,
+                    f"{spec.name}: {op}: expects a list, got the text {raw!r}",
+                    hint=_list_hint(f"{op}: [{{}}]", raw),
+                )
             if not isinstance(raw, list) or not raw:
                 raise self._error(doc, path, f"{op}: expects a non-empty list of values")
+            if spec.kind == "string":
+                for i, v in enumerate(raw):
+                    self._one_value(spec.name, v, (*path, i), doc, f"{op}: [{{}}]")
             return tuple(self._value(spec, v, (*path, i), doc) for i, v in enumerate(raw))
         if op == "between":
             if not isinstance(raw, list) or len(raw) != 2:
@@ -222,6 +289,8 @@ class ConditionParser:
             return (low, high)
         if spec.kind in ("string", "bool") and op in ("gt", "gte", "lt", "lte"):
             raise self._error(doc, path, f"{spec.name} is a {spec.kind}: {op} does not apply", hint="use eq, ne, in")
+        if spec.kind == "string":
+            self._one_value(spec.name, raw, path, doc, f"{spec.name}: {{{{in: [{{}}]}}}}")
         return self._value(spec, raw, path, doc)
 
     def _value(self, spec: FactSpec, raw: Any, path: tuple, doc: YamlDocument) -> Any:
@@ -253,6 +322,8 @@ def coerce_value(spec: FactSpec, raw: Any) -> Any:
         raise ValueError(f"expects a number, got {raw!r}") from None
     if not number.is_finite():
         raise ValueError(f"expects a finite number, got {raw!r}")
+    if abs(number) > MAX_MAGNITUDE:
+        raise ValueError(f"{raw!r} is out of range: a number in a condition is at most {MAX_MAGNITUDE:,} either way")
     if spec.kind == "int":
         if number != number.to_integral_value():
             raise ValueError(f"expects a whole number, got {raw!r}")
@@ -260,6 +331,12 @@ def coerce_value(spec: FactSpec, raw: Any) -> Any:
     if spec.kind == "ratio" and not (0 <= number <= 1):
         raise ValueError(f"expects a share between 0 and 1, got {raw!r}")
     return number
+
+
+def _list_hint(meant: str, text: str) -> str:
+    """``did you mean in: [浙江, 上海]?`` for the comma-separated ``text``."""
+    items = ", ".join(part for part in LIST_SEPARATORS.split(text.strip()) if part)
+    return f"did you mean {meant.format(items)}?"
 
 
 def durations_in(node: Node) -> list[timedelta]:
@@ -271,14 +348,18 @@ def durations_in(node: Node) -> list[timedelta]:
     return []
 
 
+_RANGE = {"minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE}
+#: one text value: no comma of any kind (a comma list is written as a list)
+_ONE_TEXT = {"type": "string", "pattern": r"^[^,，、]*$"}
 _KIND_SCHEMA = {
-    "int": {"type": "integer"},
-    "number": {"type": "number"},
-    "money": {"type": "number"},
+    "int": {"type": "integer", **_RANGE},
+    "number": {"type": "number", **_RANGE},
+    "money": {"type": "number", **_RANGE},
     "ratio": {"type": "number", "minimum": 0, "maximum": 1},
-    "string": {"type": "string"},
+    "string": _ONE_TEXT,
     "bool": {"type": "boolean"},
 }
+_DURATION_SCHEMA = {"type": "string", "pattern": r"^\s*\d+\s*[dwhms]\s*$"}
 
 
 def _fact_schema(spec: FactSpec) -> dict[str, Any]:
@@ -292,13 +373,16 @@ def _fact_schema(spec: FactSpec) -> dict[str, Any]:
     if spec.kind not in ("string", "bool"):
         ops["between"] = {"type": "array", "items": scalar, "minItems": 2, "maxItems": 2}
     for param in spec.params:
-        ops[param.name] = (
-            {"type": "string", "pattern": r"^\d+\s*[dwhms]$"} if param.kind == "duration" else {"type": "string"}
-        )
+        if param.kind == "duration":
+            ops[param.name] = _DURATION_SCHEMA
+        else:
+            ops[param.name] = {"type": "string", "enum": list(param.choices)} if param.choices else _ONE_TEXT
     required = [p.name for p in spec.params if p.required]
-    mapping = {"type": "object", "properties": ops, "additionalProperties": False}
+    mapping: dict[str, Any] = {"type": "object", "properties": ops, "additionalProperties": False}
     if required:
         mapping["required"] = required
+    if spec.kind != "bool":  # a bool fact without an operator means "is true"; any other needs a comparison
+        mapping["anyOf"] = [{"required": [op]} for op in OPERATORS if op in ops]
     return {"description": spec.doc, "anyOf": [scalar, mapping] if not required else [mapping]}
 
 
@@ -311,9 +395,9 @@ def condition_json_schema(facts: Mapping[str, FactSpec]) -> dict[str, Any]:
         "any": cond_list,
         "not": cond_list,
         "segment": {"type": "string", "description": "a named segment from the config"},
-        "tag": {"type": "string"},
-        "tags_any": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "tags_all": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "tag": _ONE_TEXT,
+        "tags_any": {"type": "array", "items": _ONE_TEXT, "minItems": 1},
+        "tags_all": {"type": "array", "items": _ONE_TEXT, "minItems": 1},
     }
     properties.update({name: _fact_schema(spec) for name, spec in sorted(facts.items())})
     mapping = {"type": "object", "properties": properties, "additionalProperties": False, "minProperties": 1}

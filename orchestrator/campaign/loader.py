@@ -139,6 +139,7 @@ class CampaignLoader:
             messages = self._messages(doc, step, base, bool(step.offer), problems)
             name = schema.step_name(step, index)
             steps.append(StepPlan(index, name, when, offer, messages, guard))
+        problems += self._dispatch_channels(doc, campaign.dispatch)
         if problems:
             raise CampaignInvalid(doc.file, problems)
         raw = Path(doc.file).read_bytes()
@@ -168,9 +169,30 @@ class CampaignLoader:
                 self._condition(parser, condition, path, found)
         return [p for p in found if p.line not in reported]
 
+    def _dispatch_channels(self, doc: YamlDocument, dispatch: schema.DispatchSettings) -> list[InputError]:
+        """Channels named in ``dispatch``: the fallback order and per-channel frequency caps."""
+        named: list[tuple[tuple, str]] = [
+            (("dispatch", "channels", i), c) for i, c in enumerate(dispatch.channels or [])
+        ]
+        caps = dispatch.frequency_cap
+        if isinstance(caps, list):
+            named += [(("dispatch", "frequency_cap", i, "channel"), c.channel) for i, c in enumerate(caps) if c.channel]
+        elif caps is not None and caps.channel:
+            named.append((("dispatch", "frequency_cap", "channel"), caps.channel))
+        return [self._unknown_channel(doc, path, name) for path, name in named if name not in self.channels]
+
+    def _unknown_channel(self, doc: YamlDocument, path: tuple, name: str) -> InputError:
+        hint = suggest(name, self.channels) or f"loaded channels: {', '.join(sorted(self.channels))}"
+        # a plugin that failed to load is the likely cause: say which, and why (ChannelTable.why_missing)
+        why = getattr(self.channels, "why_missing", lambda _name: None)(name)
+        return doc.error(path, f"unknown channel {name!r}" + (f": {why}" if why else ""), hint=hint)
+
     def _condition(self, parser: ConditionParser, data: Any, path: tuple, problems: list) -> Node | None:
         try:
             return parser.parse(data, path)
+        except InputErrors as exc:
+            problems.extend(exc.problems)
+            return None
         except InputError as exc:
             problems.append(exc)
             return None
@@ -209,11 +231,7 @@ class CampaignLoader:
             path = (*base, "message", channel_name)
             channel = self.channels.get(channel_name)
             if channel is None:
-                hint = suggest(channel_name, self.channels) or f"loaded channels: {', '.join(sorted(self.channels))}"
-                # a plugin that failed to load is the likely cause: say which, and why (ChannelTable.why_missing)
-                why = getattr(self.channels, "why_missing", lambda _name: None)(channel_name)
-                message = f"unknown channel {channel_name!r}" + (f": {why}" if why else "")
-                problems.append(doc.error(path, message, hint=hint))
+                problems.append(self._unknown_channel(doc, path, channel_name))
                 continue
             try:
                 options: BaseModel = channel.options_model.model_validate(raw_options or {})

@@ -7,6 +7,7 @@ options model; offers by their offer kind. Everything else is checked here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -22,12 +23,19 @@ from pydantic import (
 )
 
 from orchestrator.policy_types import Duration, FrequencyCap, QuietHours
-from orchestrator.timeutil import parse_clock, zone
+from orchestrator.timeutil import check_run_time, parse_clock, zone
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
-CONDITION_MARK = {"x-condition": True}  # replaced by a $ref to the catalog-built Condition schema
+# placeholders that ``json_schema`` replaces by a $ref to a definition built from the loaded plugins and facts
+CONDITION_MARK = {"x-ref": "Condition"}
+MESSAGES_MARK = {"x-ref": "Messages"}
+OFFER_MARK = {"x-ref": "Offer"}
+CHANNEL_MARK = {"x-ref": "ChannelName"}
 
 Condition = Annotated[dict[str, Any] | list[Any], WithJsonSchema(CONDITION_MARK)]
+ChannelName = Annotated[str, WithJsonSchema(CHANNEL_MARK)]
+#: the kinds of schedule, exactly one of which a schedule names
+SCHEDULE_KINDS = ("cron", "every", "at", "relative_to", "on")
 
 
 class _Model(BaseModel):
@@ -37,12 +45,28 @@ class _Model(BaseModel):
 class Schedule(_Model):
     """When the scheduler fires the campaign: exactly one of cron, every, at, relative_to, on."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": [kind]} for kind in SCHEDULE_KINDS],
+            "dependentRequired": {"relative_to": ["days_before"]},
+        }
+    )
+
     cron: str | None = Field(None, description="crontab expression, e.g. '0 10 * * MON'")
-    every: Duration | None = Field(None, description="fixed interval, e.g. 1h")
+    every: Duration | None = Field(
+        None,
+        description="fixed interval, e.g. 1h (at least 1m)",
+        json_schema_extra={"pattern": r"^\s*(0*[1-9]\d*\s*[dwhm]|0*([6-9]\d|[1-9]\d{2,})\s*s)\s*$"},
+    )
     at: datetime | None = Field(None, description="a single date-time")
     relative_to: str | None = Field(None, description="customer date field, e.g. birthday")
     days_before: int | None = Field(None, ge=0, le=366)
-    at_time: str | None = Field(None, alias="time", description="local time of day for relative schedules, HH:MM")
+    at_time: str | None = Field(
+        None,
+        alias="time",
+        description="local time of day for relative schedules, HH:MM",
+        json_schema_extra={"pattern": r"^\s*([01]?\d|2[0-3]):[0-5]\d\s*$"},
+    )
     on: Literal["order_paid", "member_joined"] | None = Field(None, description="an event trigger")
     within: Duration | None = None
     timezone: str = "Asia/Shanghai"
@@ -64,7 +88,7 @@ class Schedule(_Model):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Schedule:
-        kinds = [k for k in ("cron", "every", "at", "relative_to", "on") if getattr(self, k) is not None]
+        kinds = [k for k in SCHEDULE_KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(
                 "a schedule needs exactly one of cron, every, at, relative_to, on"
@@ -81,6 +105,8 @@ class Schedule(_Model):
             raise ValueError("every: the interval must be at least 1m")
         if self.at is not None and self.at.tzinfo is None:
             self.at = self.at.replace(tzinfo=zone(self.timezone))
+        if self.at is not None:
+            check_run_time(self.at)
         if self.relative_to is not None and self.days_before is None:
             raise ValueError("relative_to needs days_before (0 for the day itself)")
         return self
@@ -94,28 +120,14 @@ class Budget(_Model):
 class DispatchSettings(_Model):
     quiet_hours: QuietHours | None = None
     frequency_cap: FrequencyCap | list[FrequencyCap] | None = None
-    channels: list[str] | None = Field(None, description="preference order for fallback, e.g. [sms, email]")
+    channels: list[ChannelName] | None = Field(None, description="preference order for fallback, e.g. [sms, email]")
     strategy: Literal["first_reachable", "all"] = "first_reachable"
     transactional: bool = False
     batch_size: int = Field(500, ge=1, le=100_000)
 
 
-Offer = Annotated[
-    dict[str, dict[str, Any]],
-    WithJsonSchema(
-        {"type": "object", "description": "one offer kind and its terms, e.g. {coupon: {kind: amount_off, ...}}"}
-    ),
-]
-Messages = Annotated[
-    dict[str, dict[str, Any]],
-    WithJsonSchema(
-        {
-            "type": "object",
-            "description": "per channel, its message: {email: {subject: ..., template: ...}, sms: {...}}",
-            "minProperties": 1,
-        }
-    ),
-]
+Offer = Annotated[dict[str, dict[str, Any]], WithJsonSchema(OFFER_MARK)]
+Messages = Annotated[dict[str, dict[str, Any]], WithJsonSchema(MESSAGES_MARK)]
 
 
 class Step(_Model):
@@ -131,17 +143,35 @@ def _percent(value: Any) -> Any:
     return value
 
 
+#: control_group as JSON Schema: a number, or a numeral with an optional % sign, from 0 to below 100
+CONTROL_GROUP_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "exclusiveMaximum": 100},
+        {"type": "string", "pattern": r"^\s*\d{1,2}(\.\d+)?\s*%?\s*$"},
+    ]
+}
+
+
 class Campaign(_Model):
     """A campaign file."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["steps"], "not": {"anyOf": [{"required": ["message"]}, {"required": ["offer"]}]}},
+                {"required": ["message"], "not": {"required": ["steps"]}},
+            ]
+        }
+    )
 
     name: str = Field(pattern=NAME_PATTERN, description="unique name: lower case, digits, - _ .")
     description: str | None = None
     schedule: Schedule | None = None
     segment: Condition
-    control_group: Annotated[Decimal, BeforeValidator(_percent)] = Field(
+    control_group: Annotated[Decimal, BeforeValidator(_percent), WithJsonSchema(CONTROL_GROUP_SCHEMA)] = Field(
         Decimal(0), ge=0, lt=100, description="percentage held out, e.g. 10%"
     )
-    steps: list[Step] | None = None
+    steps: list[Step] | None = Field(None, json_schema_extra={"minItems": 1})
     offer: Offer | None = None
     message: Messages | None = None
     dispatch: DispatchSettings = DispatchSettings()
@@ -176,19 +206,51 @@ def step_name(step: Step, index: int) -> str:
     return step.name or f"step-{index + 1}"
 
 
-def _link_conditions(node: Any) -> Any:
+def _link(node: Any) -> Any:
+    """Replace each placeholder mark by a $ref to its definition."""
     if isinstance(node, dict):
-        if node.get("x-condition"):  # pydantic may add a title or description beside the mark
-            return {"$ref": "#/$defs/Condition", **{k: v for k, v in node.items() if k == "description"}}
-        return {k: _link_conditions(v) for k, v in node.items()}
+        if "x-ref" in node:  # pydantic may add a title or description beside the mark
+            return {"$ref": f"#/$defs/{node['x-ref']}", **{k: v for k, v in node.items() if k == "description"}}
+        return {k: _link(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_link_conditions(v) for v in node]
+        return [_link(v) for v in node]
     return node
 
 
-def json_schema(condition_schema: dict[str, Any]) -> dict[str, Any]:
-    schema = _link_conditions(Campaign.model_json_schema(by_alias=True))
-    schema.setdefault("$defs", {})["Condition"] = condition_schema
+def _options_schema(model: type[BaseModel], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """A plugin's options model as JSON Schema; its own definitions join ``defs`` under ``prefix``."""
+    schema = model.model_json_schema(by_alias=True, ref_template=f"#/$defs/{prefix}{{model}}")
+    defs.update({f"{prefix}{name}": value for name, value in schema.pop("$defs", {}).items()})
+    return schema
+
+
+def _one_of_each(options: dict[str, dict[str, Any]], description: str) -> dict[str, Any]:
+    return {"type": "object", "description": description, "properties": options, "additionalProperties": False}
+
+
+def json_schema(
+    condition_schema: dict[str, Any],
+    channels: Mapping[str, Any] | None = None,
+    offers: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The campaign file's JSON Schema; with ``channels`` and ``offers`` (the loaded plugins), message and offer
+    blocks are typed by each plugin's options model and channel names are an enum."""
+    schema = _link(Campaign.model_json_schema(by_alias=True))
+    defs = schema.setdefault("$defs", {})
+    defs["Condition"] = condition_schema
+    messages = {n: _options_schema(c.options_model, f"channel.{n}.", defs) for n, c in sorted((channels or {}).items())}
+    terms = {n: _options_schema(o.options_model, f"offer.{n}.", defs) for n, o in sorted((offers or {}).items())}
+    defs["Messages"] = _one_of_each(messages, "per channel, its message: {email: {subject: ..., template: ...}}")
+    defs["Messages"]["minProperties"] = 1
+    defs["Offer"] = _one_of_each(terms, "one offer kind and its terms, e.g. {coupon: {kind: amount_off, ...}}")
+    defs["Offer"].update(minProperties=1, maxProperties=1)
+    defs["ChannelName"] = {"type": "string", "description": "a channel a plugin provides"}
+    if channels is not None:
+        defs["ChannelName"]["enum"] = sorted(channels)
+    else:  # without the registry, blocks stay open (any channel, any offer kind)
+        for name in ("Messages", "Offer"):
+            del defs[name]["additionalProperties"]
+    defs["FrequencyCap"]["properties"]["channel"] = {"anyOf": [{"$ref": "#/$defs/ChannelName"}, {"type": "null"}]}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Campaign"
     return schema

@@ -74,7 +74,9 @@ def _problem(error: InputError) -> dict:
 @click.command()
 def schema() -> None:
     """Print the JSON Schema of campaign files (for editors)."""
-    click.echo(json.dumps(json_schema(condition_json_schema(registry().facts)), indent=2, ensure_ascii=False))
+    plugins = registry()
+    document = json_schema(condition_json_schema(plugins.facts), plugins.channels, plugins.offers)
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 @click.command("dry-run")

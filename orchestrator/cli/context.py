@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 from orchestrator.config import Settings, database_url, load_settings
 from orchestrator.db.engine import create_db_engine, schema_is_current
 from orchestrator.errors import InputError, RuntimeFailure
-from orchestrator.timeutil import parse_datetime
+from orchestrator.timeutil import parse_run_time
 
 
 class AppContext:
@@ -35,7 +35,7 @@ class AppContext:
         if text is None:
             return datetime.now(self.settings.tz).replace(microsecond=0)
         try:
-            return parse_datetime(text, self.settings.tz)
+            return parse_run_time(text, self.settings.tz)
         except ValueError as exc:
             raise InputError(f"--at: {exc}", hint="e.g. --at 2026-03-01 or --at 2026-03-01T12:00:00+08:00") from None
 

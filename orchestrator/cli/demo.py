@@ -17,7 +17,7 @@ import click
 from orchestrator.demo.generator import SEED_SHOP_AT, SeedShop
 from orchestrator.errors import RuntimeFailure
 from orchestrator.output import emit_json, is_terminal
-from orchestrator.timeutil import parse_datetime
+from orchestrator.timeutil import parse_run_time
 
 PRESETS = ("seed-shop",)
 
@@ -98,7 +98,7 @@ def _reference_time(app, text: str | None) -> datetime:
     if text is None:
         return SEED_SHOP_AT
     try:
-        return parse_datetime(text, app.settings.tz)
+        return parse_run_time(text, app.settings.tz)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--at") from None
 
