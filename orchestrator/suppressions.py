@@ -15,10 +15,11 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select
 
@@ -28,7 +29,7 @@ from orchestrator.data.csvfile import CsvSource, RejectWriter
 from orchestrator.db.models import SUPPRESSION_REASONS, Customer, Suppression
 from orchestrator.errors import InputError
 from orchestrator.timeutil import utcnow
-from orchestrator.unsubscribe import secret_key, verify
+from orchestrator.unsubscribe import load_keys, verify
 
 DEFAULT_REASON = "do_not_contact"
 CLI_SOURCE = "cli"
@@ -213,17 +214,43 @@ def _as_entry(row) -> dict[str, Any]:
 # --- unsubscribe links -----------------------------------------------------------------------------------------------
 
 
-def unsubscribe(conn: Connection, settings: Settings, token: str) -> AddResult:
-    """Honour a signed unsubscribe token: an ``unsubscribed`` entry for its customer and channel."""
-    verified = verify(secret_key(settings.base_dir, create=False), token.strip())
-    if verified is None:
+def unsubscribe(conn: Connection, settings: Settings, link: str, *, now: datetime | None = None) -> AddResult:
+    """Honour a signed unsubscribe token, or the whole link carrying it: an ``unsubscribed`` entry for its
+    customer and channel (``all``: every channel)."""
+    token = verify(load_keys(settings.base_dir), token_of(link))
+    if token is None:
         raise InputError("the unsubscribe token is not genuine (forged, truncated or signed with another key)")
-    customer_id, channel = verified
-    pk = conn.execute(select(Customer.id).where(Customer.customer_id == customer_id)).scalar_one_or_none()
+    if token.issued is not None:
+        expires = token.issued + timedelta(days=settings.unsubscribe_token_days)
+        if (now or utcnow()) > expires:
+            raise InputError(
+                f"the unsubscribe link expired on {expires.date().isoformat()} (links are honoured for "
+                f"{settings.unsubscribe_token_days} days: unsubscribe_token_days in the config)",
+                hint=f"to honour it anyway: orchestrator suppress add --customer {token.customer_id} "
+                f"--channel {token.channel} --reason unsubscribed",
+            )
+    try:
+        channel = parse_channel(token.channel)
+    except ValueError as exc:
+        raise InputError(f"the unsubscribe token names no channel: {exc}") from None
+    pk = conn.execute(select(Customer.id).where(Customer.customer_id == token.customer_id)).scalar_one_or_none()
     if pk is None:
-        raise InputError(f"the unsubscribe token names customer {customer_id!r}, who is not in the database")
-    target = Target(customer_pk=pk, customer_id=customer_id)
+        raise InputError(f"the unsubscribe token names customer {token.customer_id!r}, who is not in the database")
+    target = Target(customer_pk=pk, customer_id=token.customer_id)
     return add(conn, target, channel=channel, reason="unsubscribed", source=UNSUBSCRIBE_SOURCE)
+
+
+def token_of(link: str) -> str:
+    """The token of a link as sent (``…?token=T``, ``…/u/T``) or of a bare token."""
+    text = link.strip()
+    if "/" not in text and "?" not in text:
+        return text
+    parts = urlsplit(text)
+    query = parse_qs(parts.query)
+    if query.get("token"):
+        return query["token"][-1].strip()
+    segments = [s for s in parts.path.split("/") if s]
+    return unquote(segments[-1]) if segments else ""
 
 
 # --- import ----------------------------------------------------------------------------------------------------------
