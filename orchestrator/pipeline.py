@@ -29,6 +29,7 @@ from orchestrator.campaign.loader import CampaignPlan, StepPlan
 from orchestrator.channels import Channel, RenderedMessage
 from orchestrator.config import Settings
 from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
+from orchestrator.masking import mask_contact
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
 
@@ -369,7 +370,7 @@ def _sample(candidate: Candidate, channel: str, contact: str, rendered: Rendered
         "customer_id": candidate.customer["customer_id"],
         "step": candidate.step.name,
         "channel": channel,
-        "to": contact,
+        "to": mask_contact(contact),  # samples are printed: masked like every other output
         "parts": rendered.parts,
         "measures": rendered.measures,
     }

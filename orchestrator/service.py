@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from sqlalchemy import Engine
 
 from orchestrator.campaign.loader import CampaignLoader, CampaignPlan, StepPlan

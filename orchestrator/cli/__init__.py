@@ -11,6 +11,7 @@ import os
 import sys
 
 import click
+from sqlalchemy.exc import StatementError
 
 from orchestrator import __version__
 from orchestrator.cli import analyze as analyze_commands
@@ -24,6 +25,7 @@ from orchestrator.cli import plugins as plugin_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
+from orchestrator.masking import mask_text, mask_url
 
 
 class OrchestratorGroup(click.Group):
@@ -41,9 +43,24 @@ class OrchestratorGroup(click.Group):
         except Exception as exc:
             if os.environ.get("ORCHESTRATOR_DEBUG"):
                 raise
-            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(f"error: {describe_unexpected(exc)}", err=True)
             click.echo("  hint: set ORCHESTRATOR_DEBUG=1 to see the traceback", err=True)
             ctx.exit(1)
+
+
+def describe_unexpected(exc: Exception) -> str:
+    """One line for an unexpected error, with personal data masked. A database error is described by the
+    driver's message and the statement, never the statement's parameters (customers' names, e-mails, phones)."""
+    if isinstance(exc, StatementError):
+        cause = exc.orig if exc.orig is not None else exc
+        message = str(cause).strip()
+        statement = " ".join((exc.statement or "").split())
+        if len(statement) > 200:
+            statement = statement[:200] + " …"
+        text = f"{type(cause).__name__}: {message}" + (f" [SQL: {statement}]" if statement else "")
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return mask_url(mask_text(text))
 
 
 @click.group(cls=OrchestratorGroup, context_settings={"help_option_names": ["-h", "--help"]})

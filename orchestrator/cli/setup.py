@@ -10,8 +10,8 @@ import click
 
 from orchestrator.config import DEFAULT_CONFIG_NAME
 from orchestrator.db.engine import migrate
-from orchestrator.output import emit_json
 from orchestrator.errors import InputError
+from orchestrator.output import emit_json
 from orchestrator.unsubscribe import PREVIOUS_ENV, SECRET_ENV, create_key, key_path, load_keys, rotate_key
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "default_config.yaml"
