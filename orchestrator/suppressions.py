@@ -5,8 +5,8 @@ number), on one channel or (channel ``None``) on all of them; ``orchestrator.pol
 are normalised exactly as the customer importer normalises them (``orchestrator.data.records``), so a
 suppression by address matches the address stored on the customer with plain equality.
 
-Adding is idempotent: an entry with the same target (customer or address) and channel is never stored twice;
-the existing row is kept as it is.
+Adding is idempotent: an entry with the same target (customer or address) and channel is never stored twice
+(a unique index holds even against concurrent processes); the existing row is kept as it is.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.config import Settings
 from orchestrator.data import records
@@ -154,8 +156,21 @@ def add(
         "note": note,
         "created_at": now or utcnow(),
     }
-    pk = conn.execute(insert(Suppression).values(values).returning(Suppression.id)).scalar_one()
+    # a concurrent add of the same entry may have got in since the look-up: the unique index decides, and the
+    # loser reports the winner's entry
+    statement = _insert(conn).values(values).on_conflict_do_nothing().returning(Suppression.id)
+    pk = conn.execute(statement).scalar_one_or_none()
+    if pk is None:
+        existing = conn.execute(
+            select(Suppression.id).where(target.condition(), _channel_is(channel)).order_by(Suppression.id).limit(1)
+        ).scalar_one()
+        return AddResult(False, _entry(conn, existing))
     return AddResult(True, _entry(conn, pk))
+
+
+def _insert(conn: Connection):
+    """An INSERT that can skip rows the unique index already holds (``on_conflict_do_nothing``)."""
+    return postgresql_insert(Suppression) if conn.dialect.name == "postgresql" else sqlite_insert(Suppression)
 
 
 def remove(conn: Connection, target: Target, *, channel: str | None = None, any_channel: bool = True) -> int:
@@ -404,9 +419,9 @@ def _import_batch(
             result.loaded += 1
         else:
             result.unchanged += 1
-    if new:
-        conn.execute(insert(Suppression), new)
-        result.entries_added += len(new)
+    if new:  # another import running at the same time may have stored some of them: those are skipped
+        inserted = conn.execute(_insert(conn).on_conflict_do_nothing().returning(Suppression.id), new).all()
+        result.entries_added += len(inserted)
     for line, fields, reason in sorted(bad, key=lambda reject: reject[0]):
         rejects.reject(line, fields, reason)
     result.read += len(chunk)
