@@ -2,7 +2,8 @@
 
 One module per command family; each exposes ``register(cli)``. Plugins add commands through the
 ``register_commands`` hook. Errors become exit statuses here, once: 2 for invalid input, 1 for runtime
-failures, never a traceback (set ``ORCHESTRATOR_DEBUG=1`` to see one).
+failures, never a traceback (set ``ORCHESTRATOR_DEBUG=1`` to see one). Personal data is masked in error
+messages. The process runs with umask 077: every file it creates is readable by its owner only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
 from orchestrator.masking import mask_text, mask_url
+
+PRIVATE_UMASK = 0o077
 
 
 class OrchestratorGroup(click.Group):
@@ -88,6 +91,9 @@ def cli(ctx: click.Context, config_path: str | None, db_url: str | None) -> None
       orchestrator demo-data --preset seed-shop
       orchestrator analyze
     """
+    # everything this process creates (the SQLite database and its -wal / -shm files, outbox files, call lists,
+    # reject files, the signing key) holds personal data or secrets: owner-only, whatever the caller's umask
+    os.umask(PRIVATE_UMASK)
     ctx.obj = AppContext(config_path=config_path, db_url=db_url)
     ctx.call_on_close(ctx.obj.close)
 
