@@ -151,7 +151,10 @@ def import_command(app, file: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def unsubscribe_command(app, token: str, as_json: bool) -> None:
-    """Honour a signed unsubscribe TOKEN (from an unsubscribe link): the customer is unsubscribed on its channel."""
+    """Honour a signed unsubscribe TOKEN, or the whole link (https://…?token=… or https://…/u/TOKEN): the
+    customer is unsubscribed on the link's channel (all channels for a link signed for "all").
+
+    Links are honoured for unsubscribe_token_days (config, default 365) after they were sent."""
     settings = app.settings
     with app.engine.begin() as conn:
         result = suppressions.unsubscribe(conn, settings, token)
