@@ -143,6 +143,8 @@ class Settings(_Section):
     )
     # where unsubscribe links point; the link carries a signed token (see orchestrator.unsubscribe)
     unsubscribe_url: str = "https://shop.example.com/unsubscribe"
+    # how long an unsubscribe link is honoured after it was sent (mail is read late)
+    unsubscribe_token_days: int = Field(365, ge=1)
     segments: dict[str, Any] = Field(default_factory=dict)
     templates: list[str] = Field(default_factory=lambda: ["templates"])
     campaigns: str = "campaigns"

@@ -31,6 +31,7 @@ from orchestrator.channels import Channel, RenderedMessage
 from orchestrator.config import Settings
 from orchestrator.db.models import Delivery
 from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
+from orchestrator.masking import mask_contact
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
 
@@ -394,7 +395,7 @@ def _sample(candidate: Candidate, channel: str, contact: str, rendered: Rendered
         "customer_id": candidate.customer["customer_id"],
         "step": candidate.step.name,
         "channel": channel,
-        "to": contact,
+        "to": mask_contact(contact),  # samples are printed: masked like every other output
         "parts": rendered.parts,
         "measures": rendered.measures,
     }

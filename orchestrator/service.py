@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import click
 from sqlalchemy import Engine
 
 from orchestrator.campaign.loader import CampaignLoader, CampaignPlan, StepPlan
@@ -18,7 +20,7 @@ from orchestrator.plugin_manager import Registry, registry
 from orchestrator.rendering import TemplateLoader
 from orchestrator.shared_values import SharedValues
 from orchestrator.template_context import synthetic_context
-from orchestrator.unsubscribe import secret_key, unsubscribe_url
+from orchestrator.unsubscribe import key_path, load_keys, unsubscribe_url
 
 
 class Orchestrator:
@@ -66,13 +68,25 @@ class Orchestrator:
     def load(self, path: str | Path) -> CampaignPlan:
         return self.loader.load(path)
 
+    def _signing_key(self, dry_run: bool) -> bytes:
+        """A run needs the key; a dry run uses it when present, else a throwaway key, and says so."""
+        keys = load_keys(self.settings.base_dir, required=not dry_run)
+        if keys is not None:
+            return keys.current
+        click.echo(
+            f"note: no signing key ({key_path(self.settings.base_dir)}): the sample unsubscribe links are signed "
+            "with a throwaway key and will not work; run 'orchestrator init' to create the key",
+            err=True,
+        )
+        return secrets.token_bytes(32)
+
     def runner(self, plan: CampaignPlan, *, dry_run: bool = False) -> CampaignRunner:
         channels = {name: self.channel(name) for step in plan.steps for name in step.messages}
         offers: dict[tuple[int, str], OfferKind] = {}
         for step in plan.steps:
             for kind, options in (step.offer or {}).items():
                 offers[(step.index, kind)] = self.registry.offers[kind](options, self.settings, step)
-        key = secret_key(self.settings.base_dir, create=not dry_run)
+        key = self._signing_key(dry_run)
         base_url = self.settings.unsubscribe_url
 
         def build_context(

@@ -5,8 +5,8 @@ number), on one channel or (channel ``None``) on all of them; ``orchestrator.pol
 are normalised exactly as the customer importer normalises them (``orchestrator.data.records``), so a
 suppression by address matches the address stored on the customer with plain equality.
 
-Adding is idempotent: an entry with the same target (customer or address) and channel is never stored twice;
-the existing row is kept as it is.
+Adding is idempotent: an entry with the same target (customer or address) and channel is never stored twice
+(a unique index holds even against concurrent processes); the existing row is kept as it is.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.config import Settings
 from orchestrator.data import records
@@ -28,7 +31,7 @@ from orchestrator.data.csvfile import CsvSource, RejectWriter
 from orchestrator.db.models import SUPPRESSION_REASONS, Customer, Suppression
 from orchestrator.errors import InputError
 from orchestrator.timeutil import utcnow
-from orchestrator.unsubscribe import secret_key, verify
+from orchestrator.unsubscribe import load_keys, verify
 
 DEFAULT_REASON = "do_not_contact"
 CLI_SOURCE = "cli"
@@ -153,8 +156,21 @@ def add(
         "note": note,
         "created_at": now or utcnow(),
     }
-    pk = conn.execute(insert(Suppression).values(values).returning(Suppression.id)).scalar_one()
+    # a concurrent add of the same entry may have got in since the look-up: the unique index decides, and the
+    # loser reports the winner's entry
+    statement = _insert(conn).values(values).on_conflict_do_nothing().returning(Suppression.id)
+    pk = conn.execute(statement).scalar_one_or_none()
+    if pk is None:
+        existing = conn.execute(
+            select(Suppression.id).where(target.condition(), _channel_is(channel)).order_by(Suppression.id).limit(1)
+        ).scalar_one()
+        return AddResult(False, _entry(conn, existing))
     return AddResult(True, _entry(conn, pk))
+
+
+def _insert(conn: Connection):
+    """An INSERT that can skip rows the unique index already holds (``on_conflict_do_nothing``)."""
+    return postgresql_insert(Suppression) if conn.dialect.name == "postgresql" else sqlite_insert(Suppression)
 
 
 def remove(conn: Connection, target: Target, *, channel: str | None = None, any_channel: bool = True) -> int:
@@ -213,17 +229,43 @@ def _as_entry(row) -> dict[str, Any]:
 # --- unsubscribe links -----------------------------------------------------------------------------------------------
 
 
-def unsubscribe(conn: Connection, settings: Settings, token: str) -> AddResult:
-    """Honour a signed unsubscribe token: an ``unsubscribed`` entry for its customer and channel."""
-    verified = verify(secret_key(settings.base_dir, create=False), token.strip())
-    if verified is None:
+def unsubscribe(conn: Connection, settings: Settings, link: str, *, now: datetime | None = None) -> AddResult:
+    """Honour a signed unsubscribe token, or the whole link carrying it: an ``unsubscribed`` entry for its
+    customer and channel (``all``: every channel)."""
+    token = verify(load_keys(settings.base_dir), token_of(link))
+    if token is None:
         raise InputError("the unsubscribe token is not genuine (forged, truncated or signed with another key)")
-    customer_id, channel = verified
-    pk = conn.execute(select(Customer.id).where(Customer.customer_id == customer_id)).scalar_one_or_none()
+    if token.issued is not None:
+        expires = token.issued + timedelta(days=settings.unsubscribe_token_days)
+        if (now or utcnow()) > expires:
+            raise InputError(
+                f"the unsubscribe link expired on {expires.date().isoformat()} (links are honoured for "
+                f"{settings.unsubscribe_token_days} days: unsubscribe_token_days in the config)",
+                hint=f"to honour it anyway: orchestrator suppress add --customer {token.customer_id} "
+                f"--channel {token.channel} --reason unsubscribed",
+            )
+    try:
+        channel = parse_channel(token.channel)
+    except ValueError as exc:
+        raise InputError(f"the unsubscribe token names no channel: {exc}") from None
+    pk = conn.execute(select(Customer.id).where(Customer.customer_id == token.customer_id)).scalar_one_or_none()
     if pk is None:
-        raise InputError(f"the unsubscribe token names customer {customer_id!r}, who is not in the database")
-    target = Target(customer_pk=pk, customer_id=customer_id)
+        raise InputError(f"the unsubscribe token names customer {token.customer_id!r}, who is not in the database")
+    target = Target(customer_pk=pk, customer_id=token.customer_id)
     return add(conn, target, channel=channel, reason="unsubscribed", source=UNSUBSCRIBE_SOURCE)
+
+
+def token_of(link: str) -> str:
+    """The token of a link as sent (``…?token=T``, ``…/u/T``) or of a bare token."""
+    text = link.strip()
+    if "/" not in text and "?" not in text:
+        return text
+    parts = urlsplit(text)
+    query = parse_qs(parts.query)
+    if query.get("token"):
+        return query["token"][-1].strip()
+    segments = [s for s in parts.path.split("/") if s]
+    return unquote(segments[-1]) if segments else ""
 
 
 # --- import ----------------------------------------------------------------------------------------------------------
@@ -377,9 +419,9 @@ def _import_batch(
             result.loaded += 1
         else:
             result.unchanged += 1
-    if new:
-        conn.execute(insert(Suppression), new)
-        result.entries_added += len(new)
+    if new:  # another import running at the same time may have stored some of them: those are skipped
+        inserted = conn.execute(_insert(conn).on_conflict_do_nothing().returning(Suppression.id), new).all()
+        result.entries_added += len(inserted)
     for line, fields, reason in sorted(bad, key=lambda reject: reject[0]):
         rejects.reject(line, fields, reason)
     result.read += len(chunk)

@@ -8,7 +8,6 @@ that validate and dry-run render every template before anything is sent.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -16,11 +15,11 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import phonenumbers
 from jinja2 import Environment, pass_context
 from jinja2.filters import do_urlencode
 from jinja2.runtime import Context
 
+from orchestrator.masking import mask_phone
 from orchestrator.timeutil import zone
 
 CURRENCY_SYMBOLS = {"CNY": "¥", "RMB": "¥", "JPY": "¥", "USD": "$", "EUR": "€", "GBP": "£", "HKD": "HK$"}
@@ -104,22 +103,6 @@ def _customer_zone(context: Context, default: ZoneInfo) -> ZoneInfo:
         return zone(name) if name else default
     except ValueError:
         return default
-
-
-def mask_phone(value: Any) -> str:
-    """``13812345678`` → ``138****5678``; ``+8613812345678`` → ``+86 138****5678``."""
-    if not value:
-        return ""
-    text = str(value).strip()
-    prefix, digits = "", re.sub(r"\D", "", text)
-    if text.startswith("+"):
-        try:
-            number = phonenumbers.parse(text, None)
-            prefix, digits = f"+{number.country_code} ", str(number.national_number)
-        except phonenumbers.NumberParseException:
-            prefix = "+"
-    head, tail = (3, 4) if len(digits) >= 8 else (0, min(2, len(digits)))
-    return prefix + digits[:head] + "*" * (len(digits) - head - tail) + digits[len(digits) - tail :]
 
 
 def synthetic_context(

@@ -35,6 +35,13 @@ def service_unavailable(message: str):
     pytest.skip(message)
 
 
+@pytest.fixture(autouse=True)
+def _signing_key(monkeypatch) -> None:
+    """Runs sign unsubscribe links and refuse to start without a key (``orchestrator init`` creates it); tests
+    get one from the environment. Tests of the key itself remove it."""
+    monkeypatch.setenv("ORCHESTRATOR_SECRET_KEY", "test-signing-key-" + "0123456789" * 3)
+
+
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""

@@ -233,7 +233,6 @@ def env(engine: Engine, db_url: str, tmp_path: Path, monkeypatch) -> Env:
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.delenv("ORCHESTRATOR_CONFIG", raising=False)
-    monkeypatch.delenv("ORCHESTRATOR_SECRET_KEY", raising=False)
     config = tmp_path / "orchestrator.yaml"
     e = Env(Cli(db_url, config=str(config)), engine, tmp_path, config, tmp_path / "outbox", keys)
     e.write_config()

@@ -81,7 +81,6 @@ def env(engine: Engine, db_url: str, tmp_path: Path, monkeypatch) -> Env:
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.delenv("ORCHESTRATOR_CONFIG", raising=False)
-    monkeypatch.delenv("ORCHESTRATOR_SECRET_KEY", raising=False)
     env = Env(Cli(db_url, config=str(config)), engine)
     env.campaign = campaign
     return env

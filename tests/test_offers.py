@@ -362,7 +362,6 @@ def env(engine: Engine, db_url: str, tmp_path: Path, monkeypatch) -> Env:
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.delenv("ORCHESTRATOR_CONFIG", raising=False)
-    monkeypatch.delenv("ORCHESTRATOR_SECRET_KEY", raising=False)
     return Env(Cli(db_url, config=str(config)), engine, db_url, folder, config, outbox, keys)
 
 
@@ -1090,7 +1089,7 @@ def test_an_invalid_offer_is_refused_with_file_and_line(env: Env, case: str):
 def _runner_process(db_url: str, config: str, jobs: list[tuple[str, str]], barrier, results) -> None:
     """A separate process with its own engine: for each (campaign file, --at), wait for the other process at the
     barrier, then run, so that both issue from the same budget at the same time."""
-    os.environ["ORCHESTRATOR_SECRET_KEY"] = "test-secret"  # no race on creating the unsubscribe key file
+    os.environ["ORCHESTRATOR_SECRET_KEY"] = "test-signing-key-" + "0123456789" * 3  # as tests/conftest.py sets
     cli = Cli(db_url, config=config)
     for file, at in jobs:
         try:

@@ -26,7 +26,7 @@ message:
     subject: "Hi {{ customer.name }}"
     text: "Hello {{ customer.name }}"
 """
-KEY = "test-secret-key"
+KEY = "test-secret-key-of-forty-characters!!"
 
 
 @dataclass

@@ -3,7 +3,8 @@
 One module per command family; each exposes ``register(cli)``. Plugins add commands through the
 ``register_commands`` hook. Errors become exit statuses here, once: 2 for invalid input, 1 for runtime
 failures, never a traceback (set ``ORCHESTRATOR_DEBUG=1`` to see one); 141 (as for a Unix tool stopped by SIGPIPE)
-when the reader of the output went away, e.g. ``orchestrator deliveries | head``, without a message.
+when the reader of the output went away, e.g. ``orchestrator deliveries | head``, without a message. Personal data
+is masked in error messages. The process runs with umask 077: every file it creates is readable by its owner only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 
 import click
+from sqlalchemy.exc import StatementError
 
 from orchestrator import __version__
 from orchestrator.cli import analyze as analyze_commands
@@ -25,7 +27,10 @@ from orchestrator.cli import plugins as plugin_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
+from orchestrator.masking import mask_text, mask_url
 from orchestrator.output import BROKEN_PIPE_EXIT, silence_stdout
+
+PRIVATE_UMASK = 0o077
 
 
 class OrchestratorGroup(click.Group):
@@ -46,9 +51,24 @@ class OrchestratorGroup(click.Group):
         except Exception as exc:
             if os.environ.get("ORCHESTRATOR_DEBUG"):
                 raise
-            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(f"error: {describe_unexpected(exc)}", err=True)
             click.echo("  hint: set ORCHESTRATOR_DEBUG=1 to see the traceback", err=True)
             ctx.exit(1)
+
+
+def describe_unexpected(exc: Exception) -> str:
+    """One line for an unexpected error, with personal data masked. A database error is described by the
+    driver's message and the statement, never the statement's parameters (customers' names, e-mails, phones)."""
+    if isinstance(exc, StatementError):
+        cause = exc.orig if exc.orig is not None else exc
+        message = str(cause).strip()
+        statement = " ".join((exc.statement or "").split())
+        if len(statement) > 200:
+            statement = statement[:200] + " …"
+        text = f"{type(cause).__name__}: {message}" + (f" [SQL: {statement}]" if statement else "")
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return mask_url(mask_text(text))
 
 
 @click.group(cls=OrchestratorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,6 +96,9 @@ def cli(ctx: click.Context, config_path: str | None, db_url: str | None) -> None
       orchestrator demo-data --preset seed-shop
       orchestrator analyze
     """
+    # everything this process creates (the SQLite database and its -wal / -shm files, outbox files, call lists,
+    # reject files, the signing key) holds personal data or secrets: owner-only, whatever the caller's umask
+    os.umask(PRIVATE_UMASK)
     ctx.obj = AppContext(config_path=config_path, db_url=db_url)
     ctx.call_on_close(ctx.obj.close)
 

@@ -11,8 +11,8 @@ from sqlalchemy import desc, func, select
 from orchestrator import suppressions
 from orchestrator.db.models import DELIVERY_STATES, SUPPRESSION_REASONS, Campaign, CampaignRun, Customer, Delivery
 from orchestrator.errors import InputError
+from orchestrator.masking import mask_contact, mask_text
 from orchestrator.output import emit_json, local_time, to_json
-from orchestrator.template_context import mask_phone
 
 LIST_BATCH = 500
 
@@ -151,7 +151,10 @@ def import_command(app, file: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def unsubscribe_command(app, token: str, as_json: bool) -> None:
-    """Honour a signed unsubscribe TOKEN (from an unsubscribe link): the customer is unsubscribed on its channel."""
+    """Honour a signed unsubscribe TOKEN, or the whole link (https://…?token=… or https://…/u/TOKEN): the
+    customer is unsubscribed on the link's channel (all channels for a link signed for "all").
+
+    Links are honoured for unsubscribe_token_days (config, default 365) after they were sent."""
     settings = app.settings
     with app.engine.begin() as conn:
         result = suppressions.unsubscribe(conn, settings, token)
@@ -179,7 +182,8 @@ def unsubscribe_command(app, token: str, as_json: bool) -> None:
 def deliveries_command(app, campaign, run_id, state, reason, customer_id, limit, summary, as_json) -> None:
     """The delivery ledger, newest first: one row per intended message and what became of it.
 
-    Contacts are masked (a***@example.com, +86 138****5678). What could not be delivered is listed by
+    Contacts are masked (a***@example.com, +86 138****5678), and so are addresses and phone numbers quoted in
+    a provider's reply (last_error). What could not be delivered is listed by
     `orchestrator deliveries --state failed`.
     """
     filters = _filters(campaign, run_id, state, reason, customer_id)
@@ -309,7 +313,7 @@ def _as_row(r) -> dict[str, Any]:
         "contact": mask_contact(r.contact),
         "attempts": r.attempts,
         "provider_id": r.provider_id,
-        "last_error": r.last_error,
+        "last_error": mask_text(r.last_error),  # a provider's reply may quote the address
         "sent_at": r.sent_at,
         "next_attempt_at": r.next_attempt_at,  # a pending message's retry time
         "deferred_until": r.deferred_until,  # a deferred message's time (quiet hours)
@@ -348,18 +352,6 @@ def _summary(conn, filters: list) -> list[dict[str, Any]]:
         run["states"] = dict(sorted(run["states"].items()))
         run["skipped"] = dict(sorted(run["skipped"].items()))
     return list(runs.values())
-
-
-def mask_contact(contact: str | None) -> str | None:
-    """An address for a listing: ``a***@example.com``, ``+86 138****5678``; never the full address."""
-    if not contact:
-        return contact
-    if "@" in contact:
-        local, _, domain = contact.rpartition("@")
-        return f"{local[:1]}***@{domain}"
-    if contact.startswith("+"):
-        return mask_phone(contact)
-    return f"{contact[:1]}***" if len(contact) > 4 else "***"  # another kind of address (e.g. an openid)
 
 
 def _stream_json(rows: Iterable[dict[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.errors import InputError, RuntimeFailure
+from orchestrator.masking import mask_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
@@ -44,10 +46,11 @@ def driver_hint(drivername: str) -> str:
 def create_db_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        parsed.get_dialect()  # an unknown kind of database is an input error too
+    except (ArgumentError, ValueError, NoSuchModuleError) as exc:
         raise InputError(
-            f"{url!r} is not a database URL",
-            hint="use e.g. sqlite:///orchestrator.db or postgresql://host/db",
+            f"{mask_url(url)!r} is not a database URL ({mask_url(str(exc))})",
+            hint="use e.g. sqlite:///orchestrator.db or postgresql://user@host:5432/db",
         ) from None
     backend = parsed.get_backend_name()
     if backend not in SUPPORTED_BACKENDS:
@@ -60,7 +63,8 @@ def create_db_engine(url: str) -> Engine:
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = create_engine(parsed)
+        # statement parameters (names, addresses, phones) stay out of error messages and logs unless debugging
+        engine = create_engine(parsed, hide_parameters=not os.environ.get("ORCHESTRATOR_DEBUG"))
     except ModuleNotFoundError as exc:
         raise RuntimeFailure(
             f"the driver for {parsed.drivername} is not installed (no module named {exc.name!r})",

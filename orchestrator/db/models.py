@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -134,6 +135,17 @@ class Suppression(Base):
     source: Mapped[str | None] = mapped_column(String(64))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+# One entry per target and channel. NULLs are distinct in a plain unique index, so the index is on COALESCE-d
+# values: NULL channel ("all channels") and NULL customer / address compare equal to each other.
+Index(
+    "uq_suppressions_target",
+    func.coalesce(Suppression.customer_pk, 0),
+    func.coalesce(Suppression.address, ""),
+    func.coalesce(Suppression.channel, ""),
+    unique=True,
+)
 
 
 class Campaign(Base):
