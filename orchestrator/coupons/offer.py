@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator.campaign.schema import Budget, Condition
 from orchestrator.coupons import codes
-from orchestrator.db.models import Campaign, Coupon, OfferBudget
+from orchestrator.db.models import Campaign, Coupon, Delivery, OfferBudget
 from orchestrator.db.types import Money
 from orchestrator.hookspecs import hookimpl
 from orchestrator.offers import Grant, OfferKind, Withheld
@@ -327,6 +327,50 @@ class CouponOffer(OfferKind):
             "expires_at": valid_until - timedelta(seconds=1),  # the last moment it is valid, for printing
             "description": terms.describe(),
         }
+
+
+def give_back_unsent(conn, coupon_pks: Sequence[int]) -> int:
+    """Void the coupons of messages skipped before sending (the member opted out after planning) and return them
+    to their offer's budget; a coupon another message of the member still carries (sent, or still to send) is
+    kept. Returns how many were voided.
+
+    The coupons are locked first, so that two processes skipping the two messages of one coupon at once do not
+    each see the other's message still to send and keep it."""
+    pks = sorted(set(coupon_pks))
+    if not pks:
+        return 0
+    locked = select(Coupon.id).where(Coupon.id.in_(pks), Coupon.state == "issued").order_by(Coupon.id)
+    if conn.dialect.name == "postgresql":
+        locked = locked.with_for_update()
+    pks = list(conn.scalars(locked))
+    carried = select(Delivery.coupon_pk).where(
+        Delivery.coupon_pk.in_(pks), Delivery.state.not_in(("skipped", "held_out"))
+    )
+    voided = conn.execute(
+        update(Coupon)
+        .where(Coupon.id.in_(pks), Coupon.state == "issued", Coupon.id.not_in(carried))
+        .values(state="void")
+        .returning(Coupon.campaign_pk, Coupon.step, Coupon.terms)
+    ).all()
+    for coupon in voided:
+        if coupon.campaign_pk is not None and coupon.step is not None:
+            face = Decimal(str((coupon.terms or {}).get("face_value") or 0))
+            give_back_budget(conn, coupon.campaign_pk, coupon.step, face)
+    return len(voided)
+
+
+def give_back_budget(conn, campaign_pk: int, step: str, face: Decimal) -> None:
+    """Uncount one coupon of face value ``face`` from its offer's budget."""
+    conn.execute(
+        update(OfferBudget)
+        .where(
+            OfferBudget.campaign_pk == campaign_pk,
+            OfferBudget.step == step,
+            OfferBudget.offer_kind == CouponOffer.name,
+            OfferBudget.issued > 0,
+        )
+        .values(issued=OfferBudget.issued - 1, face_value=OfferBudget.face_value - face)
+    )
 
 
 @hookimpl
