@@ -2,6 +2,10 @@
 against a policy, defers (never drops) those in their quiet hours, contacts whoever has an allowed channel, and
 records every skipped member with exactly one reason.
 
+Policies may change between planning and sending: the world also holds opt-outs that happen after the run is
+planned (``--plan-only``) and before it is dispatched - suppressions by member or address, consents withdrawn.
+A message planned before such a change is never sent: it ends ``skipped`` with the reason the planner would give.
+
 Hypothesis draws small worlds; each is written to a fresh SQLite database and run through the real pipeline and
 dispatcher (file outboxes). The oracle below is written from the policy rules in docs/guarantees.md, not from the code.
 """
@@ -17,11 +21,12 @@ from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from orchestrator.config import Settings
 from orchestrator.db.engine import create_db_engine
 from orchestrator.db.models import Campaign, CampaignRun, Customer, CustomerConsent, Delivery, Suppression
+from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.service import Orchestrator
 from orchestrator.timeutil import DailyWindow
 
@@ -61,6 +66,9 @@ class World:
     caps: tuple[Cap, ...]
     quiet: str | None
     strategy: str
+    # opt-outs after planning, before dispatch
+    late_blocks: tuple[Block, ...] = ()
+    late_withdrawals: frozenset[tuple[int, str]] = frozenset()  # (member, consent channel)
 
 
 members = st.builds(
@@ -83,6 +91,10 @@ worlds = st.integers(1, 10).flatmap(
         ).map(tuple),
         quiet=st.sampled_from((None, "21:00-09:00", "12:00-13:00", "00:00-23:59", "20:00-04:00")),
         strategy=st.sampled_from(("first_reachable", "all")),
+        late_blocks=st.lists(
+            st.builds(Block, st.integers(0, n - 1), st.booleans(), st.sampled_from((None, *CHANNELS))), max_size=3
+        ).map(tuple),
+        late_withdrawals=st.frozensets(st.tuples(st.integers(0, n - 1), st.sampled_from(CHANNELS)), max_size=3),
     )
 )
 
@@ -94,6 +106,18 @@ def address(world: World, index: int, channel: str) -> str | None:
     return f"+86138000{index:05d}" if member.phone else None
 
 
+def blocked(world: World, blocks: tuple[Block, ...], index: int, channel: str) -> bool:
+    contact = address(world, index, channel)
+    for block in blocks:
+        if block.by_address:  # the written address: the member's on the block's channel (e-mail for all)
+            applies = address(world, block.member, block.channel or "email") == contact
+        else:
+            applies = block.member == index
+        if applies and block.channel in (None, channel):
+            return True
+    return False
+
+
 def allowed(world: World, index: int, channel: str) -> str | None:
     """Why ``channel`` may not be used for this member (None: it may), by the rules, not the code."""
     member = world.members[index]
@@ -102,18 +126,22 @@ def allowed(world: World, index: int, channel: str) -> str | None:
         return "no_contact"
     if CONSENT[channel] not in member.consents:
         return "no_consent"
-    for block in world.blocks:
-        if block.by_address:  # the written address: the member's on the block's channel (e-mail for all)
-            applies = address(world, block.member, block.channel or "email") == contact
-        else:
-            applies = block.member == index
-        if applies and block.channel in (None, channel):
-            return "suppressed"
+    if blocked(world, world.blocks, index, channel):
+        return "suppressed"
     for cap in world.caps:
         if cap.channel in (None, channel):
             counted = [c for c, hours in member.earlier_sends if cap.channel in (None, c) and hours < cap.days * 24]
             if len(counted) >= cap.max:
                 return "frequency_cap"
+    return None
+
+
+def late_reason(world: World, index: int, channel: str) -> str | None:
+    """Why a message planned on ``channel`` may no longer be sent, after the late opt-outs (None: it may)."""
+    if (index, CONSENT[channel]) in world.late_withdrawals:
+        return "no_consent"
+    if blocked(world, world.late_blocks, index, channel):
+        return "suppressed"
     return None
 
 
@@ -172,21 +200,37 @@ def write(engine, world: World) -> dict[int, int]:
                         updated_at=sent_at,
                     )
                 )
-        for block in world.blocks:
-            channel = block.channel or "email"
-            target = address(world, block.member, channel) if block.by_address else None
-            if block.by_address and target is None:
-                continue  # nothing to name: no suppression is written (and the oracle needs none)
-            conn.execute(
-                insert(Suppression).values(
-                    customer_pk=None if block.by_address else pks[block.member],
-                    address=target,
-                    channel=block.channel,
-                    reason="unsubscribed",
-                    created_at=now,
-                )
-            )
+        write_blocks(conn, world, world.blocks, pks)
     return pks
+
+
+def write_blocks(conn, world: World, blocks: tuple[Block, ...], pks: dict[int, int]) -> None:
+    for block in blocks:
+        channel = block.channel or "email"
+        target = address(world, block.member, channel) if block.by_address else None
+        if block.by_address and target is None:
+            continue  # nothing to name: no suppression is written (and the oracle needs none)
+        conn.execute(
+            insert(Suppression).values(
+                customer_pk=None if block.by_address else pks[block.member],
+                address=target,
+                channel=block.channel,
+                reason="unsubscribed",
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+def opt_out_late(engine, world: World, pks: dict[int, int]) -> None:
+    """The opt-outs that happen after planning: suppressions added, consents withdrawn."""
+    with engine.begin() as conn:
+        write_blocks(conn, world, world.late_blocks, pks)
+        for index, channel in world.late_withdrawals:
+            conn.execute(
+                update(CustomerConsent)
+                .where(CustomerConsent.customer_pk == pks[index], CustomerConsent.channel == channel)
+                .values(opted_in=False)
+            )
 
 
 def campaign_file(folder: Path, world: World) -> Path:
@@ -216,12 +260,17 @@ def test_no_message_against_a_policy_and_one_reason_per_skip(world: World, tmp_p
     engine = create_db_engine(f"sqlite:///{folder / 'db.sqlite'}")
     try:
         # a block on a missing address writes nothing: drop it from the world the oracle reads too
+        def written(blocks: tuple[Block, ...]) -> tuple[Block, ...]:
+            return tuple(b for b in blocks if not b.by_address or address(world, b.member, b.channel or "email"))
+
         world = World(
             world.members,
-            tuple(b for b in world.blocks if not b.by_address or address(world, b.member, b.channel or "email")),
+            written(world.blocks),
             world.caps,
             world.quiet,
             world.strategy,
+            written(world.late_blocks),
+            world.late_withdrawals,
         )
         pks = write(engine, world)
         config = Settings(
@@ -230,17 +279,25 @@ def test_no_message_against_a_policy_and_one_reason_per_skip(world: World, tmp_p
             channels={"sms": {"outbox": "out/sms"}, "email": {"outbox": "out/email"}},
         )
         service = Orchestrator(config, engine)
-        result = service.runner(service.load(campaign_file(folder, world))).execute(AT, dry_run=False, sample=0)
+        runner = service.runner(service.load(campaign_file(folder, world)))
+        result = runner.execute(AT, dry_run=False, sample=0, send=False)  # planned, as with --plan-only
+        query = select(Delivery.customer_pk, Delivery.channel, Delivery.state, Delivery.reason).where(
+            Delivery.run_pk == result.run_id
+        )
         with engine.connect() as conn:
-            rows = conn.execute(
-                select(Delivery.customer_pk, Delivery.channel, Delivery.state, Delivery.reason).where(
-                    Delivery.run_pk == result.run_id
-                )
-            ).all()
+            planned = conn.execute(query).all()
+        opt_out_late(engine, world, pks)
+        dispatcher = Dispatcher(engine, config, service.channel)
+        try:  # everything due, the quiet hours' deferrals included
+            dispatcher.drain(result.run_id, linger=0, deferred_due_at=AT + timedelta(days=2))
+        finally:
+            dispatcher.close()
+        with engine.connect() as conn:
+            sent = {(row.customer_pk, row.channel): row for row in conn.execute(query)}
     finally:
         engine.dispose()
     by_member = defaultdict(list)
-    for row in rows:
+    for row in planned:
         by_member[row.customer_pk].append(row)
     for index in range(len(world.members)):
         mine = by_member[pks[index]]
@@ -250,11 +307,16 @@ def test_no_message_against_a_policy_and_one_reason_per_skip(world: World, tmp_p
         if not open_channels:
             assert len(mine) == 1 and mine[0].state == "skipped", mine  # exactly one row, one reason
             assert mine[0].reason in set(reasons.values()), (mine, reasons)  # a reason that holds
+            assert sent[(mine[0].customer_pk, mine[0].channel)] == mine[0]  # dispatch left it alone
             continue
         assert "skipped" not in states, (mine, reasons)
         for row in mine:
             assert reasons[row.channel] is None, (row, reasons)  # never a message against a policy
         expected = open_channels[:1] if world.strategy == "first_reachable" else open_channels
         assert sorted(row.channel for row in mine) == sorted(expected)
-        assert states == ({"deferred"} if in_quiet_hours(world, index) else {"sent"}), (mine, world.quiet)
+        assert states == ({"deferred"} if in_quiet_hours(world, index) else {"pending"}), (mine, world.quiet)
+        for row in mine:  # policy changes between plan and send: the opted-out are skipped, the rest sent
+            late = late_reason(world, index, row.channel)
+            after = sent[(row.customer_pk, row.channel)]
+            assert (after.state, after.reason) == (("skipped", late) if late else ("sent", None)), (after, world)
     assert sum(result.skipped.values()) == sum(1 for m in by_member.values() if m[0].state == "skipped")

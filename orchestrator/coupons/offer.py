@@ -23,6 +23,11 @@ A member who fails the guard, exceeds the per-customer limit, already holds a li
 after the budget is spent is withheld with that reason (``guard``, ``per_customer``, ``exclusivity``,
 ``budget``). Every issued coupon belongs to one member and one run, and is written in the same transaction as
 the delivery row that carries it.
+
+Several processes may run the same campaign at the same time (the same run): a member's coupon is unique per
+(run, member, step), and the budget is taken and the coupon written in one savepoint. The process that finds the
+member's coupon already issued by another rolls its budget back and uses that coupon: it issues nothing, spends
+nothing, and its delivery row for the member (the same key as the other's) is not written either.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import and_, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.campaign.schema import Budget, Condition
 from orchestrator.coupons import codes
-from orchestrator.db.models import Campaign, Coupon, OfferBudget
+from orchestrator.db.models import Campaign, Coupon, Delivery, OfferBudget
 from orchestrator.db.types import Money
 from orchestrator.hookspecs import hookimpl
 from orchestrator.offers import Grant, OfferKind, Withheld
@@ -161,6 +167,7 @@ class CouponOffer(OfferKind):
         super().__init__(options, settings, step)
         self._held: dict[int, int] = {}  # customer -> coupons of this campaign already held
         self._live_in_group: set[int] = set()
+        self._in_run: dict[int, int] = {}  # customer -> their coupon of this step in this run, issued earlier
         self._predicted: tuple[int, Decimal] | None = None  # dry run: the budget as it would be
 
     # -- per batch ------------------------------------------------------------------------------------------
@@ -185,12 +192,23 @@ class CouponOffer(OfferKind):
                     )
                 )
             )
+        self._in_run = {}
+        if run.get("run_pk") is not None:
+            self._in_run = dict(
+                conn.execute(
+                    select(Coupon.customer_pk, Coupon.id).where(
+                        Coupon.run_pk == run["run_pk"], Coupon.step == self.step.name, Coupon.customer_pk.in_(pks)
+                    )
+                ).all()
+            )
         if dry_run and self._predicted is None:
             self._predicted = self._budget_now(conn, campaign_pk)
 
     # -- per member -----------------------------------------------------------------------------------------
     def grant(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], dry_run: bool) -> Grant | Withheld:
         terms = self.options
+        if not dry_run and customer["pk"] in self._in_run:  # another process sharing the run issued it
+            return self.recall(conn, self._in_run[customer["pk"]])
         if terms.guard is not None and not customer.get(f"guard_{self.step.index}"):
             return Withheld("guard")
         if self._held.get(customer["pk"], 0) >= terms.per_customer:
@@ -204,9 +222,10 @@ class CouponOffer(OfferKind):
             issued, spent = self._predicted
             self._predicted = (issued + 1, spent + face)
             return Grant(self._context("DRYRUN000000", run["at"]), face_value=face)
-        if not self._take_budget(conn, run["campaign_pk"], face):
-            return Withheld("budget")
-        coupon_pk, code = self._issue(conn, customer, run, face)
+        issued = self._issue_once(conn, customer, run, face)
+        if not isinstance(issued, tuple):
+            return issued
+        coupon_pk, code = issued
         self._held[customer["pk"]] = self._held.get(customer["pk"], 0) + 1
         if terms.group:
             self._live_in_group.add(customer["pk"])
@@ -274,7 +293,27 @@ class CouponOffer(OfferKind):
         return taken.rowcount == 1
 
     # -- the coupon -----------------------------------------------------------------------------------------
-    def _issue(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], face: Decimal) -> tuple[int, str]:
+    def _issue_once(self, conn, customer, run, face: Decimal) -> tuple[int, str] | Grant | Withheld:
+        """Take the budget and write the coupon: (coupon id, code); ``Withheld("budget")``; or, when another
+        process sharing the run has just issued the member's coupon, that coupon's grant, with the budget taken
+        here given back. (A compensating update rather than a savepoint: on SQLite a savepoint opened before the
+        budget's read would turn the write into a lock upgrade that fails instead of waiting.)"""
+        if not self._take_budget(conn, run["campaign_pk"], face):
+            return Withheld("budget")
+        issued = self._issue(conn, customer, run, face)
+        if issued is not None:
+            return issued
+        give_back_budget(conn, run["campaign_pk"], self.step.name, face)
+        theirs = conn.scalar(
+            select(Coupon.id).where(
+                Coupon.run_pk == run["run_pk"], Coupon.customer_pk == customer["pk"], Coupon.step == self.step.name
+            )
+        )
+        return self.recall(conn, theirs)
+
+    def _issue(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], face: Decimal):
+        """Write the member's coupon for this run and step: (id, code), or None if it is already there (the
+        unique key (run, customer, step))."""
         terms = self.options
         valid_from, valid_until = validity(terms, run["at"], self.settings.tz)
         values = {
@@ -301,14 +340,19 @@ class CouponOffer(OfferKind):
             "state": "issued",
             "issued_at": run["at"],
         }
+        dialect = {"sqlite": sqlite, "postgresql": postgresql}[conn.dialect.name]
         for _ in range(5):  # a collision in a 54-bit space is next to impossible; retry all the same
             code = codes.new_code()
+            statement = (
+                dialect.insert(Coupon)
+                .values(code=code, **values)
+                .on_conflict_do_nothing(index_elements=["run_pk", "customer_pk", "step"])
+                .returning(Coupon.id)
+            )
             try:
                 with conn.begin_nested():
-                    coupon_pk = conn.execute(
-                        insert(Coupon).values(code=code, **values).returning(Coupon.id)
-                    ).scalar_one()
-                return coupon_pk, code
+                    coupon_pk = conn.execute(statement).scalar_one_or_none()
+                return (coupon_pk, code) if coupon_pk is not None else None
             except IntegrityError:
                 continue
         raise RuntimeError("could not draw an unused coupon code")
@@ -327,6 +371,50 @@ class CouponOffer(OfferKind):
             "expires_at": valid_until - timedelta(seconds=1),  # the last moment it is valid, for printing
             "description": terms.describe(),
         }
+
+
+def give_back_unsent(conn, coupon_pks: Sequence[int]) -> int:
+    """Void the coupons of messages skipped before sending (the member opted out after planning) and return them
+    to their offer's budget; a coupon another message of the member still carries (sent, or still to send) is
+    kept. Returns how many were voided.
+
+    The coupons are locked first, so that two processes skipping the two messages of one coupon at once do not
+    each see the other's message still to send and keep it."""
+    pks = sorted(set(coupon_pks))
+    if not pks:
+        return 0
+    locked = select(Coupon.id).where(Coupon.id.in_(pks), Coupon.state == "issued").order_by(Coupon.id)
+    if conn.dialect.name == "postgresql":
+        locked = locked.with_for_update()
+    pks = list(conn.scalars(locked))
+    carried = select(Delivery.coupon_pk).where(
+        Delivery.coupon_pk.in_(pks), Delivery.state.not_in(("skipped", "held_out"))
+    )
+    voided = conn.execute(
+        update(Coupon)
+        .where(Coupon.id.in_(pks), Coupon.state == "issued", Coupon.id.not_in(carried))
+        .values(state="void")
+        .returning(Coupon.campaign_pk, Coupon.step, Coupon.terms)
+    ).all()
+    for coupon in voided:
+        if coupon.campaign_pk is not None and coupon.step is not None:
+            face = Decimal(str((coupon.terms or {}).get("face_value") or 0))
+            give_back_budget(conn, coupon.campaign_pk, coupon.step, face)
+    return len(voided)
+
+
+def give_back_budget(conn, campaign_pk: int, step: str, face: Decimal) -> None:
+    """Uncount one coupon of face value ``face`` from its offer's budget."""
+    conn.execute(
+        update(OfferBudget)
+        .where(
+            OfferBudget.campaign_pk == campaign_pk,
+            OfferBudget.step == step,
+            OfferBudget.offer_kind == CouponOffer.name,
+            OfferBudget.issued > 0,
+        )
+        .values(issued=OfferBudget.issued - 1, face_value=OfferBudget.face_value - face)
+    )
 
 
 @hookimpl

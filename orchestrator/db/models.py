@@ -252,7 +252,8 @@ class SharedValue(Base):
 
 
 class Coupon(Base):
-    """An issued offer: owned by exactly one customer and one campaign run."""
+    """An issued offer: owned by exactly one customer and one campaign run; at most one per (run, customer,
+    step), so that processes sharing a run can never issue a member's coupon twice."""
 
     __tablename__ = "coupons"
 
@@ -277,6 +278,7 @@ class Coupon(Base):
         Index("ix_coupons_customer_group_state", "customer_pk", "group", "state"),
         # per-customer limits count a customer's coupons of one campaign
         Index("ix_coupons_campaign_customer", "campaign_pk", "customer_pk"),
+        UniqueConstraint("run_pk", "customer_pk", "step"),
     )
 
 

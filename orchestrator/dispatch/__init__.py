@@ -4,7 +4,8 @@ The planner (``orchestrator.pipeline``) writes every intended message to the led
 before anything is sent. Dispatch is then the same loop whichever process runs it, which is why several processes
 can share a run:
 
-- ``claims``: the ledger side - claim due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), record one result;
+- ``claims``: the ledger side - claim due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), skipping those whose
+  member opted out since planning (consent and suppression checked again), record one result;
 - ``retry``: when a transient failure is tried again (exponential backoff with jitter, up to a count and an age);
 - ``breaker``: a circuit breaker per channel, so a failing provider pauses instead of burning the audience;
 - ``quotas``: providers' rate limits (messages per second, daily cap), shared through the database;

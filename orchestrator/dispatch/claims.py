@@ -6,6 +6,12 @@ them. The claim is one ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING i
 ``FOR UPDATE SKIP LOCKED``, so concurrent claimers take different rows without waiting for each other. Every
 result update is conditional on the row still being claimed by this process, so a process that lost its lease
 can never overwrite what the next holder recorded.
+
+Consent and suppression are checked again in the claiming transaction, with the planner's own rules
+(``policies.BatchLookups``): a message may wait hours or days between planning and sending (quiet hours,
+``run --plan-only``, a retry), and a member who opted out meanwhile is never contacted. Such a row ends
+``skipped`` with the planner's reason (``no_consent`` / ``suppressed``), and the coupon it carried, if no other
+message carries it, is voided and given back to its offer's budget.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, true, update
 
-from orchestrator import suppressions
+from orchestrator import policies, suppressions
 from orchestrator.channels import OutgoingMessage, RenderedMessage, SendResult
+from orchestrator.coupons.offer import give_back_unsent
 from orchestrator.db.models import Campaign, CampaignRun, Customer, Delivery, DeliveryPayload
 from orchestrator.ledger import decode_payload, delivery_key
 from orchestrator.timeutil import utcnow
@@ -57,6 +65,18 @@ class Claimed:
             run_id=self.run_pk,
             campaign=self.campaign,
         )
+
+
+@dataclass
+class Batch:
+    """What one claim took: the messages to send, and the rows skipped instead (by reason) because the member
+    opted out after planning."""
+
+    messages: list[Claimed] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.messages) + sum(self.skipped.values())
 
 
 def due(now: datetime, deferred_due_at: datetime | None):
@@ -108,12 +128,15 @@ def claim(
     *,
     run_pk: int,
     channel: str,
+    consent: str | None,
     limit: int,
     worker: str,
     now: datetime,
     lease: timedelta,
     deferred_due_at: datetime | None = None,
-) -> list[Claimed]:
+) -> Batch:
+    """Claim up to ``limit`` due rows of one channel; ``consent`` is the consent the channel requires (None:
+    none, suppression still applies). Rows whose member may no longer be contacted are skipped, not returned."""
     candidates = (
         select(Delivery.id)
         .where(Delivery.run_pk == run_pk, Delivery.channel == channel, due(now, deferred_due_at), unclaimed(now))
@@ -132,8 +155,9 @@ def claim(
         .scalars()
         .all()
     )
+    batch = Batch()
     if not ids:
-        return []
+        return batch
     rows = conn.execute(
         select(
             Delivery.id,
@@ -146,6 +170,7 @@ def claim(
             Delivery.created_at,
             Campaign.name,
             DeliveryPayload.body,
+            Delivery.coupon_pk,
         )
         .join(Customer, Customer.id == Delivery.customer_pk)
         .join(CampaignRun, CampaignRun.id == Delivery.run_pk)
@@ -153,8 +178,48 @@ def claim(
         .outerjoin(DeliveryPayload, DeliveryPayload.delivery_pk == Delivery.id)
         .where(Delivery.id.in_(ids))
         .order_by(Delivery.id)
-    )
-    return [Claimed(*row[:-1], decode_payload(row.body) if row.body is not None else None) for row in rows]
+    ).all()
+    refused = _refusals(conn, rows, consent)
+    if refused:
+        _skip(conn, refused, worker, now)
+        give_back_unsent(conn, [row.coupon_pk for row in rows if row.id in refused and row.coupon_pk is not None])
+        batch.skipped.update(refused.values())
+    batch.messages = [
+        Claimed(*row[:9], decode_payload(row.body) if row.body is not None else None)
+        for row in rows
+        if row.id not in refused
+    ]
+    return batch
+
+
+def _refusals(conn: Connection, rows: Sequence[Any], consent: str | None) -> dict[int, str]:
+    """{delivery id: skip reason} for the rows whose member may not be contacted now, by the planner's rules
+    (consent first, then suppression by member or address, on this channel or all)."""
+    lookups = policies.BatchLookups(conn, list({row.customer_pk for row in rows}), [row.contact for row in rows])
+    refused: dict[int, str] = {}
+    for row in rows:
+        if not lookups.has_consent(row.customer_pk, consent):
+            refused[row.id] = policies.NO_CONSENT
+        elif lookups.is_suppressed(row.customer_pk, row.channel, row.contact or ""):
+            refused[row.id] = policies.SUPPRESSED
+    return refused
+
+
+def _skip(conn: Connection, refused: dict[int, str], worker: str, now: datetime) -> None:
+    for reason in set(refused.values()):
+        conn.execute(
+            update(Delivery)
+            .where(Delivery.id.in_([pk for pk, why in refused.items() if why == reason]), Delivery.claimed_by == worker)
+            .values(
+                state="skipped",
+                reason=reason,
+                claimed_by=None,
+                claim_expires=None,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+        )
+    conn.execute(delete(DeliveryPayload).where(DeliveryPayload.delivery_pk.in_(list(refused))))
 
 
 def release_dead_claims(conn: Connection, run_pk: int) -> int:

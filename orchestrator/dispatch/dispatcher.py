@@ -33,7 +33,8 @@ ADDRESS_FIELDS = ("email", "phone", "wechat_openid")  # a provider's suppression
 
 @dataclass
 class DrainReport:
-    outcomes: Counter = field(default_factory=Counter)  # sent, failed, retrying (a transient failure, to retry)
+    # sent, failed, retrying (a transient failure, to retry), skipped (the member opted out after planning)
+    outcomes: Counter = field(default_factory=Counter)
     paused: dict[str, str] = field(default_factory=dict)  # channel -> why it is paused (breaker, rate limit)
     open: dict[str, int] = field(default_factory=dict)  # rows left pending / deferred when the drain returned
 
@@ -153,17 +154,20 @@ class Dispatcher:
                 conn,
                 run_pk=run_pk,
                 channel=name,
+                consent=state.channel.consent,
                 limit=granted,
                 worker=self.worker,
                 now=now,
                 lease=timedelta(seconds=self.config.lease_seconds),
                 deferred_due_at=deferred_due_at,
             )
-        state.quota.give_back(granted - len(batch))
-        if not batch:
-            return False, None
+        state.quota.give_back(granted - len(batch.messages))
+        if batch.skipped:
+            report.outcomes["skipped"] += sum(batch.skipped.values())
+        if not batch.messages:
+            return bool(batch.skipped), None
         report.paused.pop(name, None)
-        self._send(state, batch, report)
+        self._send(state, batch.messages, report)
         return True, None
 
     def _send(self, state: _ChannelState, batch: list[claims.Claimed], report: DrainReport) -> None:
