@@ -205,11 +205,19 @@ def write(engine, world: World) -> dict[int, int]:
 
 
 def write_blocks(conn, world: World, blocks: tuple[Block, ...], pks: dict[int, int]) -> None:
+    # the list holds one entry per target and channel (a unique key): a repeated block, or a late one already in
+    # place, adds nothing
+    rows = conn.execute(select(Suppression.customer_pk, Suppression.address, Suppression.channel))
+    written = {tuple(row) for row in rows}
     for block in blocks:
         channel = block.channel or "email"
         target = address(world, block.member, channel) if block.by_address else None
         if block.by_address and target is None:
             continue  # nothing to name: no suppression is written (and the oracle needs none)
+        key = (None if block.by_address else pks[block.member], target, block.channel)
+        if key in written:
+            continue
+        written.add(key)
         conn.execute(
             insert(Suppression).values(
                 customer_pk=None if block.by_address else pks[block.member],

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 
 from orchestrator.data.records import CUSTOMER_COLUMNS
 from orchestrator.db.models import Coupon, Customer, Delivery, DeliveryPayload, OfferBudget
-from orchestrator.unsubscribe import secret_key, sign
+from orchestrator.unsubscribe import load_keys, sign
 from tests.clitools import Cli
 from tests.httpserver import Request, Response, serve
 
@@ -83,7 +83,7 @@ def write_customers(path: Path, opted_out: str | None = None) -> Path:
 def opt_out(way: str, cli: Cli, folder: Path) -> str:
     """Opt the member out in one of the three ways; the skip reason dispatch must record."""
     if way == "unsubscribe_token":
-        token = sign(secret_key(folder, create=False), OPTED_OUT, "webhook")
+        token = sign(load_keys(folder).current, OPTED_OUT, "webhook")
         result = cli("suppress", "unsubscribe", token)
         assert result.exit_code == 0, result.output
         return "suppressed"
