@@ -345,7 +345,7 @@ NULLS = [
     ("signup_days", {}, "C10", 31),  # no signup time
     ("province", {}, "C13", "浙江"),
     ("city", {}, "C13", "杭州"),
-    ("gender", {}, "C10", "F"),
+    ("gender", {}, "C10", "female"),
     ("payment_share", {"method": "card"}, "C09", Fraction(1, 4)),  # no orders
     ("payment_share", {"method": "stored_value", "within": "30d"}, "C24", 1),  # none in the window
     ("coupon_redemption_rate", {}, "C04", Fraction(1, 2)),  # no coupons
@@ -608,8 +608,8 @@ def test_all_any_not_and_several_keys(conn: Connection):
     check("{lifecycle: {in: [dormant, lost]}, consent_sms: true, orders_above_store_aov: {gte: 1}}")
     check("any: [{recency_days: {gte: 180}}, {not: [{recency_days: {gte: 0}}]}]", includes="C07 C09")
     check("province: 浙江", includes="C01", excludes="C13")
-    check("not: [{province: 浙江}, {gender: F}]", includes="C04 C13", excludes="C01 C03")
-    check("any: [{province: 浙江}, {gender: F}]", includes="C01 C03", excludes="C04 C13 C10")
+    check("not: [{province: 浙江}, {gender: female}]", includes="C04 C13", excludes="C01 C03")
+    check("any: [{province: 浙江}, {gender: female}]", includes="C01 C03", excludes="C04 C13 C10")
     checker.assert_clean()
 
 
@@ -660,7 +660,7 @@ def test_every_fact_in_one_statement(conn: Connection):
         "{clv: {gt: 0}}",
         "{province: {ne: 北京}}",
         "{city: {ne: 深圳}}",
-        "{gender: {in: [F, M]}}",
+        "{gender: {in: [female, male]}}",
         "{signup_days: {gte: 0}}",
         "{not: [{consent_email: false}, {consent_sms: false}]}",
         "{payment_share: {method: wechat_pay, lt: 1}}",

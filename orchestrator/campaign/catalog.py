@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from orchestrator.db.models import GENDERS
 from orchestrator.facts import LIFECYCLE_STAGES, RFM_SEGMENTS
 
 ValueKind = Literal["int", "number", "money", "string", "bool", "ratio"]
@@ -60,7 +61,7 @@ BUILTIN_FACTS: tuple[FactSpec, ...] = (
     FactSpec("clv", "money", "customer lifetime value estimate (see config clv)", nullable=True),
     FactSpec("province", "string", "province", nullable=True),
     FactSpec("city", "string", "city", nullable=True),
-    FactSpec("gender", "string", "gender", nullable=True),
+    FactSpec("gender", "string", "gender as stored by import: female, male or other", choices=GENDERS, nullable=True),
     FactSpec("age", "int", "age in whole years", nullable=True),
     FactSpec("days_to_birthday", "int", "days until the next birthday (0 on the day)", nullable=True),
     FactSpec("signup_days", "int", "whole days since sign-up", nullable=True),

@@ -71,7 +71,7 @@ MAX_MINOR_UNITS = 2**63 - 1  # the BIGINT money column
 _TRUE = frozenset({"true", "1", "yes", "y", "是"})
 _FALSE = frozenset({"false", "0", "no", "n", "否", ""})
 # the stored genders are the demo generator's words; segment conditions compare with them (gender: female)
-_GENDERS = {
+_GENDERS = {  # to the stored words, GENDERS
     **dict.fromkeys(("male", "m", "man", "男", "男性", "先生"), "male"),
     **dict.fromkeys(("female", "f", "woman", "女", "女性", "女士"), "female"),
     **dict.fromkeys(("other", "其他"), "other"),

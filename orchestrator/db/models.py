@@ -49,6 +49,7 @@ ORDER_STATUSES = ("paid", "refunded", "cancelled")
 DELIVERY_STATES = ("pending", "sent", "failed", "skipped", "deferred", "held_out")
 COUPON_STATES = ("issued", "redeemed", "expired", "void")
 SUPPRESSION_REASONS = ("unsubscribed", "bounced", "complained", "do_not_contact")
+GENDERS = ("female", "male", "other")  # the stored words; import normalises 女 / F / woman … to them
 
 
 class Base(DeclarativeBase):
