@@ -47,8 +47,8 @@ import premailer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, BenchmarkError, heading, rate, ratio, secs, step, stop_on_sigterm, table
-from orchestrator_plugins.email import inline as email_inline
 from orchestrator_plugins.email import EmailChannel, EmailOptions
+from orchestrator_plugins.email import inline as email_inline
 from orchestrator_plugins.email.smtp import Envelope
 
 from orchestrator.channels import OutgoingMessage, SendStatus

@@ -39,6 +39,7 @@ from jinja2 import (
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from orchestrator import template_limits as limits
 from orchestrator.errors import InputError
 from orchestrator.template_context import register_filters, synthetic_context
 from orchestrator.timeutil import zone
@@ -146,9 +147,35 @@ class _FolderLoader(BaseLoader):
 
 
 class TemplateEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, with one shortcut: ``customer.name`` on a plain dict (all template data is) reads the key
-    directly. The sandbox's own lookup tries the attribute first and pays for an AttributeError on every field of
-    every message; a dict's keys are data, never Python internals, so reading them first is just as safe."""
+    """The sandbox, bounded (``orchestrator.template_limits``: operators that can build huge values, calls, loops
+    and ``~`` are checked), with one shortcut: ``customer.name`` on a plain dict (all template data is) reads the
+    key directly. The sandbox's own lookup tries the attribute first and pays for an AttributeError on every field
+    of every message; a dict's keys are data, never Python internals, so reading them first is just as safe."""
+
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        return limits.binop(operator, left, right)
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        limits.check_time()
+        limits.check_call(obj, args, kwargs)
+        return limits.check_result(super().call(context, obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        template = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            limits.check_brace_format(template, args, kwargs)
+            return limits.check_result(wrapped(*args, **kwargs))
+
+        return checked
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+        return limits.bound_loops(super()._parse(source, name, filename))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is dict:
@@ -173,6 +200,7 @@ def make_environment(
         finalize=_finalize,
     )
     register_filters(env, currency=currency, tz=tz or zone("Asia/Shanghai"))
+    env.filters.update(limits.bounded_filters(env.filters))
     return env
 
 
@@ -199,7 +227,8 @@ class CompiledTemplate:
                 # Template.render, less its per-call copy of the globals ChainMap (flattened once, below): a
                 # message renders several small templates, and that copy was most of a subject line's cost
                 scope = template.new_context({**self._globals, **context}, shared=True)
-                return template.environment.concat(template.root_render_func(scope))  # type: ignore[attr-defined]
+                limits.start_render()
+                return limits.joined(template.root_render_func(scope))  # type: ignore[attr-defined]
             except Exception:
                 template.environment.handle_exception()  # re-raises with template line numbers
         except InputError:
@@ -223,6 +252,8 @@ class CompiledTemplate:
 
 def _describe(exc: Exception) -> tuple[str, str | None]:
     """What went wrong, in the template author's terms, and what to do about it."""
+    if isinstance(exc, limits.TemplateLimitError):
+        return str(exc), limits.LIMITS_HINT
     if isinstance(exc, SecurityError):
         return f"not allowed in a template: {exc}", SANDBOX_HINT
     if isinstance(exc, UndefinedError):

@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from orchestrator_plugins.email import inline as email_inline
 from orchestrator_plugins.email import EmailChannel, EmailOptions
+from orchestrator_plugins.email import inline as email_inline
 from orchestrator_plugins.email.mime import build_message
 
 from orchestrator.channels import OutgoingMessage, RenderedMessage, SendStatus
