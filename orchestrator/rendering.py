@@ -43,6 +43,7 @@ from orchestrator import template_limits as limits
 from orchestrator.errors import InputError
 from orchestrator.template_context import register_filters, synthetic_context
 from orchestrator.timeutil import zone
+from orchestrator.unsubscribe import SECRET_FILE
 
 __all__ = [
     "CompiledTemplate",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 TEMPLATE_SUFFIXES = (".j2", ".jinja2", ".jinja")
+DEFAULT_SUFFIXES = (".j2", ".jinja", ".jinja2", ".html", ".htm", ".txt")  # what `template_suffixes` defaults to
 HTML_EXTENSIONS = (".html", ".htm")
 CONTEXT_HINT = (
     "templates see customer, offer, campaign, step, now and unsubscribe_url; "
@@ -91,13 +93,43 @@ def _relative_name(name: str) -> str:
     return normal
 
 
-def resolve_template(name: str, roots: Sequence[Path]) -> tuple[Path, Path] | None:
+@dataclass(frozen=True)
+class TemplateFiles:
+    """Which files may be read as templates: a campaign's folder is a template folder, and it (or the config's
+    folder) also holds the signing key, the config file, an SQLite database and ``.env`` files. Only names with a
+    template ending are templates, and the files in ``protected`` never are, whatever their ending."""
+
+    suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
+    protected: frozenset[Path] = frozenset()
+
+    def check_name(self, name: str) -> None:
+        """Before touching the disk, so that a refusal says nothing about whether the file exists."""
+        base = posixpath.basename(name.replace("\\", "/")).lower()
+        if base == SECRET_FILE or not base.endswith(self.suffixes) or base.startswith("."):
+            raise InputError(
+                f"{name!r} is not a template file",
+                hint=f"template files end in {', '.join(self.suffixes)} (template_suffixes in the config file); "
+                "dot-files are never templates",
+            )
+
+    def check_file(self, name: str, path: Path) -> None:
+        if path.resolve() in self.protected:
+            raise InputError(
+                f"{name!r} is the signing key, the config file or the database: never a template",
+                hint="point `template:` at a template file",
+            )
+
+
+def resolve_template(name: str, roots: Sequence[Path], files: TemplateFiles | None = None) -> tuple[Path, Path] | None:
     """``(root, file)`` of the first root holding ``name``, None if none does.
 
     The real path (symlinks followed) must stay inside its root: a template folder is the boundary of what
-    a campaign file may read, so a link out of it is refused rather than skipped.
+    a campaign file may read, so a link out of it is refused rather than skipped. Only template files
+    (``files``) are found at all.
     """
     relative = _relative_name(name)
+    files = files or TemplateFiles()
+    files.check_name(relative)
     for root in roots:
         candidate = root / relative
         if not candidate.resolve().is_relative_to(root.resolve()):
@@ -106,6 +138,7 @@ def resolve_template(name: str, roots: Sequence[Path]) -> tuple[Path, Path] | No
                 hint="templates (and symlinks to them) must stay inside their folder",
             )
         if candidate.is_file():
+            files.check_file(name, candidate)
             return root, candidate
     return None
 
@@ -132,12 +165,13 @@ def _read(path: Path) -> str:
 class _FolderLoader(BaseLoader):
     """Jinja's loader for ``{% include %}`` / ``{% extends %}``: the configured folders, with the same refusals."""
 
-    def __init__(self, roots: Sequence[Path], filenames: set[str]):
+    def __init__(self, roots: Sequence[Path], filenames: set[str], files: TemplateFiles):
         self.roots = tuple(roots)
         self.filenames = filenames  # every template file compiled, to map render errors back to their lines
+        self.files = files
 
     def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        found = resolve_template(template, self.roots)
+        found = resolve_template(template, self.roots, self.files)
         if found is None:
             raise TemplateNotFound(template)
         path = found[1]
@@ -296,12 +330,20 @@ class TemplateLoader:
     campaign file in errors about inline templates; views share the environment and the compile cache.
     """
 
-    def __init__(self, roots: Sequence[str | Path], *, currency: str = "CNY", tz: ZoneInfo | None = None):
+    def __init__(
+        self,
+        roots: Sequence[str | Path],
+        *,
+        currency: str = "CNY",
+        tz: ZoneInfo | None = None,
+        files: TemplateFiles | None = None,
+    ):
         self.roots = tuple(Path(root) for root in roots)
         self.campaign_file: Path | None = None
+        self.files = files or TemplateFiles()
         self._cache: dict[tuple[Path, str, bool], tuple[Stamp, CompiledTemplate]] = {}
         self._filenames: set[str] = set()
-        folders = _FolderLoader(self.roots, self._filenames)
+        folders = _FolderLoader(self.roots, self._filenames, self.files)
         self._envs = {
             html: make_environment(autoescape=html, loader=folders, currency=currency, tz=tz) for html in (False, True)
         }
@@ -310,7 +352,8 @@ class TemplateLoader:
     def from_settings(cls, settings: Any) -> TemplateLoader:
         """Template folders, currency and time zone from ``Settings``."""
         roots = [settings.resolve_path(folder) for folder in settings.templates]
-        return cls(roots, currency=settings.currency, tz=settings.tz)
+        files = TemplateFiles(tuple(settings.template_suffixes), _protected_files(settings))
+        return cls(roots, currency=settings.currency, tz=settings.tz, files=files)
 
     def for_campaign(self, campaign_file: str | Path | None) -> TemplateLoader:
         view = copy.copy(self)
@@ -328,7 +371,7 @@ class TemplateLoader:
     def resolve(self, name: str) -> tuple[Path, Path]:
         """``(root, file)`` for a template path written in a campaign file; InputError if missing or unsafe."""
         try:
-            found = resolve_template(name, self.search_path)
+            found = resolve_template(name, self.search_path, self.files)
         except InputError as exc:
             exc.file = exc.file or self._campaign_name
             raise
@@ -371,3 +414,16 @@ class TemplateLoader:
             raise _located(InputError, file, label, inline, exc.lineno, problem, None) from None
         template = env.template_class.from_code(env, code, env.make_globals(None))
         return CompiledTemplate(template, file, label, inline, html, self._filenames)
+
+
+def _protected_files(settings: Any) -> frozenset[Path]:
+    """The signing key, the config file and an SQLite database: never templates, whatever they are named."""
+    from orchestrator.config import database_url  # the config imports nothing of ours; keep it that way
+
+    paths = [settings.resolve_path(SECRET_FILE)]
+    if settings.source:
+        paths.append(Path(settings.source))
+    url = database_url(settings)
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        paths.append(Path(url.removeprefix("sqlite:///").split("?")[0]))
+    return frozenset(path.resolve() for path in paths)
