@@ -61,7 +61,7 @@ def test_the_key_config_and_database_are_refused_even_with_a_template_suffix(fol
     settings.database = settings.database.model_copy(update={"url": f"sqlite:///{folder / 'shop.db'}"})
     loader = TemplateLoader.from_settings(settings).for_campaign(folder / "campaign.yaml")
     for name in ("orchestrator.secret", "orchestrator.yaml", "shop.db"):
-        with pytest.raises(InputError, match="never a template|is not a template file") as caught:
+        with pytest.raises(InputError, match=r"never a template|is not a template file") as caught:
             loader.load(name)
         assert KEY not in caught.value.render()
     with pytest.raises(InputError, match="never a template"):
