@@ -280,7 +280,7 @@ def _compile_html(opts: EmailOptions, templates: TemplateLoader) -> tuple[Any, A
     prepared = prepare(flat)
     warnings += [f"{where}: {warning}" for warning in prepared.warnings]
     html_template = original
-    if prepared.inlined:
+    if prepared.inlined or prepared.html != flat:  # CSS inlined, or stylesheets removed
         inlined = templates.from_string(prepared.html, label=f"{label} (CSS inlined)", html=True)
         html_template = PreparedTemplate(inlined, original)
     text_template = None
