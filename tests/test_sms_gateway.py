@@ -459,7 +459,7 @@ def test_orchestrator_run_delivers_through_the_gateway_and_honours_sms_replies(
     for row in sent:
         assert row.contact == row.phone and row.provider_id == f"biz-{row.phone}"
     bodies = [r.json() for r in server.requests]
-    assert all(b["content"].startswith("【某网店】") and b["content"].endswith("新品上架回T退订") for b in bodies)
+    assert all(b["content"].startswith("【某网店】") and b["content"].endswith("新品上架 回T退订") for b in bodies)
     assert all(b["n"] == "1" for b in bodies)
     assert opted_out not in {b["mobile"] for b in bodies}  # unsubscribed by reply: never contacted
     [skipped] = [(row.state, row.reason) for row in rows if row.phone == opted_out]
