@@ -20,7 +20,7 @@ from orchestrator.channels.base import (
     http_result,
 )
 from orchestrator.channels.http import HttpUrl, KeptAliveClient, http_url
-from orchestrator.channels.settings import load_channel_config
+from orchestrator.channels.settings import load_channel_config, missing_setting
 from orchestrator.data.csvfile import CsvSource
 from orchestrator.data.records import phone as phone_parser
 from orchestrator.db.models import SUPPRESSION_REASONS
@@ -60,6 +60,7 @@ __all__ = [
     "http_url",
     "load_channel_config",
     "mask_phone",
+    "missing_setting",
     "outbox",
     "parse_datetime",
     "parse_delivery_key",

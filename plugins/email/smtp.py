@@ -36,17 +36,18 @@ import contextlib
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.api import InputError, SendResult
+from orchestrator.api import SendResult, load_channel_config
 
 DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 MAX_PROVIDER_ID = 256  # the ledger's provider_id column
+CONFIG_HINT = "keys: host, port, security (starttls|ssl|none), username, password, timeout, local_hostname, ca_file"
 
 
 class SmtpConfig(BaseModel):
@@ -107,23 +108,8 @@ class _NoConnection(Exception):
 
 
 def load_config(raw: Any, settings: Any) -> SmtpConfig:
-    if not isinstance(raw, Mapping):
-        raise InputError(
-            f"channels.email.smtp: expected a mapping of settings, got {raw!r}",
-            file=getattr(settings, "source", None),
-            hint="smtp: {host: smtp.example.com, security: starttls, username: …, password: ${SMTP_PASSWORD}}",
-        )
-    try:
-        return SmtpConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(smtp)'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise InputError(
-            f"channels.email.smtp: {problems}",
-            file=getattr(settings, "source", None),
-            hint="keys: host, port, security (starttls|ssl|none), username, password, timeout, local_hostname, ca_file",
-        ) from None
+    """``channels.email.smtp``; a mistake is an error at its line of the config file, with a "did you mean"."""
+    return load_channel_config(SmtpConfig, raw, settings, ("channels", "email", "smtp"), CONFIG_HINT)
 
 
 class SmtpSender:
