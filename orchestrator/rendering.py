@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,7 +32,6 @@ from zoneinfo import ZoneInfo
 from jinja2 import (
     BaseLoader,
     Environment,
-    StrictUndefined,
     Template,
     TemplateNotFound,
     TemplateSyntaxError,
@@ -41,7 +41,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from orchestrator import template_limits as limits
 from orchestrator.errors import InputError
-from orchestrator.template_context import register_filters, synthetic_context
+from orchestrator.template_context import SuggestingUndefined, closest, register_filters, synthetic_context
 from orchestrator.timeutil import zone
 from orchestrator.unsubscribe import SECRET_FILE
 
@@ -227,7 +227,7 @@ def make_environment(
     env = TemplateEnvironment(
         loader=loader,
         autoescape=autoescape,
-        undefined=StrictUndefined,
+        undefined=SuggestingUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=True,
@@ -276,7 +276,9 @@ class CompiledTemplate:
 
     def _render_error(self, exc: Exception) -> TemplateRenderError:
         if isinstance(exc, TemplateSyntaxError):  # an included template that does not compile
-            return TemplateRenderError(f"template syntax error: {exc.message}", file=exc.filename, line=exc.lineno)
+            hint = _syntax_hint(self.template.environment, exc)
+            problem = f"template syntax error: {exc.message}"
+            return TemplateRenderError(problem, file=exc.filename, line=exc.lineno, hint=hint)
         filename, line = _template_frame(exc.__traceback__, self.template.filename, self.filenames)
         problem, hint = _describe(exc)
         if filename is not None and filename != self.template.filename:  # raised inside an included template
@@ -295,6 +297,22 @@ def _describe(exc: Exception) -> tuple[str, str | None]:
     if isinstance(exc, TemplateNotFound):
         return f"included template {exc.name!r} not found", "includes resolve in the configured template folders"
     return f"{type(exc).__name__}: {exc}", None
+
+
+_UNKNOWN = re.compile(r"No (filter|test) named '([^']+)'")
+
+
+def _syntax_hint(env: Environment, exc: TemplateSyntaxError) -> str | None:
+    """For an unknown filter or test: the one probably meant, or the list of those there are."""
+    match = _UNKNOWN.search(exc.message or "")
+    if match is None:
+        return None
+    kind, name = match.groups()
+    known = sorted(n for n in (env.filters if kind == "filter" else env.tests) if not n.startswith("_"))
+    suggestion = closest(name, known)
+    if suggestion:
+        return f"did you mean {suggestion!r}? ({kind}s: {', '.join(known)})"
+    return f"the {kind}s are: {', '.join(known)}"
 
 
 def _located(
@@ -411,7 +429,7 @@ class TemplateLoader:
             code = env.compile(source, name=name, filename=filename)
         except TemplateSyntaxError as exc:
             problem = f"template syntax error: {exc.message}"
-            raise _located(InputError, file, label, inline, exc.lineno, problem, None) from None
+            raise _located(InputError, file, label, inline, exc.lineno, problem, _syntax_hint(env, exc)) from None
         template = env.template_class.from_code(env, code, env.make_globals(None))
         return CompiledTemplate(template, file, label, inline, html, self._filenames)
 
