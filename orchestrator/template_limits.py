@@ -56,12 +56,13 @@ def check_time() -> None:
 def joined(chunks: Iterable[str]) -> str:
     """The render's output chunks joined, refused once past ``MAX_TEXT`` characters."""
     parts: list[str] = []
+    append = parts.append  # a message yields hundreds of chunks: keep the loop lean
     size = 0
     for chunk in chunks:
         size += len(chunk)
         if size > MAX_TEXT:
             raise TemplateLimitError(f"the template's output is longer than {MAX_TEXT:,} characters")
-        parts.append(chunk)
+        append(chunk)
     return "".join(parts)
 
 
