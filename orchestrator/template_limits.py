@@ -20,6 +20,7 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 from jinja2 import nodes
@@ -34,6 +35,7 @@ LIMITS_HINT = (
 LOOP_FILTER = "_bounded_loop"  # the filter every {% for %} iterable is wrapped in
 TEXT_FILTER = "_bounded_text"  # and every ~ concatenation
 
+_BLOCK = 64  # output chunks read between two size checks (each chunk is itself bounded by the checks below)
 _local = threading.local()
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d+|\*)?(?:\.(\d+|\*))?")
 _DIGITS = re.compile(r"\d+")
@@ -54,15 +56,16 @@ def check_time() -> None:
 
 
 def joined(chunks: Iterable[str]) -> str:
-    """The render's output chunks joined, refused once past ``MAX_TEXT`` characters."""
+    """The render's output chunks joined, refused once past ``MAX_TEXT`` characters. Read a block of chunks at a
+    time (``islice`` and ``map`` run in C): a check per chunk cost a fifth of a message's render time."""
+    it = iter(chunks)
     parts: list[str] = []
-    append = parts.append  # a message yields hundreds of chunks: keep the loop lean
     size = 0
-    for chunk in chunks:
-        size += len(chunk)
+    while block := list(islice(it, _BLOCK)):
+        size += sum(map(len, block))
         if size > MAX_TEXT:
             raise TemplateLimitError(f"the template's output is longer than {MAX_TEXT:,} characters")
-        append(chunk)
+        parts += block
     return "".join(parts)
 
 
