@@ -264,7 +264,11 @@ def bench_send(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
 def _bench_send(args: argparse.Namespace, scratch: Path, port: int) -> dict[str, Any]:
     smtp = {"host": "127.0.0.1", "port": port, "security": "none", "timeout": 30}
-    settings = Settings(base_dir=str(scratch), channels={"email": {"from": SENDER, "smtp": smtp}})
+    settings = Settings(
+        base_dir=str(scratch),
+        unsubscribe_url="https://shop.example.com/unsubscribe",
+        channels={"email": {"from": SENDER, "smtp": smtp}},
+    )
     loader = TemplateLoader([BENCH], currency=settings.currency, tz=settings.tz)
     n = args.smtp_messages
     with step(f"rendering {n:,} messages for sending"):

@@ -21,7 +21,7 @@ from orchestrator.channels.base import (
     http_result,
 )
 from orchestrator.channels.http import HttpUrl, KeptAliveClient, http_url
-from orchestrator.channels.settings import load_channel_config
+from orchestrator.channels.settings import load_channel_config, missing_setting
 from orchestrator.data.csvfile import CsvSource
 from orchestrator.data.records import phone as phone_parser
 from orchestrator.data.spreadsheet import spreadsheet_cell
@@ -74,6 +74,7 @@ __all__ = [
     "http_url",
     "load_channel_config",
     "mask_phone",
+    "missing_setting",
     "orders_table",
     "outbox",
     "parse_datetime",

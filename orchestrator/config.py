@@ -147,6 +147,10 @@ class Settings(_Section):
     unsubscribe_token_days: int = Field(365, ge=1)
     segments: dict[str, Any] = Field(default_factory=dict)
     templates: list[str] = Field(default_factory=lambda: ["templates"])
+    # the endings a template file may have; nothing else (the signing key, .env, this file) is read as a template
+    template_suffixes: list[str] = Field(
+        default_factory=lambda: [".j2", ".jinja", ".jinja2", ".html", ".htm", ".txt"], min_length=1
+    )
     campaigns: str = "campaigns"
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     policies: PoliciesConfig = PoliciesConfig()
@@ -182,6 +186,14 @@ class Settings(_Section):
                     raise ValueError(f"channels.{name}.{key}: {channel[key]!r} is not an amount (e.g. 0.045)")
                 channel[key] = amount
         return value
+
+    @field_validator("template_suffixes")
+    @classmethod
+    def _suffixes(cls, value: list[str]) -> list[str]:
+        for suffix in value:
+            if not suffix.startswith(".") or len(suffix) < 2 or "/" in suffix:
+                raise ValueError(f"{suffix!r} is not a file ending: write it as .j2, .html, .txt")
+        return [suffix.lower() for suffix in value]
 
     @field_validator("timezone")
     @classmethod

@@ -64,6 +64,7 @@ class IntendedDelivery:
     coupon_pk: int | None = None
     deferred_until: datetime | None = None  # quiet hours: when the message may go
     message: RenderedMessage | None = None  # what will be sent; stored with the row until it is final
+    error: str | None = None  # why a row written as failed failed (e.g. its template hit a limit)
 
 
 def encode_payload(message: RenderedMessage) -> bytes:
@@ -187,6 +188,7 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
             "contact": d.contact,
             "coupon_pk": d.coupon_pk,
             "deferred_until": d.deferred_until,
+            "last_error": d.error,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,

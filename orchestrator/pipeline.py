@@ -34,7 +34,9 @@ from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
 from orchestrator.masking import mask_contact
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
+from orchestrator.rendering import TemplateRenderError
 
+RENDER_FAILED = "render_failed"  # a delivery whose template failed on this customer's data (reason; outcome count)
 OFFER_SKIP = "offer_"  # a member withheld by the offer is skipped with reason offer_<why>, e.g. offer_budget
 
 
@@ -360,7 +362,16 @@ class CampaignRunner:
             candidate.deferred_until = self.quiet.deferred_until(run["at"], zone)
         state = "deferred" if candidate.deferred_until else "pending"
         for name, contact in plan.channels:
-            rendered = self._render(candidate, name, run["at"])
+            try:
+                rendered = self._render(candidate, name, run["at"])
+            except TemplateRenderError as exc:  # this customer's data broke the template: fail this one message
+                result.outcomes[RENDER_FAILED] += 1
+                intended.append(
+                    ledger.IntendedDelivery(
+                        customer["pk"], name, step.name, "failed", RENDER_FAILED, contact, error=_located(exc)
+                    )
+                )
+                continue
             result.planned[name] += 1
             result.segments[name] += int(rendered.measures.get("sms_segments") or 0)
             if candidate.deferred_until:
@@ -388,6 +399,10 @@ class CampaignRunner:
     def _count_message(candidate: Candidate, channel: str, result: RunResult) -> None:
         result.steps[candidate.step.index].channels[channel] += 1
         result.messages += 1
+
+
+def _located(error: TemplateRenderError) -> str:
+    return f"{error.location}: {error.message}" if error.location else error.message
 
 
 def _sample(candidate: Candidate, channel: str, contact: str, rendered: RenderedMessage) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,7 +32,6 @@ from zoneinfo import ZoneInfo
 from jinja2 import (
     BaseLoader,
     Environment,
-    StrictUndefined,
     Template,
     TemplateNotFound,
     TemplateSyntaxError,
@@ -39,9 +39,11 @@ from jinja2 import (
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from orchestrator import template_limits as limits
 from orchestrator.errors import InputError
-from orchestrator.template_context import register_filters, synthetic_context
+from orchestrator.template_context import SuggestingUndefined, closest, register_filters, synthetic_context
 from orchestrator.timeutil import zone
+from orchestrator.unsubscribe import SECRET_FILE
 
 __all__ = [
     "CompiledTemplate",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 TEMPLATE_SUFFIXES = (".j2", ".jinja2", ".jinja")
+DEFAULT_SUFFIXES = (".j2", ".jinja", ".jinja2", ".html", ".htm", ".txt")  # what `template_suffixes` defaults to
 HTML_EXTENSIONS = (".html", ".htm")
 CONTEXT_HINT = (
     "templates see customer, offer, campaign, step, now and unsubscribe_url; "
@@ -90,13 +93,43 @@ def _relative_name(name: str) -> str:
     return normal
 
 
-def resolve_template(name: str, roots: Sequence[Path]) -> tuple[Path, Path] | None:
+@dataclass(frozen=True)
+class TemplateFiles:
+    """Which files may be read as templates: a campaign's folder is a template folder, and it (or the config's
+    folder) also holds the signing key, the config file, an SQLite database and ``.env`` files. Only names with a
+    template ending are templates, and the files in ``protected`` never are, whatever their ending."""
+
+    suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
+    protected: frozenset[Path] = frozenset()
+
+    def check_name(self, name: str) -> None:
+        """Before touching the disk, so that a refusal says nothing about whether the file exists."""
+        base = posixpath.basename(name.replace("\\", "/")).lower()
+        if base == SECRET_FILE or not base.endswith(self.suffixes) or base.startswith("."):
+            raise InputError(
+                f"{name!r} is not a template file",
+                hint=f"template files end in {', '.join(self.suffixes)} (template_suffixes in the config file); "
+                "dot-files are never templates",
+            )
+
+    def check_file(self, name: str, path: Path) -> None:
+        if path.resolve() in self.protected:
+            raise InputError(
+                f"{name!r} is the signing key, the config file or the database: never a template",
+                hint="point `template:` at a template file",
+            )
+
+
+def resolve_template(name: str, roots: Sequence[Path], files: TemplateFiles | None = None) -> tuple[Path, Path] | None:
     """``(root, file)`` of the first root holding ``name``, None if none does.
 
     The real path (symlinks followed) must stay inside its root: a template folder is the boundary of what
-    a campaign file may read, so a link out of it is refused rather than skipped.
+    a campaign file may read, so a link out of it is refused rather than skipped. Only template files
+    (``files``) are found at all.
     """
     relative = _relative_name(name)
+    files = files or TemplateFiles()
+    files.check_name(relative)
     for root in roots:
         candidate = root / relative
         if not candidate.resolve().is_relative_to(root.resolve()):
@@ -105,6 +138,7 @@ def resolve_template(name: str, roots: Sequence[Path]) -> tuple[Path, Path] | No
                 hint="templates (and symlinks to them) must stay inside their folder",
             )
         if candidate.is_file():
+            files.check_file(name, candidate)
             return root, candidate
     return None
 
@@ -131,12 +165,13 @@ def _read(path: Path) -> str:
 class _FolderLoader(BaseLoader):
     """Jinja's loader for ``{% include %}`` / ``{% extends %}``: the configured folders, with the same refusals."""
 
-    def __init__(self, roots: Sequence[Path], filenames: set[str]):
+    def __init__(self, roots: Sequence[Path], filenames: set[str], files: TemplateFiles):
         self.roots = tuple(roots)
         self.filenames = filenames  # every template file compiled, to map render errors back to their lines
+        self.files = files
 
     def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        found = resolve_template(template, self.roots)
+        found = resolve_template(template, self.roots, self.files)
         if found is None:
             raise TemplateNotFound(template)
         path = found[1]
@@ -146,9 +181,35 @@ class _FolderLoader(BaseLoader):
 
 
 class TemplateEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, with one shortcut: ``customer.name`` on a plain dict (all template data is) reads the key
-    directly. The sandbox's own lookup tries the attribute first and pays for an AttributeError on every field of
-    every message; a dict's keys are data, never Python internals, so reading them first is just as safe."""
+    """The sandbox, bounded (``orchestrator.template_limits``: operators that can build huge values, calls, loops
+    and ``~`` are checked), with one shortcut: ``customer.name`` on a plain dict (all template data is) reads the
+    key directly. The sandbox's own lookup tries the attribute first and pays for an AttributeError on every field
+    of every message; a dict's keys are data, never Python internals, so reading them first is just as safe."""
+
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        return limits.binop(operator, left, right)
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        limits.check_time()
+        limits.check_call(obj, args, kwargs)
+        return limits.check_result(super().call(context, obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        template = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            limits.check_brace_format(template, args, kwargs)
+            return limits.check_result(wrapped(*args, **kwargs))
+
+        return checked
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+        return limits.bound_loops(super()._parse(source, name, filename))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is dict:
@@ -166,13 +227,14 @@ def make_environment(
     env = TemplateEnvironment(
         loader=loader,
         autoescape=autoescape,
-        undefined=StrictUndefined,
+        undefined=SuggestingUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=True,
         finalize=_finalize,
     )
     register_filters(env, currency=currency, tz=tz or zone("Asia/Shanghai"))
+    env.filters.update(limits.bounded_filters(env.filters))
     return env
 
 
@@ -199,7 +261,8 @@ class CompiledTemplate:
                 # Template.render, less its per-call copy of the globals ChainMap (flattened once, below): a
                 # message renders several small templates, and that copy was most of a subject line's cost
                 scope = template.new_context({**self._globals, **context}, shared=True)
-                return template.environment.concat(template.root_render_func(scope))  # type: ignore[attr-defined]
+                limits.start_render()
+                return limits.joined(template.root_render_func(scope))  # type: ignore[attr-defined]
             except Exception:
                 template.environment.handle_exception()  # re-raises with template line numbers
         except InputError:
@@ -213,7 +276,9 @@ class CompiledTemplate:
 
     def _render_error(self, exc: Exception) -> TemplateRenderError:
         if isinstance(exc, TemplateSyntaxError):  # an included template that does not compile
-            return TemplateRenderError(f"template syntax error: {exc.message}", file=exc.filename, line=exc.lineno)
+            hint = _syntax_hint(self.template.environment, exc)
+            problem = f"template syntax error: {exc.message}"
+            return TemplateRenderError(problem, file=exc.filename, line=exc.lineno, hint=hint)
         filename, line = _template_frame(exc.__traceback__, self.template.filename, self.filenames)
         problem, hint = _describe(exc)
         if filename is not None and filename != self.template.filename:  # raised inside an included template
@@ -223,6 +288,8 @@ class CompiledTemplate:
 
 def _describe(exc: Exception) -> tuple[str, str | None]:
     """What went wrong, in the template author's terms, and what to do about it."""
+    if isinstance(exc, limits.TemplateLimitError):
+        return str(exc), limits.LIMITS_HINT
     if isinstance(exc, SecurityError):
         return f"not allowed in a template: {exc}", SANDBOX_HINT
     if isinstance(exc, UndefinedError):
@@ -230,6 +297,22 @@ def _describe(exc: Exception) -> tuple[str, str | None]:
     if isinstance(exc, TemplateNotFound):
         return f"included template {exc.name!r} not found", "includes resolve in the configured template folders"
     return f"{type(exc).__name__}: {exc}", None
+
+
+_UNKNOWN = re.compile(r"No (filter|test) named '([^']+)'")
+
+
+def _syntax_hint(env: Environment, exc: TemplateSyntaxError) -> str | None:
+    """For an unknown filter or test: the one probably meant, or the list of those there are."""
+    match = _UNKNOWN.search(exc.message or "")
+    if match is None:
+        return None
+    kind, name = match.groups()
+    known = sorted(n for n in (env.filters if kind == "filter" else env.tests) if not n.startswith("_"))
+    suggestion = closest(name, known)
+    if suggestion:
+        return f"did you mean {suggestion!r}? ({kind}s: {', '.join(known)})"
+    return f"the {kind}s are: {', '.join(known)}"
 
 
 def _located(
@@ -265,12 +348,20 @@ class TemplateLoader:
     campaign file in errors about inline templates; views share the environment and the compile cache.
     """
 
-    def __init__(self, roots: Sequence[str | Path], *, currency: str = "CNY", tz: ZoneInfo | None = None):
+    def __init__(
+        self,
+        roots: Sequence[str | Path],
+        *,
+        currency: str = "CNY",
+        tz: ZoneInfo | None = None,
+        files: TemplateFiles | None = None,
+    ):
         self.roots = tuple(Path(root) for root in roots)
         self.campaign_file: Path | None = None
+        self.files = files or TemplateFiles()
         self._cache: dict[tuple[Path, str, bool], tuple[Stamp, CompiledTemplate]] = {}
         self._filenames: set[str] = set()
-        folders = _FolderLoader(self.roots, self._filenames)
+        folders = _FolderLoader(self.roots, self._filenames, self.files)
         self._envs = {
             html: make_environment(autoescape=html, loader=folders, currency=currency, tz=tz) for html in (False, True)
         }
@@ -279,7 +370,8 @@ class TemplateLoader:
     def from_settings(cls, settings: Any) -> TemplateLoader:
         """Template folders, currency and time zone from ``Settings``."""
         roots = [settings.resolve_path(folder) for folder in settings.templates]
-        return cls(roots, currency=settings.currency, tz=settings.tz)
+        files = TemplateFiles(tuple(settings.template_suffixes), _protected_files(settings))
+        return cls(roots, currency=settings.currency, tz=settings.tz, files=files)
 
     def for_campaign(self, campaign_file: str | Path | None) -> TemplateLoader:
         view = copy.copy(self)
@@ -297,7 +389,7 @@ class TemplateLoader:
     def resolve(self, name: str) -> tuple[Path, Path]:
         """``(root, file)`` for a template path written in a campaign file; InputError if missing or unsafe."""
         try:
-            found = resolve_template(name, self.search_path)
+            found = resolve_template(name, self.search_path, self.files)
         except InputError as exc:
             exc.file = exc.file or self._campaign_name
             raise
@@ -337,6 +429,19 @@ class TemplateLoader:
             code = env.compile(source, name=name, filename=filename)
         except TemplateSyntaxError as exc:
             problem = f"template syntax error: {exc.message}"
-            raise _located(InputError, file, label, inline, exc.lineno, problem, None) from None
+            raise _located(InputError, file, label, inline, exc.lineno, problem, _syntax_hint(env, exc)) from None
         template = env.template_class.from_code(env, code, env.make_globals(None))
         return CompiledTemplate(template, file, label, inline, html, self._filenames)
+
+
+def _protected_files(settings: Any) -> frozenset[Path]:
+    """The signing key, the config file and an SQLite database: never templates, whatever they are named."""
+    from orchestrator.config import database_url  # the config imports nothing of ours; keep it that way
+
+    paths = [settings.resolve_path(SECRET_FILE)]
+    if settings.source:
+        paths.append(Path(settings.source))
+    url = database_url(settings)
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        paths.append(Path(url.removeprefix("sqlite:///").split("?")[0]))
+    return frozenset(path.resolve() for path in paths)

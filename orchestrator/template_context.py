@@ -8,21 +8,54 @@ that validate and dry-run render every template before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import Environment, pass_context
+from jinja2 import Environment, StrictUndefined, pass_context
 from jinja2.filters import do_urlencode
 from jinja2.runtime import Context
 
 from orchestrator.masking import mask_phone
 from orchestrator.timeutil import zone
 
+CONTEXT_NAMES = ("customer", "offer", "campaign", "step", "now", "unsubscribe_url")
 CURRENCY_SYMBOLS = {"CNY": "¥", "RMB": "¥", "JPY": "¥", "USD": "$", "EUR": "€", "GBP": "£", "HKD": "HK$"}
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice a misspelling most likely meant, if any is close enough."""
+    found = difflib.get_close_matches(name, [c for c in choices if isinstance(c, str)], n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+class SuggestingUndefined(StrictUndefined):
+    """``StrictUndefined`` whose error says what a misspelt name probably meant: ``customer.nmae`` →
+    "… has no attribute 'nmae'; did you mean 'name'?", ``custmer`` → "did you mean 'customer'?"."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        message = super()._undefined_message
+        name, obj = self._undefined_name, self._undefined_obj
+        if self._undefined_hint or not isinstance(name, str):
+            return message
+        choices: Iterable[str] = (
+            CONTEXT_NAMES if obj is self._missing_marker() else (obj.keys() if isinstance(obj, Mapping) else ())
+        )
+        suggestion = closest(name, choices)
+        return f"{message}; did you mean {suggestion!r}?" if suggestion else message
+
+    @staticmethod
+    def _missing_marker() -> object:
+        from jinja2.utils import missing
+
+        return missing
 
 
 def register_filters(env: Environment, *, currency: str, tz: ZoneInfo) -> None:

@@ -133,7 +133,8 @@ def test_kill_9_at_random_moments_neither_loses_nor_repeats(engine: Engine, db_u
     try:
         config = base / "orchestrator.yaml"
         config.write_text(
-            "timezone: Asia/Shanghai\ntemplates: []\nchannels:\n  email:\n    from: Shop <shop@example.com>\n"
+            "timezone: Asia/Shanghai\ntemplates: []\nunsubscribe_url: https://shop.example.com/unsubscribe\n"
+            "channels:\n  email:\n    from: Shop <shop@example.com>\n"
             f"    smtp:\n      host: 127.0.0.1\n      port: {port}\n      security: none\n      timeout: 10\n",
             encoding="utf-8",
         )

@@ -208,8 +208,8 @@ def test_lint_warns_with_file_and_line_without_failing(channel, templates, tmp_p
     message = compile_email(channel, templates, template="email/lint.html.j2")
     warnings = [w for w in message.warnings if "CSS not inlined" not in w]
     assert warnings == [
-        f"{path}:1: external stylesheet 'https://cdn.example.com/m.css': mail clients ignore it; "
-        "put the CSS in <style>",
+        f"{path}:1: stylesheet link 'https://cdn.example.com/m.css' removed: the server never fetches "
+        "stylesheets and mail clients ignore them; put the CSS in <style>",
         f"{path}:3: width: 720px in <style> is wider than 650px: keep e-mail layouts 600-650px wide",
         f'{path}:5: <table width="800"> is wider than 650px: keep e-mail layouts 600-650px wide',
         f"{path}:5: <td style=…min-width: 660px…> is wider than 650px: keep e-mail layouts 600-650px wide",

@@ -34,13 +34,14 @@ from sqlalchemy import Engine, select
 from orchestrator.channels import OutgoingMessage, SendStatus
 from orchestrator.config import Settings, load_settings
 from orchestrator.db.models import Customer, Delivery
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, RuntimeFailure
 from orchestrator.rendering import TemplateLoader, synthetic_context
 from tests import dataset
 from tests.clitools import Cli
 from tests.dataset import AT
 
 SENDER = "好店 <shop@example.com>"
+UNSUBSCRIBE = "https://shop.example.com/unsubscribe"
 PASSWORD_ENV = "ORCH_TEST_SMTP_PASSWORD"
 
 # AUTH without TLS is what the plain-text tests exercise on purpose (loopback only)
@@ -118,7 +119,8 @@ def free_port() -> int:
 
 @contextmanager
 def smtp_server(handler: Recorder, **kwargs) -> Iterator[Controller]:
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)
+    port = kwargs.pop("port", None) or free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     try:
         yield controller
@@ -159,7 +161,9 @@ def server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
 
 def make_channel(tmp_path: Path, port: int, **smtp) -> EmailChannel:
     smtp = {"host": "127.0.0.1", "port": port, "security": "none", "timeout": 5, **smtp}
-    settings = Settings(base_dir=str(tmp_path), channels={"email": {"from": SENDER, "smtp": smtp}})
+    settings = Settings(
+        base_dir=str(tmp_path), unsubscribe_url=UNSUBSCRIBE, channels={"email": {"from": SENDER, "smtp": smtp}}
+    )
     return EmailChannel(settings.channels["email"], settings)
 
 
@@ -279,7 +283,8 @@ def test_a_connection_the_server_closed_between_batches_is_reopened(tmp_path: Pa
 def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
     path = tmp_path / "orchestrator.yaml"
     path.write_text(
-        "channels:\n  email:\n    from: Shop <shop@example.com>\n    smtp:\n      host: 127.0.0.1\n"
+        f"unsubscribe_url: {UNSUBSCRIBE}\nchannels:\n  email:\n    from: Shop <shop@example.com>\n"
+        "    smtp:\n      host: 127.0.0.1\n"
         f"      port: {port}\n      security: none\n      timeout: 5\n{extra}",
         encoding="utf-8",
     )
@@ -301,8 +306,9 @@ def test_auth_with_the_password_from_the_environment(tmp_path: Path, monkeypatch
     assert [m.login for m in handler.messages] == ["mailer", "mailer"]
 
 
-def test_a_wrong_password_leaves_every_message_transient(tmp_path: Path, monkeypatch):
-    """535 condemns the credentials, not the messages: transient, so they go out once the password is fixed."""
+def test_a_wrong_password_stops_the_send_with_the_servers_reply(tmp_path: Path, monkeypatch):
+    """535 condemns the configuration, not the messages: the command stops at once with the reason, and the
+    messages stay pending for a resume once the password is fixed."""
     handler = Recorder()
     monkeypatch.setenv(PASSWORD_ENV, "wrong")
     auth = {"authenticator": authenticator("s3cret"), "auth_required": True, "auth_require_tls": False}
@@ -310,10 +316,24 @@ def test_a_wrong_password_leaves_every_message_transient(tmp_path: Path, monkeyp
         credentials = f"      username: mailer\n      password: ${{{PASSWORD_ENV}}}\n"
         settings = load_settings(write_config(tmp_path, server.port, credentials))
         channel = EmailChannel(settings.channels["email"], settings)
-        results = list(channel.send(messages(channel, tmp_path, 3)))
+        with pytest.raises(RuntimeFailure) as caught:
+            list(channel.send(messages(channel, tmp_path, 3)))
         channel.close()
-    assert [r.status for r in results] == [SendStatus.TRANSIENT] * 3
-    assert all(r.error.startswith(f"cannot log in to 127.0.0.1:{server.port}: 535 ") for r in results)
+    assert caught.value.message.startswith(f"cannot log in to 127.0.0.1:{server.port}: 535 ")
+    assert "channels.email.smtp" in caught.value.hint
+    assert handler.messages == []
+
+
+def test_starttls_against_a_server_without_it_fails_fast(tmp_path: Path):
+    handler = Recorder()
+    with smtp_server(handler) as server:  # aiosmtpd without a TLS context offers no STARTTLS
+        channel = make_channel(tmp_path, server.port, security="starttls")
+        started = time.monotonic()
+        with pytest.raises(RuntimeFailure) as caught:
+            list(channel.send(messages(channel, tmp_path, 3)))
+        elapsed = time.monotonic() - started
+    assert elapsed < 2
+    assert "STARTTLS" in caught.value.message and "security" in caught.value.hint
     assert handler.messages == []
 
 
@@ -329,13 +349,13 @@ def test_starttls_with_a_self_signed_certificate(tmp_path: Path, certificate, mo
         channel.close()
 
         untrusted = make_channel(tmp_path, server.port, **extra)  # the system's CAs do not know this certificate
-        refused = list(untrusted.send(messages(untrusted, tmp_path, 2)))
+        with pytest.raises(RuntimeFailure) as refused:
+            list(untrusted.send(messages(untrusted, tmp_path, 2)))
         plain = make_channel(tmp_path, server.port)  # no TLS: the server requires it
         not_secured = list(plain.send(messages(plain, tmp_path, 2)))
     assert [r.status for r in results] == [SendStatus.SENT] * 3
     assert handler.tls_peers == handler.peers and len(handler.peers) == 1
-    assert [r.status for r in refused] == [SendStatus.TRANSIENT] * 2
-    assert "start TLS" in refused[0].error and "CERTIFICATE_VERIFY_FAILED" in refused[0].error
+    assert "start TLS" in refused.value.message and "CERTIFICATE_VERIFY_FAILED" in refused.value.message
     assert [r.status for r in not_secured] == [SendStatus.PERMANENT] * 2  # 530 5.7.0 Must issue STARTTLS first
     assert "530" in not_secured[0].error
     assert len(handler.messages) == 3
@@ -364,18 +384,30 @@ def test_a_slow_server_times_out_as_transient(tmp_path: Path):
     assert elapsed < 2.5
 
 
-def test_a_server_that_never_greets_or_is_not_there(tmp_path: Path):
+def test_a_server_that_never_greets_or_is_not_there_stops_the_send(tmp_path: Path):
     with socket.socket() as silent:  # accepts connections (backlog) but never says 220
         silent.bind(("127.0.0.1", 0))
         silent.listen(5)
         channel = make_channel(tmp_path, silent.getsockname()[1], timeout=0.5)
-        results = list(channel.send(messages(channel, tmp_path, 2)))
-    assert [r.status for r in results] == [SendStatus.TRANSIENT] * 2
-    assert results[0].error.startswith("cannot connect to 127.0.0.1:")
+        with pytest.raises(RuntimeFailure) as caught:
+            list(channel.send(messages(channel, tmp_path, 2)))
+    assert caught.value.message.startswith("cannot connect to 127.0.0.1:")
+    assert "port" in caught.value.hint
 
     nobody = make_channel(tmp_path, free_port())
-    results = list(nobody.send(messages(nobody, tmp_path, 2)))
+    with pytest.raises(RuntimeFailure) as caught:
+        list(nobody.send(messages(nobody, tmp_path, 2)))
     nobody.close()
+    assert "ConnectionRefusedError" in caught.value.message
+
+
+def test_after_a_first_connection_a_lost_server_is_transient(tmp_path: Path):
+    handler = Recorder()
+    port = free_port()
+    with smtp_server(handler, port=port):
+        channel = make_channel(tmp_path, port)
+        assert [r.status for r in channel.send(messages(channel, tmp_path, 1))] == [SendStatus.SENT]
+    results = list(channel.send(messages(channel, tmp_path, 2, prefix="run2")))  # the server went away
     assert [r.status for r in results] == [SendStatus.TRANSIENT] * 2
     assert "ConnectionRefusedError" in results[0].error
 
@@ -401,15 +433,26 @@ def test_an_internationalised_address_needs_smtputf8(tmp_path: Path, smtputf8: b
 def test_smtp_config_is_validated(tmp_path: Path):
     with pytest.raises(InputError, match="security"):
         make_channel(tmp_path, 25, security="tls")
-    with pytest.raises(InputError, match="Extra inputs"):
-        make_channel(tmp_path, 25, pasword="x")
     with pytest.raises(InputError, match="needs a username"):
         make_channel(tmp_path, 25, password="x")
     with pytest.raises(InputError, match="expected a mapping"):
         EmailChannel({"smtp": "smtp.example.com"}, Settings(base_dir=str(tmp_path)))
-    settings = Settings(base_dir=str(tmp_path), channels={"email": {"smtp": {"host": "mail.example.com"}}})
+    smtp = {"host": "mail.example.com"}
+    settings = Settings(
+        base_dir=str(tmp_path), unsubscribe_url=UNSUBSCRIBE, channels={"email": {"from": SENDER, "smtp": smtp}}
+    )
     channel = EmailChannel(settings.channels["email"], settings)
     assert channel._smtp.config.effective_port == 587 and channel._smtp.config.timeout == 30
+
+
+def test_a_misspelt_smtp_key_gets_its_line_and_a_suggestion(tmp_path: Path):
+    path = write_config(tmp_path, 2525, "      pasword: x\n      usrname: mailer\n")
+    settings = load_settings(path)
+    with pytest.raises(InputError) as caught:
+        EmailChannel(settings.channels["email"], settings)
+    text = caught.value.render()
+    assert f"{path}:10" in text and "did you mean 'password'" in text
+    assert f"{path}:11" in text and "did you mean 'username'" in text
 
 
 CAMPAIGN = """\
@@ -451,3 +494,53 @@ def test_orchestrator_run_delivers_over_smtp(engine: Engine, db_url: str, tmp_pa
         assert received.parsed["Subject"].startswith("Hi ")
     assert len(handler.peers) == 1 and handler.quits == 1  # one connection for the run, closed at its end
     assert not (tmp_path / "outbox").exists()
+
+
+def test_a_run_against_a_server_without_starttls_stops_at_once_with_the_reason(
+    engine: Engine, db_url: str, tmp_path: Path, monkeypatch
+):
+    dataset.load(engine)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ORCHESTRATOR_CONFIG", raising=False)
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text(CAMPAIGN, encoding="utf-8")
+    handler = Recorder()
+    with smtp_server(handler) as server:
+        config = write_config(tmp_path, server.port, "templates: []\n")
+        config.write_text(config.read_text().replace("security: none", "security: starttls"), encoding="utf-8")
+        started = time.monotonic()
+        result = Cli(db_url, config=str(config))("run", str(campaign), "--at", AT.isoformat())
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 1, result.output
+    assert elapsed < 10
+    output = result.output + result.stderr
+    assert "STARTTLS" in output and "channels.email.smtp" in output and "retrying" not in output
+    with engine.connect() as conn:
+        states = {row.state for row in conn.execute(select(Delivery.state).where(Delivery.state != "skipped"))}
+    assert states == {"pending"}  # nothing failed or retried for a configuration mistake: resume sends them
+
+
+class Busy(Recorder):
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        return "451 4.3.0 try again later"
+
+
+def test_retrying_counts_messages_not_attempts(engine: Engine, db_url: str, tmp_path: Path, monkeypatch):
+    dataset.load(engine)
+    monkeypatch.chdir(tmp_path)
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text(CAMPAIGN, encoding="utf-8")
+    retry = (
+        "dispatch:\n  linger_seconds: 1\n  breaker: {min_calls: 1000}\n"
+        "  retry: {max_attempts: 50, first_delay_seconds: 0.05, max_delay_seconds: 5}\n"
+    )
+    with smtp_server(Busy()) as server:
+        config = write_config(tmp_path, server.port, "templates: []\n" + retry)
+        result = Cli(db_url, config=str(config))("run", str(campaign), "--at", AT.isoformat(), "--json")
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        query = select(Delivery.state, Delivery.attempts).where(Delivery.state != "skipped")
+        rows = conn.execute(query).all()
+    assert rows and all(row.state == "pending" for row in rows)
+    assert sum(row.attempts for row in rows) > len(rows)  # each message was tried more than once ...
+    assert json.loads(result.stdout)["outcomes"] == {"retrying": len(rows)}  # ... and counted once

@@ -269,3 +269,31 @@ def test_synthetic_context_catches_offer_use_in_a_step_without_offer(loader: Tem
     guarded = loader.from_string("{% if offer %}券码 {{ offer.code }}{% else %}无券{% endif %}", label="t")
     assert guarded.render(synthetic_context(False)) == "无券"
     assert guarded.render(synthetic_context(True)).startswith("券码 ")
+
+
+# --- mistakes explained ----------------------------------------------------------------------------------------
+
+
+def test_a_misspelt_field_gets_a_suggestion(loader: TemplateLoader, tree: Path):
+    write(tree / "first" / "typo.txt.j2", "您好\n{{ customer.nmae }}")
+    with pytest.raises(TemplateRenderError) as caught:
+        loader.load("typo.txt.j2").render(synthetic_context(False))
+    assert caught.value.line == 2 and "did you mean 'name'?" in caught.value.message
+
+
+def test_a_misspelt_variable_gets_a_suggestion(loader: TemplateLoader, tree: Path):
+    write(tree / "first" / "typo.txt.j2", "{{ custmer.name }}")
+    with pytest.raises(TemplateRenderError) as caught:
+        loader.load("typo.txt.j2").render(synthetic_context(False))
+    assert "did you mean 'customer'?" in caught.value.message
+
+
+def test_an_unknown_filter_names_the_closest_or_lists_them(loader: TemplateLoader, tree: Path):
+    write(tree / "first" / "filter.txt.j2", "a\n{{ offer.value|mony }}")
+    with pytest.raises(InputError) as caught:
+        loader.load("filter.txt.j2")
+    assert caught.value.line == 2 and "did you mean 'money'?" in caught.value.render()
+    write(tree / "first" / "filter2.txt.j2", "{{ offer.value|zzzqqq }}")
+    with pytest.raises(InputError) as caught:
+        loader.load("filter2.txt.j2")
+    assert "money" in caught.value.render() and "mask_phone" in caught.value.render()

@@ -64,9 +64,12 @@ def test_signature_is_prefixed_once():
     assert with_signature("您好", None) == "您好"
 
 
-def test_opt_out_joins_cjk_directly_and_other_text_with_a_space():
+def test_opt_out_follows_a_closed_sentence_directly_and_anything_else_after_a_space():
     assert with_opt_out("您好，新品上架。", "回T退订") == "您好，新品上架。回T退订"
-    assert with_opt_out("您好", "回T退订") == "您好回T退订"
+    assert with_opt_out("新品上架！", "回T退订") == "新品上架！回T退订"
+    assert with_opt_out("您好", "回T退订") == "您好 回T退订"  # never glued onto the sentence
+    assert with_opt_out("满100减20，7月1日前有效", "回T退订") == "满100减20，7月1日前有效 回T退订"
+    assert with_opt_out("您好，", "回T退订") == "您好，回T退订"
     assert with_opt_out("券码 ABC123", "回T退订") == "券码 ABC123 回T退订"
     assert with_opt_out("New arrivals!", "Reply STOP to opt out") == "New arrivals! Reply STOP to opt out"
     assert with_opt_out("回T退订 您好", "回T退订") == "回T退订 您好"  # already there: unchanged
@@ -128,10 +131,10 @@ def test_render_keeps_text_that_already_has_signature_and_opt_out(channel, templ
 
 
 def test_render_counts_signature_and_opt_out_in_segments(channel, templates):
-    # 5 (signature) + n + 4 (opt-out): 61 characters of text fill one UCS-2 segment exactly, 62 need two
-    full = channel.render(compiled(channel, templates, text="{{ '好' * 61 }}"), synthetic_context(False))
+    # 5 (signature) + n + 1 (the space) + 4 (opt-out): 60 characters of text fill one UCS-2 segment, 61 need two
+    full = channel.render(compiled(channel, templates, text="{{ '好' * 60 }}"), synthetic_context(False))
     assert full.measures == {"sms_segments": 1, "encoding": "UCS-2", "chars": 70}
-    over = channel.render(compiled(channel, templates, text="{{ '好' * 62 }}"), synthetic_context(False))
+    over = channel.render(compiled(channel, templates, text="{{ '好' * 61 }}"), synthetic_context(False))
     assert over.measures == {"sms_segments": 2, "encoding": "UCS-2", "chars": 71}
 
 
@@ -214,7 +217,7 @@ def test_default_outbox(tmp_path, templates):
     channel = SmsChannel({}, settings)
     [result] = channel.send([outgoing(channel, compiled(channel, templates, text="您好"), "k")])
     data = json.loads((tmp_path / "outbox" / "sms" / result.provider_id).read_text(encoding="utf-8"))
-    assert data["text"] == "您好回T退订"
+    assert data["text"] == "您好 回T退订"
 
 
 def test_config_accepts_dispatcher_keys_and_rejects_unknown_ones(tmp_path):

@@ -144,7 +144,7 @@ def channel_for(tmp_path: Path, url: str, **gateway_config: Any) -> SmsChannel:
         **gateway_config,
     }
     settings = Settings(base_dir=str(tmp_path), source=str(tmp_path / "orchestrator.yaml"), channels={})
-    return SmsChannel({"gateway": config}, settings)
+    return SmsChannel({"gateway": config, "signature": "【某网店】"}, settings)
 
 
 def message(n: int, text: str = "【某网店】您好回T退订", contact: str = "+8613800138000") -> OutgoingMessage:
@@ -184,7 +184,7 @@ def test_form_body_with_templated_fields_and_token_from_the_environment(tmp_path
     config_file = tmp_path / "orchestrator.yaml"
     with gateway(lambda r: (200, {"Code": "OK", "BizId": "biz-9"})) as server:
         config_file.write_text(
-            "channels:\n  sms:\n    gateway:\n"
+            "channels:\n  sms:\n    signature: 【某网店】\n    gateway:\n"
             f"      url: {server.url}\n"
             "      body: form\n"
             "      headers: {Authorization: 'Bearer ${" + TOKEN_ENV + "}'}\n"
@@ -379,7 +379,7 @@ def test_get_sends_fields_as_query_parameters(tmp_path):
 def test_bad_gateway_config_names_the_config_file(tmp_path, config, problem):
     settings = Settings(base_dir=str(tmp_path), source=str(tmp_path / "orchestrator.yaml"))
     with pytest.raises(InputError) as caught:
-        SmsChannel({"gateway": config}, settings)
+        SmsChannel({"gateway": config, "signature": "【某网店】"}, settings)
     assert problem in caught.value.message
     assert caught.value.file == str(tmp_path / "orchestrator.yaml")
     assert caught.value.hint
@@ -459,7 +459,7 @@ def test_orchestrator_run_delivers_through_the_gateway_and_honours_sms_replies(
     for row in sent:
         assert row.contact == row.phone and row.provider_id == f"biz-{row.phone}"
     bodies = [r.json() for r in server.requests]
-    assert all(b["content"].startswith("【某网店】") and b["content"].endswith("新品上架回T退订") for b in bodies)
+    assert all(b["content"].startswith("【某网店】") and b["content"].endswith("新品上架 回T退订") for b in bodies)
     assert all(b["n"] == "1" for b in bodies)
     assert opted_out not in {b["mobile"] for b in bodies}  # unsubscribed by reply: never contacted
     [skipped] = [(row.state, row.reason) for row in rows if row.phone == opted_out]

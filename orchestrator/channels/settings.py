@@ -40,3 +40,18 @@ def load_channel_config(model: type[M], raw: Any, settings: Any, path: Sequence[
             for err in exc.errors(include_url=False)
         )
         raise InputError(f"{where}: {detail}", file=file, hint=hint) from None
+
+
+def missing_setting(settings: Any, path: Sequence[str], example: str) -> InputError:
+    """The error for a setting a real provider cannot do without (a sender, a signature, an unsubscribe URL):
+    demo placeholders must never reach customers. Points at the enclosing block of the config file."""
+    key = ".".join(path)
+    message = f"{key} is not set: a real provider needs it (the demo placeholder is never sent)"
+    doc = getattr(settings, "document", None)
+    if doc is not None:
+        block = tuple(path[:-1])
+        if block and doc.position(block)[0] is not None:
+            error = doc.error(block, message, hint=f"add it: {example}")
+            error.message = message
+            return error
+    return InputError(message, file=getattr(settings, "source", None), hint=f"add it: {example}")

@@ -33,15 +33,37 @@ ADDRESS_FIELDS = ("email", "phone", "wechat_openid")  # a provider's suppression
 
 @dataclass
 class DrainReport:
-    # sent, failed, retrying (a transient failure, to retry), skipped (the member opted out after planning)
+    # sent and failed count attempts' final results; retrying counts messages whose last attempt failed
+    # transiently and that wait for a retry (a message tried five times is one message retrying, not five);
+    # skipped counts messages whose member opted out after planning (checked again when claimed)
     outcomes: Counter = field(default_factory=Counter)
     paused: dict[str, str] = field(default_factory=dict)  # channel -> why it is paused (breaker, rate limit)
     open: dict[str, int] = field(default_factory=dict)  # rows left pending / deferred when the drain returned
+    retrying: set[int] = field(default_factory=set)  # delivery ids waiting for a retry
+    settled: set[int] = field(default_factory=set)  # delivery ids sent or failed
 
     def merge(self, other: DrainReport) -> None:
-        self.outcomes.update(other.outcomes)
+        self.outcomes.update({key: n for key, n in other.outcomes.items() if key != "retrying"})
         self.paused.update(other.paused)
         self.open = dict(other.open)
+        self.retrying = (self.retrying - other.settled) | other.retrying
+        self.settled |= other.settled
+        self.count_retrying()
+
+    def note(self, delivery_id: int, outcome: str) -> None:
+        if outcome == "retrying":
+            self.retrying.add(delivery_id)
+        else:
+            self.outcomes[outcome] += 1
+            self.retrying.discard(delivery_id)
+            self.settled.add(delivery_id)
+        self.count_retrying()
+
+    def count_retrying(self) -> None:
+        if self.retrying:
+            self.outcomes["retrying"] = len(self.retrying)
+        else:
+            self.outcomes.pop("retrying", None)
 
 
 @dataclass
@@ -197,7 +219,7 @@ class Dispatcher:
         with self.engine.begin() as conn:
             if result.status == SendStatus.SENT:
                 claims.record_sent(conn, claimed, self.worker, result, now)
-                report.outcomes["sent"] += 1
+                report.note(claimed.id, "sent")
             elif result.status == SendStatus.PERMANENT:
                 claims.record_failed(
                     conn,
@@ -208,16 +230,16 @@ class Dispatcher:
                     suppress=result.suppress,
                     suppress_address=by_address,
                 )
-                report.outcomes["failed"] += 1
+                report.note(claimed.id, "failed")
             else:
                 decision = state.retry.after_failure(claimed.attempts + 1, claimed.created_at, now)
                 error = result.error or "transient failure"
                 if decision.retry_at is None:
                     claims.record_failed(conn, claimed, self.worker, f"{decision.why_not}: {error}", now)
-                    report.outcomes["failed"] += 1
+                    report.note(claimed.id, "failed")
                 else:
                     claims.record_retry(conn, claimed, self.worker, error, now, decision.retry_at)
-                    report.outcomes["retrying"] += 1
+                    report.note(claimed.id, "retrying")
         state.breaker.record(result.status == SendStatus.TRANSIENT)
 
 

@@ -66,6 +66,7 @@ from orchestrator.api import (
     SendResult,
     TemplateLoader,
     hookimpl,
+    missing_setting,
     outbox,
 )
 
@@ -134,6 +135,7 @@ class EmailChannel(Channel):
         self._smtp: SmtpSender | None = None
         if smtp := config.get("smtp"):
             smtp_config = load_config(smtp, settings)
+            _check_real_sender(config, settings)
             ca_file = settings.resolve_path(smtp_config.ca_file) if smtp_config.ca_file else None
             self._smtp = SmtpSender(smtp_config, ca_file)
         self._mailto = config.get("unsubscribe_mailto")
@@ -280,7 +282,7 @@ def _compile_html(opts: EmailOptions, templates: TemplateLoader) -> tuple[Any, A
     prepared = prepare(flat)
     warnings += [f"{where}: {warning}" for warning in prepared.warnings]
     html_template = original
-    if prepared.inlined:
+    if prepared.inlined or prepared.html != flat:  # CSS inlined, or stylesheets removed
         inlined = templates.from_string(prepared.html, label=f"{label} (CSS inlined)", html=True)
         html_template = PreparedTemplate(inlined, original)
     text_template = None
@@ -288,6 +290,14 @@ def _compile_html(opts: EmailOptions, templates: TemplateLoader) -> tuple[Any, A
         text = templates.from_string(prepared.text, label=f"{label} (plain text)", html=False)
         text_template = PreparedTemplate(text, original, text=True)
     return html_template, text_template, list(dict.fromkeys(warnings))
+
+
+def _check_real_sender(config: Mapping[str, Any], settings: Any) -> None:
+    """SMTP reaches real inboxes: no noreply@example.com sender, no unsubscribe link to the demo shop."""
+    if not config.get("from"):
+        raise missing_setting(settings, ("channels", "email", "from"), 'from: "Shop <news@your-shop.com>"')
+    if "unsubscribe_url" not in getattr(settings, "model_fields_set", {"unsubscribe_url"}):
+        raise missing_setting(settings, ("unsubscribe_url",), "unsubscribe_url: https://your-shop.com/unsubscribe")
 
 
 def _with_preheader(body: str, preheader: str) -> str:

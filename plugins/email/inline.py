@@ -41,6 +41,9 @@ _LITERAL = re.compile(r"""\s*(["'])([^"']+)\1\s*$""")
 _STYLE = re.compile(r"<style[\s>]|<link[^>]+stylesheet", re.IGNORECASE)
 _SUPER = re.compile(r"\{\{-?\s*super\(\)\s*-?\}\}")
 MAX_DEPTH = 10
+_STYLE_BLOCK = re.compile(r"(<style\b[^>]*>)(.*?)(</style\s*>)", re.IGNORECASE | re.DOTALL)
+_IMPORT = re.compile(r"@import\b[^;]*;?", re.IGNORECASE)
+_STYLESHEET_LINK = re.compile(r"<link\b[^>]*\bstylesheet\b[^>]*>", re.IGNORECASE)
 
 
 class NotFlat(Exception):
@@ -202,7 +205,7 @@ def protect(source: str) -> Protected:
 class Inlined:
     """One template version prepared for sending: HTML with styles inlined, and a plain-text template."""
 
-    html: str  # Jinja source; the flattened source unchanged when there was nothing to inline (or it failed)
+    html: str  # Jinja source; the flattened source (less stylesheets) when there was nothing to inline (or it failed)
     text: str | None  # Jinja source of the plain-text part; None: derive it per message
     inlined: bool
     warnings: tuple[str, ...] = ()  # without a location: the same source may come from several files
@@ -232,7 +235,27 @@ def prepare(source: str) -> Inlined:
     return result
 
 
+def without_stylesheets(source: str) -> str:
+    """``source`` less ``@import`` rules in ``<style>`` blocks and ``<link rel="stylesheet">`` elements.
+
+    cssutils (premailer's CSS parser) fetches every ``@import`` URL whatever premailer's ``allow_network`` says,
+    and premailer reads linked stylesheets: a template must never make the server fetch anything (a host that
+    never answers would hang validate), and mail clients ignore both anyway. ``email_lint`` reports each one.
+    Line breaks are kept, so that errors still point at the template's lines.
+    """
+    if "@import" not in source.lower() and "stylesheet" not in source.lower():
+        return source
+    blank = _blank_lines
+    source = _STYLE_BLOCK.sub(lambda m: m.group(1) + _IMPORT.sub(blank, m.group(2)) + m.group(3), source)
+    return _STYLESHEET_LINK.sub(blank, source)
+
+
+def _blank_lines(match: re.Match[str]) -> str:
+    return "\n" * match.group(0).count("\n")
+
+
 def _prepare(source: str) -> Inlined:
+    source = without_stylesheets(source)
     protected = protect(source)
     warnings: list[str] = []
     html, inlined = source, False

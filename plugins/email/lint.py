@@ -5,8 +5,8 @@ Checked, with the template file and line of each finding:
 * widths over ``MAX_WIDTH`` (650) px, in ``width="…"`` attributes or in CSS (``width`` / ``min-width`` in
   ``style`` attributes and ``<style>`` blocks): wider layouts scroll sideways in most mail clients;
 * ``<img>`` without ``alt``: many clients block images, and the alt text is what the reader sees then;
-* ``<link rel="stylesheet">``: mail clients do not load external stylesheets, and premailer (no network) cannot
-  inline them either.
+* ``<link rel="stylesheet">`` and ``@import`` in ``<style>``: removed before inlining (``email_inline.
+  without_stylesheets``: no template makes the server fetch anything), and mail clients ignore them anyway.
 
 The source is the template as written, Jinja syntax and all; values that are Jinja expressions are not judged.
 """
@@ -23,6 +23,8 @@ _STYLE_BLOCK = re.compile(r"<style\b[^>]*>(.*?)</style\s*>", re.IGNORECASE | re.
 _MEDIA = re.compile(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", re.IGNORECASE)
 _PX = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(px)?\s*$", re.IGNORECASE)
 _JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
+_IMPORT = re.compile(r"@import\b[^;]*;?", re.IGNORECASE)
+NO_FETCH = "the server never fetches stylesheets and mail clients ignore them; put the CSS in <style>"
 
 
 def lint(source: str, where: str) -> list[str]:
@@ -32,6 +34,9 @@ def lint(source: str, where: str) -> list[str]:
     for match in _STYLE_BLOCK.finditer(source):
         css = _MEDIA.sub(lambda m: "\n" * m.group(0).count("\n"), match.group(1))  # media queries narrow, not widen
         first_line = source.count("\n", 0, match.start(1)) + 1
+        for rule in _IMPORT.finditer(match.group(1)):
+            line = first_line + match.group(1).count("\n", 0, rule.start())
+            found.append((line, f"{rule.group(0).strip()[:80]!r} removed: {NO_FETCH}"))
         for width in _CSS_WIDTH.finditer(css):
             if float(width.group(2)) > MAX_WIDTH:
                 line = first_line + css.count("\n", 0, width.start())
@@ -63,7 +68,7 @@ def _elements(source: str) -> list[tuple[int, str]]:
             found.append((line, f"<img src={element.get('src', '')!r}> has no alt text (shown when images are off)"))
         if tag == "link" and "stylesheet" in (element.get("rel") or "").lower():
             href = element.get("href", "")
-            found.append((line, f"external stylesheet {href!r}: mail clients ignore it; put the CSS in <style>"))
+            found.append((line, f"stylesheet link {href!r} removed: {NO_FETCH}"))
     return found
 
 

@@ -24,10 +24,12 @@ message):
 * the connection lost or timing out while sending → ``transient`` for that message (the server may or may not
   have queued it: the retry carries the same Message-ID, so a duplicate is recognisable) and ``transient``
   "not attempted" for every later message of the batch; the next batch connects afresh;
-* no connection at all (refused, TLS failure, timeout, greeting refused) → ``transient`` for the whole batch;
-* login refused (e.g. ``535 5.7.8``) → ``transient`` for the whole batch: the credentials are wrong, not the
-  messages; once an operator fixes the password the ledger's retries deliver them. Marking them permanent
-  would fail every message of the run for a configuration mistake.
+* the configuration is wrong (``SmtpMisconfigured``, a ``RuntimeFailure``: the command stops at once with the
+  reason and the config keys to check, and the messages stay pending for ``resume``): STARTTLS or AUTH not
+  offered, a TLS handshake failure (TLS against a plain port, an untrusted certificate), a 5xx to the greeting
+  or a refused login (e.g. ``535 5.7.8``), or no connection at all (refused, timeout, no greeting) before this
+  process ever connected. Retrying would fail every message the same way for minutes;
+* no connection after an earlier one worked, or a 4xx to the greeting → ``transient`` for the whole batch.
 """
 
 from __future__ import annotations
@@ -36,17 +38,18 @@ import contextlib
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.api import InputError, SendResult
+from orchestrator.api import RuntimeFailure, SendResult, load_channel_config
 
 DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 MAX_PROVIDER_ID = 256  # the ledger's provider_id column
+CONFIG_HINT = "keys: host, port, security (starttls|ssl|none), username, password, timeout, local_hostname, ca_file"
 
 
 class SmtpConfig(BaseModel):
@@ -106,24 +109,15 @@ class _NoConnection(Exception):
     pass
 
 
+class SmtpMisconfigured(RuntimeFailure):
+    """The server cannot be used as configured (no STARTTLS, TLS on a plain port, login refused, nothing
+    listening at the first connection): every message would fail the same way, so the command stops with the
+    reason instead of retrying for minutes; the messages stay pending for a resume once the config is fixed."""
+
+
 def load_config(raw: Any, settings: Any) -> SmtpConfig:
-    if not isinstance(raw, Mapping):
-        raise InputError(
-            f"channels.email.smtp: expected a mapping of settings, got {raw!r}",
-            file=getattr(settings, "source", None),
-            hint="smtp: {host: smtp.example.com, security: starttls, username: …, password: ${SMTP_PASSWORD}}",
-        )
-    try:
-        return SmtpConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(smtp)'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise InputError(
-            f"channels.email.smtp: {problems}",
-            file=getattr(settings, "source", None),
-            hint="keys: host, port, security (starttls|ssl|none), username, password, timeout, local_hostname, ca_file",
-        ) from None
+    """``channels.email.smtp``; a mistake is an error at its line of the config file, with a "did you mean"."""
+    return load_channel_config(SmtpConfig, raw, settings, ("channels", "email", "smtp"), CONFIG_HINT)
 
 
 class SmtpSender:
@@ -133,6 +127,7 @@ class SmtpSender:
         self.config = config
         self.ca_file = ca_file
         self._conn: _SMTP | _SMTP_SSL | None = None
+        self._connected_once = False  # until then any failure to connect is taken as a configuration mistake
 
     @property
     def where(self) -> str:
@@ -180,6 +175,7 @@ class SmtpSender:
                 pass
             self._discard()
         self._conn = self._open()
+        self._connected_once = True
         return self._conn
 
     def _open(self) -> _SMTP | _SMTP_SSL:
@@ -203,12 +199,30 @@ class SmtpSender:
         except smtplib.SMTPResponseException as exc:
             if conn is not None:
                 conn.close()
-            raise _NoConnection(f"cannot {stage} {self.where}: {_reply_text(exc.smtp_code, exc.smtp_error)}") from None
+            reason = f"cannot {stage} {self.where}: {_reply_text(exc.smtp_code, exc.smtp_error)}"
+            if exc.smtp_code >= 500 or (stage == "log in to" and exc.smtp_code != 454):
+                raise self._misconfigured(reason, stage) from None
+            raise _NoConnection(reason) from None
         except (smtplib.SMTPException, OSError) as exc:
             if conn is not None:
                 conn.close()
-            raise _NoConnection(f"cannot {stage} {self.where}: {_describe(exc)}") from None
+            reason = f"cannot {stage} {self.where}: {_describe(exc)}"
+            # no STARTTLS or AUTH on offer, a TLS handshake that fails: the settings are wrong, not the network
+            if isinstance(exc, (smtplib.SMTPNotSupportedError, ssl.SSLError)) or not self._connected_once:
+                raise self._misconfigured(reason, stage) from None
+            raise _NoConnection(reason) from None
         return conn
+
+    def _misconfigured(self, reason: str, stage: str) -> SmtpMisconfigured:
+        keys = {
+            "connect to": "host and port (and security: ssl for port 465)",
+            "greet": "host and port",
+            "start TLS with": "security (none, or ssl for port 465) and ca_file",
+            "log in to": "username and password",
+        }[stage]
+        return SmtpMisconfigured(
+            reason, hint=f"check channels.email.smtp: {keys}; the messages stay pending: `resume` sends them"
+        )
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None

@@ -51,6 +51,7 @@ from orchestrator.api import (
     SendResult,
     TemplateLoader,
     hookimpl,
+    missing_setting,
     outbox,
 )
 
@@ -81,7 +82,10 @@ class SmsChannel(Channel):
         self._gateway: GatewaySender | None = None
         if self.sms_config.gateway is not None:
             source = getattr(settings, "source", None)
-            self._gateway = GatewaySender(load_gateway_config(self.sms_config.gateway, settings), source)
+            gateway = load_gateway_config(self.sms_config.gateway, settings)
+            if not self.sms_config.signature:  # carriers require it, and a real customer must know who wrote
+                raise missing_setting(settings, ("channels", "sms", "signature"), "signature: 【某网店】")
+            self._gateway = GatewaySender(gateway, source)
 
     def validate_contact(self, value: str) -> str | None:
         try:

@@ -9,7 +9,8 @@ Segment counting follows GSM 03.38 / 3GPP 23.038 as carriers bill it:
   counted (an emoji outside the BMP is a surrogate pair, two units); up to 70 is one segment, else parts of 67.
 
 Signature and opt-out: ``with_signature("您好", "【某网店】")`` gives ``【某网店】您好`` (never twice);
-``with_opt_out("您好。", "回T退订")`` gives ``您好。回T退订`` (CJK text takes it directly, other text after a space).
+``with_opt_out("您好。", "回T退订")`` gives ``您好。回T退订`` and ``with_opt_out("您好", "回T退订")`` ``您好 回T退订``
+(directly after full-width punctuation, after a space otherwise).
 """
 
 from __future__ import annotations
@@ -90,16 +91,18 @@ def with_signature(text: str, signature: str | None) -> str:
 def with_opt_out(text: str, opt_out: str | None) -> str:
     """``text`` with the opt-out wording at the end unless it already says it anywhere.
 
-    The join depends on the last character: after CJK text (or full-width punctuation) the wording follows
-    directly, as Chinese SMS are written; after anything else (Latin words, a coupon code) a space keeps them
-    apart so that the code stays readable.
+    After full-width punctuation (``。！，``) the wording follows directly, as Chinese SMS are written; after
+    anything else (a Chinese word, a Latin word, a coupon code) a space keeps it apart, so that "回T退订" is
+    never read as part of the last sentence.
     """
     if not opt_out or opt_out in text:
         return text
     text = text.rstrip()
     if not text:
         return opt_out
-    return text + opt_out if is_cjk(text[-1]) else f"{text} {opt_out}"
+    last = text[-1]
+    closed = is_cjk(last) and unicodedata.category(last).startswith("P")
+    return text + opt_out if closed else f"{text} {opt_out}"
 
 
 _EDGE_PUNCTUATION = string.whitespace + string.punctuation + "。，！？；：、…～"
