@@ -29,6 +29,7 @@ from orchestrator import ledger, policies
 from orchestrator.campaign.loader import CampaignPlan, StepPlan
 from orchestrator.channels import Channel, RenderedMessage
 from orchestrator.config import Settings
+from orchestrator.coupons.offer import give_back_unsent
 from orchestrator.db.models import Delivery
 from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
 from orchestrator.masking import mask_contact
@@ -157,6 +158,8 @@ class Candidate:
     plan: policies.ContactPlan | None = None
     grant: Grant | None = None
     deferred_until: datetime | None = None  # set when quiet hours defer this member
+    failed_channels: set[str] = field(default_factory=set)  # channels whose message failed to render
+    unrendered: bool = False  # every channel's message failed to render: nothing carries the member's offer
 
 
 class CampaignRunner:
@@ -305,6 +308,9 @@ class CampaignRunner:
                     self._decide(conn, candidate, lookups, result, run, dry_run, intended, sample)
             if not dry_run:
                 ledger.record_intended(conn, run["run_pk"], intended)
+                # a coupon granted to a member none of whose messages rendered travels with nothing: void it
+                # and give its budget back (a coupon exists only with its delivery)
+                give_back_unsent(conn, [c.grant.coupon_pk for c in candidates if c.unrendered and c.grant])
 
     def _replay(self, conn, candidate: Candidate, rows: list[ledger.RecordedDelivery], result: RunResult) -> None:
         """A customer this run already decided about (an earlier, interrupted invocation): count what the ledger
@@ -366,6 +372,8 @@ class CampaignRunner:
                 rendered = self._render(candidate, name, run["at"])
             except TemplateRenderError as exc:  # this customer's data broke the template: fail this one message
                 result.outcomes[RENDER_FAILED] += 1
+                candidate.unrendered = all(n == name or n in candidate.failed_channels for n, _ in plan.channels)
+                candidate.failed_channels.add(name)
                 intended.append(
                     ledger.IntendedDelivery(
                         customer["pk"], name, step.name, "failed", RENDER_FAILED, contact, error=_located(exc)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from orchestrator.db.models import Customer, Delivery
+from orchestrator.db.models import Campaign, Coupon, Customer, Delivery, OfferBudget
 from orchestrator.rendering import TemplateLoader, TemplateRenderError
 from tests import dataset
 from tests.clitools import Cli
@@ -130,3 +130,44 @@ def test_a_limit_triggered_by_one_customers_data_fails_that_delivery_only(
     assert others and all(row.state in ("sent", "skipped") for row in others)
     assert any(row.state == "sent" for row in others)
     assert json.loads(result.stdout)["outcomes"].get("sent")
+
+
+OFFER_CAMPAIGN = """\
+name: bounded-offer
+segment: {frequency: {gte: 1}}
+steps:
+  - name: one
+    offer: {coupon: {kind: amount_off, value: 20, valid_days: 14, budget: {max_issued: 100, max_face_value: 2000}}}
+    message:
+      sms:
+        template: greeting.txt.j2
+"""
+
+
+def test_a_delivery_that_failed_to_render_leaves_no_coupon_behind(engine: Engine, db_url, tmp_path, monkeypatch):
+    """The coupon is granted before the message renders (the template shows its code); when rendering then fails on
+    this member's data, nothing carries the coupon: it is voided and its budget given back (docs/guarantees.md)."""
+    dataset.load(engine)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "greeting.txt.j2").write_text(
+        "{{ offer.code }}{% if customer.customer_id == 'C02' %}{{ 'x' * 10**8 }}{% endif %}", encoding="utf-8"
+    )
+    (tmp_path / "campaign.yaml").write_text(OFFER_CAMPAIGN, encoding="utf-8")
+    (tmp_path / "orchestrator.yaml").write_text("timezone: Asia/Shanghai\ntemplates: []\n", encoding="utf-8")
+    cli = Cli(db_url, config=str(tmp_path / "orchestrator.yaml"))
+    result = cli("run", str(tmp_path / "campaign.yaml"), "--at", AT.isoformat(), "--json")
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        coupons = conn.execute(
+            select(Customer.customer_id, Coupon.state)
+            .join(Customer, Customer.id == Coupon.customer_pk)
+            .join(Campaign, Campaign.id == Coupon.campaign_pk)
+            .where(Campaign.name == "bounded-offer")  # not the data set's own coupons
+        ).all()
+        carried = set(conn.scalars(select(Delivery.coupon_pk).where(Delivery.coupon_pk.is_not(None))))
+        issued, face = conn.execute(select(OfferBudget.issued, OfferBudget.face_value)).one()
+    states = dict(coupons)
+    assert states["C02"] == "void"
+    live = [cid for cid, state in coupons if state == "issued"]
+    assert live and len(carried) == len(live)  # every live coupon travels with a message
+    assert issued == len(live) and face == 20 * len(live)
