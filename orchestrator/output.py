@@ -32,6 +32,11 @@ def emit_json(data: Any) -> None:
     click.echo(to_json(data))
 
 
+def warn(text: str) -> None:
+    """A one-line warning or note for the person at the terminal, on stderr (stdout stays the command's result)."""
+    click.echo(text, err=True)
+
+
 def is_terminal(stream=None) -> bool:
     stream = stream or sys.stderr
     return hasattr(stream, "isatty") and stream.isatty()

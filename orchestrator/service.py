@@ -8,13 +8,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import click
 from sqlalchemy import Engine
 
 from orchestrator.campaign.loader import CampaignLoader, CampaignPlan, StepPlan
 from orchestrator.channels import Channel, MessageOptions
 from orchestrator.config import Settings
 from orchestrator.offers import Grant, OfferKind
+from orchestrator.output import warn
 from orchestrator.pipeline import CampaignRunner
 from orchestrator.plugin_manager import Registry, registry
 from orchestrator.rendering import TemplateLoader
@@ -73,10 +73,9 @@ class Orchestrator:
         keys = load_keys(self.settings.base_dir, required=not dry_run)
         if keys is not None:
             return keys.current
-        click.echo(
+        warn(
             f"note: no signing key ({key_path(self.settings.base_dir)}): the sample unsubscribe links are signed "
-            "with a throwaway key and will not work; run 'orchestrator init' to create the key",
-            err=True,
+            "with a throwaway key and will not work; run 'orchestrator init' to create the key"
         )
         return secrets.token_bytes(32)
 

@@ -30,9 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-import click
-
 from orchestrator.errors import InputError
+from orchestrator.output import warn
 from orchestrator.timeutil import utcnow
 
 SECRET_ENV = "ORCHESTRATOR_SECRET_KEY"
@@ -115,7 +114,7 @@ def _warn_if_shared(path: Path) -> None:
     if path in _warned or not stat.S_IMODE(path.stat().st_mode) & 0o077:
         return
     _warned.add(path)
-    click.echo(f"warning: {path} is readable by other users; run: chmod 600 {path}", err=True)
+    warn(f"warning: {path} is readable by other users; run: chmod 600 {path}")
 
 
 def create_key(base_dir: str | Path) -> bool:
