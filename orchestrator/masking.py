@@ -17,7 +17,7 @@ _DATE = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
 # seven or more digits, optionally with a leading + and single spaces / hyphens / dots between groups
 _PHONE = r"(?<![\w.])\+?\d(?:[ \-.]?\d){6,}(?![\w])"
 _PATTERN = re.compile(f"(?P<date>{_DATE})|(?P<email>{_EMAIL})|(?P<phone>{_PHONE})")
-_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:|^[^:/@\s]+:)[^@\s]*@")
+_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:|^[^:/@\s]+:(?!//))[^@\s]*@")
 
 
 def mask_phone(value: object) -> str:

@@ -47,7 +47,17 @@ def create_db_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
         parsed.get_dialect()  # an unknown kind of database is an input error too
-    except (ArgumentError, ValueError, NoSuchModuleError) as exc:
+    except NoSuchModuleError:
+        if parsed.get_backend_name() in SUPPORTED_BACKENDS:  # a known database, an unknown driver for it
+            raise InputError(
+                f"unknown database driver {parsed.drivername!r}",
+                hint="use sqlite:///path.db, or postgresql://host/db (the psycopg driver)",
+            ) from None
+        raise InputError(
+            f"{parsed.get_backend_name()!r} databases are not supported (the database URL {mask_url(url)!r})",
+            hint="the orchestrator runs on SQLite (sqlite:///orchestrator.db) and PostgreSQL (postgresql://host/db)",
+        ) from None
+    except (ArgumentError, ValueError) as exc:
         raise InputError(
             f"{mask_url(url)!r} is not a database URL ({mask_url(str(exc))})",
             hint="use e.g. sqlite:///orchestrator.db or postgresql://user@host:5432/db",
