@@ -144,7 +144,7 @@ class Settings(_Section):
     # where unsubscribe links point; the link carries a signed token (see orchestrator.unsubscribe)
     unsubscribe_url: str = "https://shop.example.com/unsubscribe"
     # how long an unsubscribe link is honoured after it was sent (mail is read late)
-    unsubscribe_token_days: int = Field(365, ge=1)
+    unsubscribe_token_days: int = Field(365, ge=1, le=36_500)  # up to a hundred years; beyond, dates overflow
     segments: dict[str, Any] = Field(default_factory=dict)
     templates: list[str] = Field(default_factory=lambda: ["templates"])
     # the endings a template file may have; nothing else (the signing key, .env, this file) is read as a template

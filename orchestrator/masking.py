@@ -17,7 +17,9 @@ _DATE = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
 # seven or more digits, optionally with a leading + and single spaces / hyphens / dots between groups
 _PHONE = r"(?<![\w.])\+?\d(?:[ \-.]?\d){6,}(?![\w])"
 _PATTERN = re.compile(f"(?P<date>{_DATE})|(?P<email>{_EMAIL})|(?P<phone>{_PHONE})")
-_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:|^[^:/@\s]+:(?!//))[^@\s]*@")
+# user:password@ up to the LAST @ before the host (a password may hold an unencoded @), and password=… in a query
+_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:|^[^:/@\s]+:(?!//))[^/\s]*@")
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|pass)=)[^&\s'\"]*", re.IGNORECASE)
 
 
 def mask_phone(value: object) -> str:
@@ -65,4 +67,5 @@ def mask_text(text: str | None) -> str | None:
 
 def mask_url(text: str) -> str:
     """A database URL (or anything that looks like one) with its password replaced by ``***``."""
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('user')}***@", text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('user')}***@", text)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('key')}***", text)

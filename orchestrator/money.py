@@ -9,6 +9,9 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 
 CENT = Decimal("0.01")
+#: the largest amount a campaign or an import may state (a trillion); the database column would hold far more,
+#: but a larger figure in a campaign file is a typo, and one beyond the column would crash a run half-way
+MAX_AMOUNT = Decimal("1e12")
 
 
 _AMOUNT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
@@ -19,7 +22,7 @@ def parse_amount(text: str) -> Decimal:
     if not isinstance(text, str) or not _AMOUNT.match(text.strip()):
         raise ValueError(f"{text!r} is not a decimal amount (e.g. 112.50)")
     value = Decimal(text.strip())
-    if abs(value) >= Decimal("1e13"):
+    if abs(value) > MAX_AMOUNT:
         raise ValueError(f"{text!r} is too large an amount")
     if value != value.quantize(CENT):
         raise ValueError(f"{text!r} has more than two decimal places")

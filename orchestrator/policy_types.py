@@ -45,6 +45,6 @@ class FrequencyCap(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max: int = Field(ge=1)
+    max: int = Field(ge=1, le=10_000)
     per: Duration
     channel: str | None = None

@@ -98,6 +98,7 @@ class _BoundedLoader(_Loader):
             self.depth -= 1
 
 
+MAX_NUMBER_DIGITS = 100
 _BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
@@ -151,6 +152,14 @@ def _construct(loader: _Loader, node: yaml.Node, path: Path_, positions: dict, f
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_construct(loader, item, (*path, i), positions, file) for i, item in enumerate(node.value)]
+    if node.tag in (_INT, _FLOAT) and len(node.value) > MAX_NUMBER_DIGITS:  # int() of 4,300+ digits raises
+        raise InputError(
+            f"a number of {len(node.value):,} characters",
+            file=file,
+            line=node.start_mark.line + 1,
+            column=node.start_mark.column + 1,
+            hint="numbers in campaign and config files are at most a few digits long; quote it if it is text",
+        )
     return loader.construct_object(node, deep=True)
 
 

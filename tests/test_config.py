@@ -68,6 +68,10 @@ def test_missing_env_reference_names_file_and_line(tmp_path, monkeypatch):
         ("- just\n- a list\n", 1, "mapping"),
         ("currency: CNY\ncurrency: USD\n", 2, "duplicate key"),
         ("dayparts:\n  lunch: 11:00-25:00\n", 2, "dayparts.lunch"),
+        # a token lifetime past what dates can hold made every unsubscribe fail with OverflowError (exit 1)
+        ("currency: CNY\nunsubscribe_token_days: 3000000\n", 2, "unsubscribe_token_days"),
+        # int() of 4,300+ digits raised ValueError: exit 1 without a line
+        ("currency: CNY\nunsubscribe_token_days: " + "9" * 5000 + "\n", 2, "5,000 characters"),
     ],
 )
 def test_bad_config_is_an_input_error_with_line(tmp_path, text, line, fragment):

@@ -108,6 +108,23 @@ def test_a_malformed_database_url_is_not_echoed_with_its_password(tmp_path: Path
     assert "s3cretpw" not in shown and "database URL" in shown
 
 
+@pytest.mark.parametrize(
+    ("url", "command", "exit_code"),
+    [
+        # a password in the query: echoed whole in "cannot open the database …"
+        ("postgresql://127.0.0.1:5432/orch_no_such_db?user=postgres&password=s3cretpw", "analyze", 1),
+        # an unencoded @ in the password: the rest of it was shown as the host the driver could not resolve
+        ("postgresql://postgres:p@s3cretpw@127.0.0.1:5432/orch_no_such_db", "init", 2),
+    ],
+)
+def test_a_password_in_a_query_or_holding_an_at_is_not_shown(tmp_path: Path, monkeypatch, url, command, exit_code):
+    monkeypatch.chdir(tmp_path)
+    result = Cli(url)(command)
+    shown = output(result)
+    assert result.exit_code == exit_code, shown
+    assert "s3cretpw" not in shown and "Traceback" not in shown
+
+
 def test_dry_run_samples_are_masked(cli: Cli, engine: Engine):
     with engine.connect() as conn:
         emails = {e for (e,) in conn.execute(select(Customer.email)) if e}

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.money import MAX_AMOUNT
 from orchestrator.policy_types import Duration, FrequencyCap, QuietHours
 from orchestrator.timeutil import check_run_time, parse_clock, zone
 
@@ -113,8 +114,8 @@ class Schedule(_Model):
 
 
 class Budget(_Model):
-    max_issued: int | None = Field(None, ge=1)
-    max_face_value: Decimal | None = Field(None, gt=0)
+    max_issued: int | None = Field(None, ge=1, le=1_000_000_000)
+    max_face_value: Decimal | None = Field(None, gt=0, le=MAX_AMOUNT)
 
 
 class DispatchSettings(_Model):

@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError
 from orchestrator.config import Settings, database_url, load_settings
 from orchestrator.db.engine import create_db_engine, schema_is_current
 from orchestrator.errors import InputError, RuntimeFailure
+from orchestrator.masking import mask_text, mask_url
 from orchestrator.timeutil import parse_run_time
 
 
@@ -52,7 +53,8 @@ class AppContext:
         try:
             current = schema_is_current(engine)
         except Exception as exc:
-            raise RuntimeFailure(f"cannot open the database {engine.url!r}: {exc}") from None
+            shown = mask_url(engine.url.render_as_string(hide_password=True))  # also a password in the query
+            raise RuntimeFailure(f"cannot open the database {shown}: {mask_text(mask_url(str(exc)))}") from None
         if not current:
             raise RuntimeFailure(
                 f"the database {engine.url.render_as_string(hide_password=True)} is not initialised or is out of date",

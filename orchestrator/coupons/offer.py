@@ -47,6 +47,7 @@ from orchestrator.coupons import codes
 from orchestrator.db.models import Campaign, Coupon, Delivery, OfferBudget
 from orchestrator.db.types import Money
 from orchestrator.hookspecs import hookimpl
+from orchestrator.money import MAX_AMOUNT
 from orchestrator.offers import Grant, OfferKind, Withheld
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -58,17 +59,17 @@ class CouponTerms(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["amount_off", "percent_off", "free_item", "gift"]
-    value: Decimal | None = Field(None, gt=0, description="amount off, or percent off for percent_off")
-    cap: Decimal | None = Field(None, gt=0, description="percent_off: the most it takes off")
+    value: Decimal | None = Field(None, gt=0, le=MAX_AMOUNT, description="amount off, or percent off for percent_off")
+    cap: Decimal | None = Field(None, gt=0, le=MAX_AMOUNT, description="percent_off: the most it takes off")
     item: str | None = Field(None, description="free_item / gift: what the member gets")
-    face_value: Decimal | None = Field(None, ge=0, description="what one coupon costs the shop, for budgets")
-    min_spend: Decimal = Field(Decimal(0), ge=0)
+    face_value: Decimal | None = Field(None, ge=0, le=MAX_AMOUNT, description="what one coupon costs the shop")
+    min_spend: Decimal = Field(Decimal(0), ge=0, le=MAX_AMOUNT)
     valid_days: int | None = Field(None, ge=1, le=3660)
     valid_from: date | datetime | None = None
     valid_until: date | datetime | None = None
     dayparts: list[str] | None = None
     weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
-    per_customer: int = Field(1, ge=1)
+    per_customer: int = Field(1, ge=1, le=1000)
     budget: Budget | None = None
     group: str | None = None
     stacking: Literal["exclusive", "combinable", "bundled"] = "exclusive"

@@ -62,6 +62,11 @@ def create_db_engine(url: str) -> Engine:
             f"{mask_url(url)!r} is not a database URL ({mask_url(str(exc))})",
             hint="use e.g. sqlite:///orchestrator.db or postgresql://user@host:5432/db",
         ) from None
+    if parsed.host and "@" in parsed.host:  # user:p@ss@host: the rest of the password would be taken as the host
+        raise InputError(
+            f"{mask_url(url)!r} is not a database URL: the password holds an '@'",
+            hint="URL-encode it: write %40 for each @ in the password",
+        )
     backend = parsed.get_backend_name()
     if backend not in SUPPORTED_BACKENDS:
         raise InputError(
