@@ -69,7 +69,7 @@ def test_parallel_runs_of_one_campaign_issue_each_coupon_once_with_its_delivery(
     command = [sys.executable, "-c", "from orchestrator.cli import main; main()", "--config", str(config)]
     command += ["--db", db_url, "run", str(campaign), "--at", AT, "--json"]
     env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATOR_CONFIG"}
-    env["ORCHESTRATOR_SECRET_KEY"] = "test-secret"  # no race on creating the unsubscribe key file
+    # the suite's key (conftest), passed on to the child processes
     runs = [
         subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(PROCESSES)
