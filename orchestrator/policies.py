@@ -41,6 +41,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, case, func, or_, select
 
 from orchestrator.channels import Channel
+from orchestrator.data import records
 from orchestrator.db.models import CustomerConsent, Delivery, Suppression
 from orchestrator.policy_types import FrequencyCap
 from orchestrator.timeutil import DailyWindow, zone
@@ -96,7 +97,8 @@ class BatchLookups:
             self.consents[pk][channel] = bool(opted_in)
         self.by_customer: dict[int, set[str | None]] = defaultdict(set)
         self.by_address: dict[str, set[str | None]] = defaultdict(set)
-        addresses = [a for a in set(addresses) if a]
+        # e-mail addresses in the suppression list are lower-cased (records.address_key): so is the member's
+        addresses = list({records.address_key(a) for a in addresses if a})
         condition = Suppression.customer_pk.in_(customer_pks)
         if addresses:
             condition = or_(condition, Suppression.address.in_(addresses))
@@ -106,7 +108,7 @@ class BatchLookups:
             if pk is not None:
                 self.by_customer[pk].add(channel)
             if address:
-                self.by_address[address].add(channel)
+                self.by_address[records.address_key(address)].add(channel)
         self.caps = list(caps)
         self.counted: dict[int, list[int]] = {}  # customer -> messages counted by each cap, in ``caps`` order
         if self.caps and customer_pks:
@@ -125,7 +127,8 @@ class BatchLookups:
         return consent is None or self.consents.get(customer_pk, {}).get(consent, False)
 
     def is_suppressed(self, customer_pk: int, channel: str, contact: str) -> bool:
-        scopes = self.by_customer.get(customer_pk, set()) | self.by_address.get(contact, set())
+        address = records.address_key(contact) if contact else contact
+        scopes = self.by_customer.get(customer_pk, set()) | self.by_address.get(address, set())
         return None in scopes or channel in scopes
 
 

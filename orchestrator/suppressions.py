@@ -2,8 +2,9 @@
 
 A suppression names either a customer (by ``customer_id``) or a bare address (an e-mail address or a phone
 number), on one channel or (channel ``None``) on all of them; ``orchestrator.policies`` applies it. Addresses
-are normalised exactly as the customer importer normalises them (``orchestrator.data.records``), so a
-suppression by address matches the address stored on the customer with plain equality.
+are normalised as the customer importer normalises them (``orchestrator.data.records``) and e-mail addresses
+are then lower-cased whole (``records.address_key``): the policies compare the member's address in the same
+form, so ``alice@example.com`` suppresses the member imported as ``Alice@Example.com``.
 
 Adding is idempotent: an entry with the same target (customer or address) and channel is never stored twice
 (a unique index holds even against concurrent processes); the existing row is kept as it is.
@@ -30,6 +31,7 @@ from orchestrator.data import records
 from orchestrator.data.csvfile import CsvSource, RejectWriter
 from orchestrator.db.models import SUPPRESSION_REASONS, Customer, Suppression
 from orchestrator.errors import InputError
+from orchestrator.masking import mask_contact
 from orchestrator.timeutil import utcnow
 from orchestrator.unsubscribe import load_keys, verify
 
@@ -54,13 +56,19 @@ class Target:
     customer_id: str | None = None
     address: str | None = None
 
+    def __post_init__(self):
+        # every way in (the command line, an import, a provider's bounce) stores the address in the compared form
+        if self.address:
+            object.__setattr__(self, "address", records.address_key(self.address))
+
     def condition(self):
         if self.customer_pk is not None:
             return Suppression.customer_pk == self.customer_pk
         return and_(Suppression.customer_pk.is_(None), Suppression.address == self.address)
 
     def describe(self) -> str:
-        return f"customer {self.customer_id}" if self.customer_id is not None else self.address or "?"
+        """For a message: the customer id, or the address masked (output never shows a whole address)."""
+        return f"customer {self.customer_id}" if self.customer_id is not None else mask_contact(self.address) or "?"
 
 
 # --- values ----------------------------------------------------------------------------------------------------------
@@ -88,7 +96,7 @@ def parse_reason(value: str | None) -> str:
 
 
 def normalise_email(value: str) -> str:
-    return records.email(value.strip())
+    return records.address_key(records.email(value.strip()))
 
 
 def normalise_phone(settings: Settings, value: str) -> str:

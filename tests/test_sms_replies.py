@@ -83,8 +83,8 @@ def test_import_sms_replies_end_to_end(run_cli, tmp_path):
     }
     listed = json.loads(run_cli("suppress", "list", "--channel", "sms", "--json").stdout)
     assert sorted((e["address"], e["channel"], e["reason"], e["source"]) for e in listed) == [
-        ("+8613700137000", "sms", "unsubscribed", "sms_reply"),
-        ("+8613800138000", "sms", "unsubscribed", "sms_reply"),
+        ("+86 137****7000", "sms", "unsubscribed", "sms_reply"),  # masked, as in every listing
+        ("+86 138****8000", "sms", "unsubscribed", "sms_reply"),
     ]
     assert json.loads(run_cli("suppress", "list", "--channel", "email", "--json").stdout) == []
 

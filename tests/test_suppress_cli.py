@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
+from orchestrator import policies, suppressions
 from orchestrator.db.models import Customer, Delivery, Suppression
 from orchestrator.unsubscribe import SECRET_ENV, sign
 from tests import dataset
@@ -99,12 +100,12 @@ def test_add_by_customer_is_stored_and_idempotent(env: Env):
 def test_addresses_are_normalised_like_the_importer(env: Env):
     phone = env.json("suppress", "add", "--phone", "+86 138 0000 0001", "--channel", "sms")
     email = env.json("suppress", "add", "--email", "c17@EXAMPLE.COM")
-    assert phone["address"] == "+8613800000001" and email["address"] == "c17@example.com"
+    assert phone["address"] == "+86 138****0001" and email["address"] == "c***@example.com"  # masked in output
     with env.engine.connect() as conn:
         stored = dict(conn.execute(select(Customer.customer_id, Customer.phone)).all())
         stored_email = conn.execute(select(Customer.email).where(Customer.customer_id == "C17")).scalar_one()
-    assert phone["address"] == stored["C01"]  # the customer's stored E.164 number: plain equality matches
-    assert email["address"] == stored_email
+    # the customer's stored E.164 number and address: plain equality matches
+    assert [r.address for r in env.rows()] == [stored["C01"], stored_email] == ["+8613800000001", "c17@example.com"]
     # the same numbers written differently are the same entry
     assert env.json("suppress", "add", "--phone", "13800000001", "--channel", "sms")["added"] is False
     assert env.json("suppress", "add", "--email", "c17@example.com")["added"] is False
@@ -141,13 +142,13 @@ def test_remove_and_list(env: Env):
     assert [(e["customer_id"], e["address"], e["channel"], e["reason"]) for e in listed] == [
         ("C01", None, "all", "do_not_contact"),
         ("C01", None, "sms", "unsubscribed"),
-        (None, "c03@example.com", "email", "bounced"),
+        (None, "c***@example.com", "email", "bounced"),
     ]
     assert [e["channel"] for e in env.json("suppress", "list", "--channel", "sms")] == ["all", "sms"]
-    assert [e["address"] for e in env.json("suppress", "list", "--reason", "bounced")] == ["c03@example.com"]
+    assert [e["address"] for e in env.json("suppress", "list", "--reason", "bounced")] == ["c***@example.com"]
     assert env.json("suppress", "list", "--reason", "complained") == []
     text = env.ok("suppress", "list").output
-    assert "C01" in text and "c03@example.com" in text
+    assert "C01" in text and "c***@example.com" in text and "c03@example.com" not in text
 
     # only the sms entry of C01
     assert env.json("suppress", "remove", "--customer", "C01", "--channel", "sms")["removed"] == 1
@@ -284,3 +285,89 @@ def test_a_run_after_suppress_skips_the_suppressed(env: Env):
     assert sent, "the campaign should still reach someone"
     outbox = b"".join(p.read_bytes() for p in env.outbox.iterdir())
     assert b"c01@example.com" not in outbox and b"c17@example.com" not in outbox
+
+
+# --- e-mail addresses match whatever their case ----------------------------------------------------------------------
+
+
+def _import_email(env: Env, tmp_path: Path, customer_id: str, email: str) -> None:
+    """The member's address as the customer importer stores it (it lower-cases the domain only)."""
+    file = write_csv(tmp_path / "customers.csv", [["customer_id", "email"], [customer_id, email]])
+    env.ok("import", "customers", str(file))
+
+
+def _outcome(env: Env, customer_id: str) -> tuple[str, str | None]:
+    with env.engine.connect() as conn:
+        return conn.execute(
+            select(Delivery.state, Delivery.reason)
+            .join(Customer, Customer.id == Delivery.customer_pk)
+            .where(Customer.customer_id == customer_id)
+        ).one()
+
+
+def test_an_email_suppression_matches_the_member_whatever_the_case(env: Env, tmp_path: Path):
+    _import_email(env, tmp_path, "C01", "Alice@Example.com")
+    env.ok("suppress", "add", "--email", "alice@example.com")
+    env.ok("run", str(env.campaign), "--at", AT.isoformat())
+    assert _outcome(env, "C01") == ("skipped", "suppressed")
+    assert b"lice@example.com" not in b"".join(p.read_bytes() for p in env.outbox.iterdir())
+
+
+def test_a_planned_message_is_not_sent_after_an_opt_out_in_another_case(env: Env, tmp_path: Path):
+    _import_email(env, tmp_path, "C01", "Alice@Example.com")
+    planned = env.json("run", str(env.campaign), "--at", AT.isoformat(), "--plan-only")
+    assert _outcome(env, "C01") == ("pending", None)
+    env.ok("suppress", "add", "--email", "ALICE@example.com", "--channel", "email")
+    env.ok("dispatch", "--run", str(planned["run_id"]))
+    assert _outcome(env, "C01") == ("skipped", "suppressed")
+    assert b"lice@example.com" not in b"".join(p.read_bytes() for p in env.outbox.iterdir())
+
+
+def test_a_mixed_case_suppression_matches_a_lower_case_member(env: Env, tmp_path: Path):
+    stored = env.json("suppress", "add", "--email", "C17@Example.COM")
+    assert stored["address"] == "c***@example.com"
+    assert [r.address for r in env.rows()] == ["c17@example.com"]
+    assert env.json("suppress", "add", "--email", "c17@example.com")["added"] is False
+    env.ok("run", str(env.campaign), "--at", AT.isoformat())
+    assert _outcome(env, "C17") == ("skipped", "suppressed")
+
+
+def test_an_imported_suppression_matches_whatever_the_case(env: Env, tmp_path: Path):
+    _import_email(env, tmp_path, "C01", "Alice@Example.com")
+    file = write_csv(tmp_path / "s.csv", [["email", "channel"], ["ALICE@EXAMPLE.COM", "email"]])
+    env.ok("suppress", "import", str(file))
+    assert [r.address for r in env.rows()] == ["alice@example.com"]
+    env.ok("run", str(env.campaign), "--at", AT.isoformat())
+    assert _outcome(env, "C01") == ("skipped", "suppressed")
+
+
+# --- contacts are masked in the output -------------------------------------------------------------------------------
+
+
+def test_suppress_output_masks_contacts(env: Env):
+    added = env.ok("suppress", "add", "--phone", "+86 138 1234 5679", "--channel", "sms").output
+    assert "+8613812345679" not in added and "+86 138****5679" in added
+    env.ok("suppress", "add", "--email", "alice@example.com", "--note", "asked by alice@example.com")
+    again = env.ok("suppress", "add", "--email", "alice@example.com").output
+    assert "alice@example.com" not in again and "a***@example.com" in again
+    for output in (env.ok("suppress", "list").output, env.ok("suppress", "list", "--json").output):
+        assert "alice@example.com" not in output and "+8613812345679" not in output, output
+        assert "a***@example.com" in output and "+86 138****5679" in output
+    removed = env.ok("suppress", "remove", "--email", "alice@example.com").output
+    removed_json = env.ok("suppress", "remove", "--phone", "+8613812345679", "--json").output
+    assert "alice@example.com" not in removed and "+8613812345679" not in removed_json
+
+
+def test_an_address_added_by_a_bounce_is_lower_cased_and_an_openid_kept_exact(env: Env):
+    """The provider paths (``claims.record_failed``) add the member's address as sent: ``suppressions.add``."""
+    with env.engine.begin() as conn:
+        for address, channel in (("Alice@Example.com", "email"), ("oAbC_Open-Id", "wechat")):
+            target = suppressions.Target(address=address)
+            suppressions.add(conn, target, channel=channel, reason="bounced", source="provider")
+    assert [(r.address, r.channel) for r in env.rows()] == [("alice@example.com", "email"), ("oAbC_Open-Id", "wechat")]
+    member = env.keys["C02"]
+    with env.engine.connect() as conn:
+        lookups = policies.BatchLookups(conn, [member], ["ALICE@example.com", "oabc_open-id", "oAbC_Open-Id"])
+    assert lookups.is_suppressed(member, "email", "ALICE@example.com")
+    assert lookups.is_suppressed(member, "wechat", "oAbC_Open-Id")
+    assert not lookups.is_suppressed(member, "wechat", "oabc_open-id")  # openids are case-sensitive

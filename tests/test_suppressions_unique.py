@@ -81,7 +81,7 @@ def test_concurrent_adds_on_postgresql_store_one_entry(postgres_url: str, config
         with engine.connect() as conn:
             rows = conn.execute(select(Suppression.customer_pk, Suppression.address, Suppression.channel)).all()
         assert sorted(rows, key=str) == sorted(
-            [(None, "Same.Person@example.com", "sms"), (keys["C01"], None, "sms")], key=str
+            [(None, "same.person@example.com", "sms"), (keys["C01"], None, "sms")], key=str
         )
     finally:
         engine.dispose()

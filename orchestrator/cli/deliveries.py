@@ -73,10 +73,10 @@ def add_command(app, customer, email, phone, channel, reason, note, as_json) -> 
     with app.engine.begin() as conn:
         target = suppressions.resolve(conn, settings, customer=customer, email=email, phone=phone)
         result = suppressions.add(conn, target, channel=channel, reason=reason, note=note)
+    entry = _masked(result.entry)
     if as_json:
-        emit_json({"added": result.added, **result.entry})
+        emit_json({"added": result.added, **entry})
         return
-    entry = result.entry
     what = f"{target.describe()} on {entry['channel']} channel{'s' if entry['channel'] == 'all' else ''}"
     if result.added:
         click.echo(f"suppressed {what} ({entry['reason']})")
@@ -98,7 +98,7 @@ def remove_command(app, customer, email, phone, channel, as_json) -> None:
         target = suppressions.resolve(conn, settings, customer=customer, email=email, phone=phone)
         removed = suppressions.remove(conn, target, channel=channel, any_channel=any_channel)
     if as_json:
-        emit_json({"removed": removed, "customer_id": target.customer_id, "address": target.address})
+        emit_json({"removed": removed, "customer_id": target.customer_id, "address": mask_contact(target.address)})
         return
     click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} for {target.describe()}")
 
@@ -112,7 +112,7 @@ def list_command(app, channel, reason, as_json) -> None:
     """List the entries, oldest first, one line each (with --json: one JSON list)."""
     channel = _channel(channel)
     with app.engine.connect() as conn:
-        rows = suppressions.entries(conn, channel=channel, reason=reason)
+        rows = (_masked(e) for e in suppressions.entries(conn, channel=channel, reason=reason))
         if as_json:
             _stream_json(rows)
             return
@@ -122,6 +122,12 @@ def list_command(app, channel, reason, as_json) -> None:
             click.echo(
                 f"{who}\t{e['channel']}\t{e['reason']}\t{e['source'] or '-'}\t{e['created_at'].isoformat()}{note}"
             )
+
+
+def _masked(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry for output: its address masked, and any address or phone number quoted in its note (a provider's
+    reply) too, as every listing does."""
+    return {**entry, "address": mask_contact(entry["address"]), "note": mask_text(entry["note"])}
 
 
 @suppress_group.command("import")
@@ -158,7 +164,7 @@ def unsubscribe_command(app, token: str, as_json: bool) -> None:
     settings = app.settings
     with app.engine.begin() as conn:
         result = suppressions.unsubscribe(conn, settings, token)
-    entry = result.entry
+    entry = _masked(result.entry)
     if as_json:
         emit_json({"added": result.added, **entry})
         return

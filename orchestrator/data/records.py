@@ -173,6 +173,16 @@ def email(value: str) -> str:
         raise ValueError(f"{value!r} is not a valid e-mail address ({_sentence(str(exc))})") from None
 
 
+def address_key(value: str) -> str:
+    """A contact address as the suppression list stores and compares it.
+
+    An e-mail address (it has an ``@``) is lower-cased whole: the importer keeps the local part's case (a mail
+    server may in theory honour it), but a person who opts out as ``alice@`` is the member stored as ``Alice@``.
+    Phones are E.164 already, and a WeChat openid is case-sensitive: both are kept exactly.
+    """
+    return value.lower() if "@" in value else value
+
+
 @lru_cache(maxsize=4096)
 def _checked_domain(domain: str) -> str | None:
     """The library's normalised form of ``domain``, or ``None`` if it rejects it."""
