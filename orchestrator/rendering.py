@@ -219,12 +219,17 @@ class _FolderLoader(BaseLoader):
 
 
 class TemplateEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, bounded (``orchestrator.template_limits``: operators that can build huge values, calls, loops
-    and ``~`` are checked), with one shortcut: ``customer.name`` on a plain dict (all template data is) reads the
-    key directly. The sandbox's own lookup tries the attribute first and pays for an AttributeError on every field
-    of every message; a dict's keys are data, never Python internals, so reading them first is just as safe."""
+    """The sandbox, bounded (``orchestrator.template_limits``: operators that can build huge values, calls, loops,
+    ``~`` and the text collected by blocks and macros are checked), with one shortcut: ``customer.name`` on a
+    plain dict (all template data is) reads the key directly. The sandbox's own lookup tries the attribute first
+    and pays for an AttributeError on every field of every message; a dict's keys are data, never Python
+    internals, so reading them first is just as safe."""
 
     intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = limits.BoundedCodeGenerator
+    concat = staticmethod(limits.joined)  # what blocks, super() and macros are joined with
+    bounded_buffer = limits.BoundedBuffer
+    sized_parts = staticmethod(limits.sized_parts)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return limits.binop(operator, left, right)
