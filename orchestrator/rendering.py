@@ -19,6 +19,7 @@ Filters and the synthetic context live in ``orchestrator.template_context``.
 from __future__ import annotations
 
 import copy
+import os
 import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,7 @@ from orchestrator import template_limits as limits
 from orchestrator.errors import InputError
 from orchestrator.template_context import SuggestingUndefined, closest, register_filters, synthetic_context
 from orchestrator.timeutil import zone
-from orchestrator.unsubscribe import SECRET_FILE
+from orchestrator.unsubscribe import PREVIOUS_FILE, SECRET_FILE
 
 __all__ = [
     "CompiledTemplate",
@@ -93,31 +94,65 @@ def _relative_name(name: str) -> str:
     return normal
 
 
+FileId = tuple[int, int]  # (st_dev, st_ino): the same file under any name, hard links included
+
+
 @dataclass(frozen=True)
 class TemplateFiles:
     """Which files may be read as templates: a campaign's folder is a template folder, and it (or the config's
-    folder) also holds the signing key, the config file, an SQLite database and ``.env`` files. Only names with a
-    template ending are templates, and the files in ``protected`` never are, whatever their ending."""
+    folder) also holds the signing keys, the config file, an SQLite database and ``.env`` files.
+
+    A template is a file whose name has a template ending, whose real path (symlinks followed) is named so too,
+    with no dot-file or dot-folder on either path, and that is not one of the ``protected`` files under any name:
+    those are compared as files (device and inode), not paths, and a file with more than one hard link is refused
+    outright (it may be another name for any file, a ``.env`` or a key, and no template needs one)."""
 
     suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
     protected: frozenset[Path] = frozenset()
 
-    def check_name(self, name: str) -> None:
+    def check_name(self, name: str, *, shown: str | None = None) -> None:
         """Before touching the disk, so that a refusal says nothing about whether the file exists."""
-        base = posixpath.basename(name.replace("\\", "/")).lower()
-        if base == SECRET_FILE or not base.endswith(self.suffixes) or base.startswith("."):
+        parts = name.replace("\\", "/").split("/")
+        base = parts[-1].lower()
+        if (
+            base.startswith(SECRET_FILE)
+            or not base.endswith(self.suffixes)
+            or any(part.startswith(".") and part not in (".", "..") for part in parts)
+        ):
+            what = f"{shown!r} links to {name!r}, which" if shown else repr(name)
             raise InputError(
-                f"{name!r} is not a template file",
+                f"{what} is not a template file",
                 hint=f"template files end in {', '.join(self.suffixes)} (template_suffixes in the config file); "
-                "dot-files are never templates",
+                "dot-files, dot-folders and the signing keys are never templates",
             )
 
-    def check_file(self, name: str, path: Path) -> None:
-        if path.resolve() in self.protected:
+    def check_file(self, name: str, path: Path, root: Path, info: os.stat_result | None = None) -> None:
+        """The file ``path`` (found as ``name`` in ``root``) judged by what it is: its real name and its inode."""
+        real = path.resolve().relative_to(root.resolve()).as_posix()
+        if real != posixpath.normpath(name.replace("\\", "/")):
+            self.check_name(real, shown=name)
+        info = info or path.stat()
+        if (info.st_dev, info.st_ino) in self._protected_ids():
             raise InputError(
                 f"{name!r} is the signing key, the config file or the database: never a template",
                 hint="point `template:` at a template file",
             )
+        if info.st_nlink > 1:
+            raise InputError(
+                f"{name!r} is a hard link (the file has {info.st_nlink} names): never a template",
+                hint="copy the template file instead of linking it",
+            )
+
+    def _protected_ids(self) -> set[FileId]:
+        """Stat'ed on each check: a database's -wal file, or a rotated key, may appear after start-up."""
+        ids: set[FileId] = set()
+        for path in self.protected:
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            ids.add((info.st_dev, info.st_ino))
+        return ids
 
 
 def resolve_template(name: str, roots: Sequence[Path], files: TemplateFiles | None = None) -> tuple[Path, Path] | None:
@@ -138,7 +173,7 @@ def resolve_template(name: str, roots: Sequence[Path], files: TemplateFiles | No
                 hint="templates (and symlinks to them) must stay inside their folder",
             )
         if candidate.is_file():
-            files.check_file(name, candidate)
+            files.check_file(relative, candidate, root)
             return root, candidate
     return None
 
@@ -148,9 +183,12 @@ def _stamp(path: Path) -> Stamp:
     return info.st_mtime_ns, info.st_size
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, root: Path, files: TemplateFiles) -> str:
+    """The template's text, judged again on the open file: a link changed since the lookup is caught here."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            files.check_file(path.relative_to(root).as_posix(), path, root, os.fstat(handle.fileno()))
+            raw = handle.read()
     except OSError as exc:
         raise InputError(f"cannot read template: {exc.strerror}", file=str(path)) from None
     try:
@@ -174,19 +212,24 @@ class _FolderLoader(BaseLoader):
         found = resolve_template(template, self.roots, self.files)
         if found is None:
             raise TemplateNotFound(template)
-        path = found[1]
+        root, path = found
         stamp = _stamp(path)
         self.filenames.add(str(path))
-        return _read(path), str(path), lambda: path.is_file() and _stamp(path) == stamp
+        return _read(path, root, self.files), str(path), lambda: path.is_file() and _stamp(path) == stamp
 
 
 class TemplateEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, bounded (``orchestrator.template_limits``: operators that can build huge values, calls, loops
-    and ``~`` are checked), with one shortcut: ``customer.name`` on a plain dict (all template data is) reads the
-    key directly. The sandbox's own lookup tries the attribute first and pays for an AttributeError on every field
-    of every message; a dict's keys are data, never Python internals, so reading them first is just as safe."""
+    """The sandbox, bounded (``orchestrator.template_limits``: operators that can build huge values, calls, loops,
+    ``~`` and the text collected by blocks and macros are checked), with one shortcut: ``customer.name`` on a
+    plain dict (all template data is) reads the key directly. The sandbox's own lookup tries the attribute first
+    and pays for an AttributeError on every field of every message; a dict's keys are data, never Python
+    internals, so reading them first is just as safe."""
 
     intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = limits.BoundedCodeGenerator
+    concat = staticmethod(limits.joined)  # what blocks, super() and macros are joined with
+    bounded_buffer = limits.BoundedBuffer
+    sized_parts = staticmethod(limits.sized_parts)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return limits.binop(operator, left, right)
@@ -407,7 +450,8 @@ class TemplateLoader:
         cached = self._cache.get(key)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        compiled = self._compile(_read(path), name=name, filename=str(path), html=html, label=str(path), inline=False)
+        source = _read(path, root, self.files)
+        compiled = self._compile(source, name=name, filename=str(path), html=html, label=str(path), inline=False)
         self._cache[key] = (stamp, compiled)
         return compiled
 
@@ -435,13 +479,15 @@ class TemplateLoader:
 
 
 def _protected_files(settings: Any) -> frozenset[Path]:
-    """The signing key, the config file and an SQLite database: never templates, whatever they are named."""
+    """The signing keys (current and previous), the config file and an SQLite database with its journal files:
+    never templates, whatever they are named or linked as."""
     from orchestrator.config import database_url  # the config imports nothing of ours; keep it that way
 
-    paths = [settings.resolve_path(SECRET_FILE)]
+    paths = [settings.resolve_path(SECRET_FILE), settings.resolve_path(PREVIOUS_FILE)]
     if settings.source:
         paths.append(Path(settings.source))
     url = database_url(settings)
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        paths.append(Path(url.removeprefix("sqlite:///").split("?")[0]))
+        database = url.removeprefix("sqlite:///").split("?")[0]
+        paths += [Path(database + ending) for ending in ("", "-wal", "-shm", "-journal")]
     return frozenset(path.resolve() for path in paths)

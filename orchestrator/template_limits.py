@@ -10,7 +10,11 @@ the template line):
   operands, before Python allocates anything);
 * on every loop iteration (``{% for %}`` iterables are wrapped at parse time, see ``bound_loops``) and on every
   sandboxed call: the render's time budget;
-* on the output as it is produced: ``MAX_TEXT`` characters.
+* on the output as it is produced: ``MAX_TEXT`` characters; and on text a template builds out of sight of the
+  output, in ``{% set %}`` blocks, macros, ``caller()`` and ``{% filter %}`` blocks: Jinja collects that text in a
+  list and joins it, so the code generator (``BoundedCodeGenerator``) makes those lists ``BoundedBuffer``s, which
+  refuse to grow past ``MAX_TEXT``, the environment's ``concat`` is ``joined``, and a ``~`` chain is measured
+  before it is joined (``sized_parts``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from itertools import islice
 from typing import Any
 
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
+from markupsafe import soft_str
 
 MAX_TEXT = 1_000_000  # characters (or items) of a rendered message and of any string or list a template builds
 MAX_POWER_BITS = 100_000  # an integer power's result (30,000 digits: far beyond any price or count)
@@ -33,7 +39,6 @@ LIMITS_HINT = (
     "loop over the customer's data, not over large ranges"
 )
 LOOP_FILTER = "_bounded_loop"  # the filter every {% for %} iterable is wrapped in
-TEXT_FILTER = "_bounded_text"  # and every ~ concatenation
 
 _BLOCK = 64  # output chunks read between two size checks (each chunk is itself bounded by the checks below)
 _local = threading.local()
@@ -67,6 +72,55 @@ def joined(chunks: Iterable[str]) -> str:
             raise TemplateLimitError(f"the template's output is longer than {MAX_TEXT:,} characters")
         parts += block
     return "".join(parts)
+
+
+class BoundedBuffer(list):
+    """The list a ``{% set %}`` block, macro, ``caller()`` or ``{% filter %}`` block collects its text in,
+    refused once its text passes ``MAX_TEXT`` characters (before the join that would need that much memory)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def append(self, item: Any) -> None:
+        self.size += len(item) if isinstance(item, str) else 0
+        if self.size > MAX_TEXT:
+            raise TemplateLimitError(f"text built in this block or macro is longer than {MAX_TEXT:,} characters")
+        super().append(item)
+
+    def extend(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self.append(item)
+
+
+def sized_parts(parts: tuple[Any, ...]) -> list[str]:
+    """The operands of a ``~`` chain as text (``Markup`` stays ``Markup``), refused if together too long."""
+    texts = [soft_str(part) for part in parts]
+    size = sum(map(len, texts))
+    if size > MAX_TEXT:
+        raise _too_long("joining these values with ~", size)
+    return texts
+
+
+class BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with every text buffer bounded and every ``~`` measured before it joins."""
+
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.bounded_buffer()")
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        else:
+            join = "markup_join" if frame.eval_ctx.autoescape else "str_join"
+        self.write(f"{join}(environment.sized_parts((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write(")))")
 
 
 def _too_long(what: str, size: int) -> TemplateLimitError:
@@ -191,7 +245,7 @@ def check_replace(text: Any, old: Any, new: Any, count: Any = -1) -> None:
 
 
 def bounded_filters(filters: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
-    """Replacements for the built-in filters that can amplify their input, plus the two internal guards."""
+    """Replacements for the built-in filters that can amplify their input, plus the loop guard."""
     center, indent, fmt, replace = filters["center"], filters["indent"], filters["format"], filters["replace"]
     batch, slice_, join = filters["batch"], filters["slice"], filters["join"]
 
@@ -239,7 +293,6 @@ def bounded_filters(filters: dict[str, Callable[..., Any]]) -> dict[str, Callabl
         "slice": checked_slice,
         "join": checked_join,
         LOOP_FILTER: bounded_loop,
-        TEXT_FILTER: check_result,
     }
 
 
@@ -251,19 +304,8 @@ def bounded_loop(iterable: Any) -> Iterator[Any]:
 
 
 def bound_loops(tree: nodes.Template) -> nodes.Template:
-    """Wrap every loop's iterable in ``LOOP_FILTER`` and every ``~`` in ``TEXT_FILTER`` (after parsing, before
-    code generation: the template's own code then checks its clock and its text sizes)."""
+    """Wrap every loop's iterable in ``LOOP_FILTER`` (after parsing, before code generation: the template's own
+    code then checks its clock on every iteration)."""
     for loop in list(tree.find_all(nodes.For)):
         loop.iter = nodes.Filter(loop.iter, LOOP_FILTER, [], [], None, None, lineno=loop.iter.lineno)
-    for parent in [tree, *tree.find_all(nodes.Node)]:  # listed first: the guards added are not walked again
-        for field in parent.fields:
-            value = getattr(parent, field, None)
-            if isinstance(value, nodes.Concat):
-                setattr(parent, field, _text_guard(value))
-            elif isinstance(value, list):
-                value[:] = [_text_guard(v) if isinstance(v, nodes.Concat) else v for v in value]
     return tree
-
-
-def _text_guard(node: nodes.Concat) -> nodes.Filter:
-    return nodes.Filter(node, TEXT_FILTER, [], [], None, None, lineno=node.lineno)

@@ -85,3 +85,74 @@ def test_dry_run_never_shows_the_signing_key(folder, template, db_url, monkeypat
     result = cli("dry-run", str(folder / "campaign.yaml"), "--json")
     assert result.exit_code == 2, result.output
     assert KEY not in result.output and "not a template file" in result.output
+
+
+# --- links: the file a template name points at is judged, not only the name -----------------------------------
+
+OLD_KEY = "old-k3y-that-must-never-show"
+
+
+@pytest.fixture
+def config_folder(folder: Path) -> Path:
+    """``folder`` as an operator's config folder: rotated key, config, SQLite database with its -wal and -shm."""
+    (folder / "orchestrator.secret.previous").write_text(OLD_KEY + "\n", encoding="utf-8")
+    (folder / "notes.md").write_text(KEY, encoding="utf-8")
+    (folder / "orchestrator.yaml").write_text(f"templates: []\ndatabase:\n  url: sqlite:///{folder / 'shop.db'}\n")
+    for name in ("shop.db", "shop.db-wal", "shop.db-shm"):
+        (folder / name).write_text(KEY, encoding="utf-8")
+    return folder
+
+
+def _loader(folder: Path, campaign_folder: Path) -> TemplateLoader:
+    settings = Settings(base_dir=str(folder))
+    settings.source = str(folder / "orchestrator.yaml")
+    settings.database = settings.database.model_copy(update={"url": f"sqlite:///{folder / 'shop.db'}"})
+    return TemplateLoader.from_settings(settings).for_campaign(campaign_folder / "campaign.yaml")
+
+
+@pytest.mark.parametrize(
+    "target", ["orchestrator.secret.previous", "orchestrator.secret", ".env", "orchestrator.yaml", "notes.md"]
+)
+def test_a_symlink_is_judged_by_the_file_it_points_at(config_folder, target):
+    (config_folder / "old.txt").symlink_to(target)
+    with pytest.raises(InputError, match=r"not a template file|never a template") as caught:
+        _loader(config_folder, config_folder).load("old.txt").render({})
+    assert KEY not in caught.value.render() and OLD_KEY not in caught.value.render()
+
+
+@pytest.mark.parametrize(
+    "target", ["orchestrator.secret", "orchestrator.secret.previous", ".env", "orchestrator.yaml", "shop.db-wal"]
+)
+def test_a_hard_link_to_a_protected_file_is_refused(config_folder, tmp_path_factory, target):
+    campaigns = tmp_path_factory.mktemp("campaigns")  # the campaign elsewhere, on the same file system
+    (campaigns / "key.txt").hardlink_to(config_folder / target)
+    with pytest.raises(InputError, match=r"never a template|hard link") as caught:
+        _loader(config_folder, campaigns).load("key.txt").render({})
+    assert KEY not in caught.value.render() and OLD_KEY not in caught.value.render()
+
+
+def test_includes_and_imports_follow_the_same_rules(config_folder):
+    (config_folder / "old.txt").symlink_to("orchestrator.secret.previous")
+    (config_folder / "same.txt").hardlink_to(config_folder / "orchestrator.secret")
+    loader = TemplateLoader([config_folder])
+    for tag in ("{% include 'old.txt' %}", "{% import 'old.txt' as m %}", "{% include 'same.txt' %}"):
+        (config_folder / "inc.txt.j2").write_text(tag, encoding="utf-8")
+        with pytest.raises(InputError) as caught:
+            loader.load("inc.txt.j2").render({})
+        assert KEY not in caught.value.render() and OLD_KEY not in caught.value.render(), tag
+
+
+def test_a_symlink_to_a_template_still_works(config_folder):
+    (config_folder / "alias.txt.j2").symlink_to("ok.txt.j2")
+    loaded = _loader(config_folder, config_folder).load("alias.txt.j2")
+    assert loaded.render({"customer": {"name": "张伟"}}) == "您好张伟"
+
+
+def test_dry_run_never_shows_a_rotated_key_through_a_symlink(config_folder, db_url, monkeypatch):
+    monkeypatch.chdir(config_folder)
+    (config_folder / "old.txt").symlink_to("orchestrator.secret.previous")
+    (config_folder / "campaign.yaml").write_text(CAMPAIGN.replace("{template}", "old.txt"), encoding="utf-8")
+    cli = Cli(db_url, config=str(config_folder / "orchestrator.yaml"))
+    result = cli("dry-run", str(config_folder / "campaign.yaml"), "--sample", "1")
+    assert result.exit_code == 2, result.output
+    assert OLD_KEY not in result.output and "old.txt" in result.output

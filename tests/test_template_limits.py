@@ -5,6 +5,9 @@ customer's data at run time it fails that one delivery and the run goes on."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -171,3 +174,48 @@ def test_a_delivery_that_failed_to_render_leaves_no_coupon_behind(engine: Engine
     live = [cid for cid, state in coupons if state == "issued"]
     assert live and len(carried) == len(live)  # every live coupon travels with a message
     assert issued == len(live) and face == 20 * len(live)
+
+
+# --- text built out of sight of the output check: {% set %} blocks, macros, caller(), {% filter %}, ~ -----------
+
+MEGA = "{% set s = 'x' * 1000000 %}\n"  # exactly the limit: allowed on its own
+HIDDEN_GROWTH = {
+    "set block": MEGA + "{% set big %}{% for i in range(1000) %}{{ s }}{% endfor %}{% endset %}{{ big[:10] }}",
+    "macro": MEGA + "{% macro m() %}{% for i in range(1000) %}{{ s }}{% endfor %}{% endmacro %}{{ m()[:10] }}",
+    "caller": MEGA + "{% macro m() %}{{ caller()[:10] }}{% endmacro %}"
+    "{% call m() %}{% for i in range(1000) %}{{ s }}{% endfor %}{% endcall %}",
+    "filter block": MEGA + "{% filter truncate(10) %}{% for i in range(1000) %}{{ s }}{% endfor %}{% endfilter %}",
+    "distinct chunks": MEGA
+    + "{% set big %}{% for i in range(1000) %}{{ s[i:] }}{% endfor %}{% endset %}{{ big|length }}",
+    "one ~ chain": MEGA + "{{ (" + " ~ ".join(["s"] * 400) + ")|length }}",  # 400 MB joined before any check
+}
+PEAK_MB = 300
+
+# validate in a child process; the grandchild's peak memory is what getrusage(RUSAGE_CHILDREN) sees in the child
+MEASURE = """
+import resource, subprocess, sys, time
+started = time.monotonic()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=120)
+peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(done.returncode, round(peak_mb), round(time.monotonic() - started, 2))
+sys.stdout.write(done.stdout + done.stderr)
+"""
+
+
+@pytest.mark.parametrize("source", HIDDEN_GROWTH.values(), ids=HIDDEN_GROWTH.keys())
+def test_text_built_in_blocks_macros_and_filters_is_bounded_at_validate(tmp_path, source):
+    (tmp_path / "greeting.txt.j2").write_text(source, encoding="utf-8")
+    (tmp_path / "campaign.yaml").write_text(CAMPAIGN, encoding="utf-8")
+    (tmp_path / "orchestrator.yaml").write_text("templates: []\n", encoding="utf-8")
+    orchestrator = shutil.which("orchestrator", path=str(Path(sys.executable).parent)) or "orchestrator"
+    command = [orchestrator, "--config", "orchestrator.yaml", "validate", "campaign.yaml"]
+    measured = subprocess.run(
+        [sys.executable, "-c", MEASURE, *command], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    status, peak_mb, seconds = measured.stdout.split("\n", 1)[0].split()
+    output = measured.stdout.split("\n", 1)[1]
+    assert int(status) == 2, output
+    assert "greeting.txt.j2:2" in output and "characters" in output, output
+    assert "Traceback" not in output
+    assert int(peak_mb) < PEAK_MB, f"validate peaked at {peak_mb} MB"
+    assert float(seconds) < 30

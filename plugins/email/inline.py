@@ -26,9 +26,11 @@ import hashlib
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator_plugins.email.lint import NO_FETCH
 from orchestrator_plugins.email.text import html_to_text
 
 _JINJA = re.compile(
@@ -241,6 +243,8 @@ def without_stylesheets(source: str) -> str:
     cssutils (premailer's CSS parser) fetches every ``@import`` URL whatever premailer's ``allow_network`` says,
     and premailer reads linked stylesheets: a template must never make the server fetch anything (a host that
     never answers would hang validate), and mail clients ignore both anyway. ``email_lint`` reports each one.
+    This is for the output and the advice; what guarantees no fetch is cssutils' fetcher (``_no_fetching``),
+    since an ``@import`` can be spelt in ways a regex misses.
     Line breaks are kept, so that errors still point at the template's lines.
     """
     if "@import" not in source.lower() and "stylesheet" not in source.lower():
@@ -260,11 +264,13 @@ def _prepare(source: str) -> Inlined:
     warnings: list[str] = []
     html, inlined = source, False
     if _STYLE.search(source):
+        refused: list[str] = []
         try:
-            html = protected.restore(run_premailer(protected.text))
+            html = protected.restore(run_premailer(protected.text, refused))
             inlined = True
         except ValueError as exc:
             warnings.append(f"CSS not inlined ({exc}); keep Jinja tags out of <style> and inside elements")
+        warnings += [f"stylesheet {url[:80]!r} imported in <style> not fetched: {NO_FETCH}" for url in refused]
     try:
         text: str | None = protected.restore(html_to_text(protected.text), drop_output=True)
     except ValueError:
@@ -272,15 +278,42 @@ def _prepare(source: str) -> Inlined:
     return Inlined(html, text, inlined, tuple(warnings))
 
 
-def run_premailer(html: str) -> str:
-    """Premailer with what e-mail needs: no network, no class removal, leftover ``@media`` rules kept."""
+_refused = threading.local()  # the URLs cssutils asked for during this thread's premailer run
+
+
+def _refuse_fetch(url: str) -> None:
+    """cssutils' fetcher for ``@import``: fetches nothing (cssutils then keeps the rule without its sheet)."""
+    found = getattr(_refused, "urls", None)
+    if found is not None:
+        found.append(url)
+    return None
+
+
+def _no_fetching() -> None:
+    """Make cssutils unable to fetch. premailer's ``allow_network=False`` only covers ``<link>``: cssutils reads every
+    ``@import`` it parses through its module-wide default fetcher (premailer gives it no fetcher of its own), and
+    ``@import`` has spellings no regex strips reliably (CSS escapes such as ``@\\69mport``, a ``<style>`` never
+    closed). Every parser cssutils makes without a fetcher uses this default, so replacing it covers them all."""
+    import cssutils.util
+
+    cssutils.util._defaultFetcher = _refuse_fetch  # type: ignore[attr-defined]  # cssutils' documented hook is per parser
+
+
+def run_premailer(html: str, refused: list[str] | None = None) -> str:
+    """Premailer with what e-mail needs: no network, no class removal, leftover ``@media`` rules kept. URLs that
+    the CSS asked to fetch (and were refused) are appended to ``refused``."""
     import premailer  # only when a template is inlined: it pulls in cssutils, a quarter second per command
 
-    return premailer.Premailer(
-        html,
-        allow_network=False,
-        disable_validation=True,
-        remove_classes=False,
-        keep_style_tags=False,
-        cssutils_logging_level=logging.CRITICAL,
-    ).transform()
+    _no_fetching()
+    _refused.urls = refused
+    try:
+        return premailer.Premailer(
+            html,
+            allow_network=False,
+            disable_validation=True,
+            remove_classes=False,
+            keep_style_tags=False,
+            cssutils_logging_level=logging.CRITICAL,
+        ).transform()
+    finally:
+        _refused.urls = None
