@@ -85,3 +85,22 @@ def test_validate_exits_2_naming_the_key_and_file(tmp_path, monkeypatch, channel
     result = Cli(None, config=str(path))("validate", str(tmp_path / "campaign.yaml"))
     assert result.exit_code == 2, result.output
     assert key in result.output and str(path) in result.output
+
+
+def test_the_config_init_writes_sends_no_demo_unsubscribe_link(tmp_path, monkeypatch):
+    """A new user adds SMTP to the config `init` wrote: that file must not carry a live placeholder
+    unsubscribe_url, or real mail would point members at the demo shop."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ORCHESTRATOR_CONFIG", raising=False)
+    cli = Cli(f"sqlite:///{tmp_path / 'orchestrator.db'}", config=None)
+    assert cli("init").exit_code == 0
+    path = tmp_path / "orchestrator.yaml"
+    written = path.read_text(encoding="utf-8")
+    path.write_text(
+        written + "channels:\n" + SMTP.replace("  email:\n", "  email:\n    from: Shop <news@shop.test>\n"),
+        encoding="utf-8",
+    )
+    settings = load_settings(path)
+    with pytest.raises(InputError) as caught:
+        EmailChannel(settings.channels["email"], settings)
+    assert "unsubscribe_url" in caught.value.message
