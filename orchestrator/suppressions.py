@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -34,6 +34,7 @@ from orchestrator.errors import InputError
 from orchestrator.masking import mask_contact
 from orchestrator.timeutil import utcnow
 from orchestrator.unsubscribe import load_keys, verify
+from orchestrator.yamlfile import suggest
 
 DEFAULT_REASON = "do_not_contact"
 CLI_SOURCE = "cli"
@@ -74,8 +75,9 @@ class Target:
 # --- values ----------------------------------------------------------------------------------------------------------
 
 
-def parse_channel(value: str | None) -> str | None:
-    """A channel name, lower-cased; empty, ``None`` or ``all`` mean every channel (``None``)."""
+def parse_channel(value: str | None, known: Collection[str] | None = None) -> str | None:
+    """A channel name, lower-cased; empty, ``None`` or ``all`` mean every channel (``None``). With ``known`` (the
+    loaded channels), any other name is refused: a misspelt ``smss`` would otherwise block nothing."""
     if value is None:
         return None
     value = value.strip().lower()
@@ -83,6 +85,9 @@ def parse_channel(value: str | None) -> str | None:
         return None
     if not _CHANNEL.fullmatch(value):
         raise ValueError(f"{value!r} is not a channel name (e.g. email, sms; or all)")
+    if known is not None and value not in known:
+        hint = suggest(value, known) or f"the channels are {', '.join(sorted(known))}, or all"
+        raise ValueError(f"{value!r} is not a loaded channel: {hint}")
     return value
 
 
@@ -310,7 +315,10 @@ class _Row:
     note: str | None
 
 
-def import_file(engine: Engine, settings: Settings, path: str | os.PathLike) -> SuppressionImport:
+def import_file(
+    engine: Engine, settings: Settings, path: str | os.PathLike, channels: Collection[str] | None = None
+) -> SuppressionImport:
+    """``channels``: the loaded channel names; a row naming another channel is rejected."""
     path = Path(path)
     result = SuppressionImport(file=str(path))
     with CsvSource(path, ()) as source:
@@ -327,7 +335,7 @@ def import_file(engine: Engine, settings: Settings, path: str | os.PathLike) -> 
             with engine.begin() as conn:
                 records_ = iter(source.records())
                 while chunk := list(islice(records_, BATCH_SIZE)):
-                    _import_batch(conn, settings, chunk, positions, len(source.header), result, rejects, now)
+                    _import_batch(conn, settings, chunk, positions, len(source.header), result, rejects, now, channels)
         except BaseException:
             rejects.discard()
             raise
@@ -335,7 +343,14 @@ def import_file(engine: Engine, settings: Settings, path: str | os.PathLike) -> 
     return result
 
 
-def _read_row(settings: Settings, line: int, fields: list[str], positions: dict[str, int], width: int) -> _Row:
+def _read_row(
+    settings: Settings,
+    line: int,
+    fields: list[str],
+    positions: dict[str, int],
+    width: int,
+    channels: Collection[str] | None = None,
+) -> _Row:
     if len(fields) > width and not any(f.strip() for f in fields[width:]):
         fields = fields[:width]
     if len(fields) != width:
@@ -356,7 +371,7 @@ def _read_row(settings: Settings, line: int, fields: list[str], positions: dict[
     customer_id = value("customer_id") or None
     channel = reason = None
     try:
-        channel = parse_channel(value("channel"))
+        channel = parse_channel(value("channel"), channels)
     except ValueError as exc:
         problems.append(f"channel: {exc}")
     try:
@@ -379,12 +394,13 @@ def _import_batch(
     result: SuppressionImport,
     rejects: RejectWriter,
     now: datetime,
+    channels: Collection[str] | None = None,
 ) -> None:
     rows: list[_Row] = []
     bad: list[tuple[int, list[str], str]] = []
     for line, fields in chunk:
         try:
-            rows.append(_read_row(settings, line, fields, positions, width))
+            rows.append(_read_row(settings, line, fields, positions, width, channels))
         except ValueError as exc:
             bad.append((line, fields, str(exc)))
     ids = {r.customer_id for r in rows if r.customer_id}

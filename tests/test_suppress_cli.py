@@ -221,6 +221,23 @@ def test_import_loads_rejects_reconciles_and_is_idempotent(env: Env, tmp_path: P
     assert len(env.rows()) == 5
 
 
+def test_a_misspelt_channel_is_refused_not_recorded(env: Env, tmp_path: Path):
+    """`--channel smss` used to record a suppression on a channel that does not exist: the member stayed reachable
+    by SMS while the marketer believed them blocked."""
+    result = env.cli("suppress", "add", "--customer", "C01", "--channel", "smss")
+    assert result.exit_code == 2 and "did you mean 'sms'" in result.output, result.output
+    file = write_csv(
+        tmp_path / "typo.csv",
+        [["customer_id", "channel"], ["C01", "smss"], ["C03", "sms"]],
+    )
+    data = env.json("suppress", "import", str(file))
+    assert (data["loaded"], data["rejected"]) == (1, 1)
+    with open(data["reject_file"], encoding="utf-8", newline="") as handle:
+        [reject] = list(csv.DictReader(handle))
+    assert reject["line"] == "2" and "did you mean 'sms'" in reject["reason"]
+    assert {(r.customer_pk, r.channel) for r in env.rows()} == {(env.keys["C03"], "sms")}
+
+
 def test_import_of_a_bad_file_exits_2(env: Env, tmp_path: Path):
     file = write_csv(tmp_path / "s.csv", [["name", "note"], ["x", "y"]])
     result = env.cli("suppress", "import", str(file))

@@ -13,6 +13,7 @@ from orchestrator.db.models import DELIVERY_STATES, SUPPRESSION_REASONS, Campaig
 from orchestrator.errors import InputError
 from orchestrator.masking import mask_contact, mask_text
 from orchestrator.output import emit_json, local_time, to_json
+from orchestrator.plugin_manager import registry
 
 LIST_BATCH = 500
 
@@ -37,9 +38,13 @@ def _selectors(command):
     return command
 
 
+def _loaded_channels() -> list[str]:
+    return sorted(registry().channels)
+
+
 def _channel(value: str | None) -> str | None:
     try:
-        return suppressions.parse_channel(value)
+        return suppressions.parse_channel(value, _loaded_channels())
     except ValueError as exc:
         raise InputError(f"--channel: {exc}") from None
 
@@ -140,7 +145,7 @@ def import_command(app, file: str, as_json: bool) -> None:
     Each row names at least one of customer_id, email, phone (an entry is added for each). Bad rows go to
     FILE.rejects.csv with their line and reason; re-importing the same file adds nothing.
     """
-    result = suppressions.import_file(app.engine, app.settings, file)
+    result = suppressions.import_file(app.engine, app.settings, file, _loaded_channels())
     if as_json:
         emit_json(result.to_dict())
         return
