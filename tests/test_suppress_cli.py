@@ -388,3 +388,12 @@ def test_an_address_added_by_a_bounce_is_lower_cased_and_an_openid_kept_exact(en
     assert lookups.is_suppressed(member, "email", "ALICE@example.com")
     assert lookups.is_suppressed(member, "wechat", "oAbC_Open-Id")
     assert not lookups.is_suppressed(member, "wechat", "oabc_open-id")  # openids are case-sensitive
+
+
+def test_text_output_shows_times_in_the_shop_zone(env: Env):
+    """The list and the "already suppressed" note printed UTC (+00:00) where every other text shows shop time."""
+    env.ok("suppress", "add", "--customer", "C01")
+    listed = env.cli("suppress", "list").output.strip().splitlines()[-1]
+    again = env.cli("suppress", "add", "--customer", "C01").output
+    for text in (listed, again):
+        assert "+08:00" in text and "+00:00" not in text, text

@@ -86,7 +86,8 @@ def add_command(app, customer, email, phone, channel, reason, note, as_json) -> 
     if result.added:
         click.echo(f"suppressed {what} ({entry['reason']})")
     else:
-        click.echo(f"{what} was already suppressed ({entry['reason']}, {entry['created_at']}); nothing changed")
+        since = local_time(entry["created_at"], app.settings.tz)
+        click.echo(f"{what} was already suppressed ({entry['reason']}, {since}); nothing changed")
 
 
 @suppress_group.command("remove")
@@ -125,7 +126,8 @@ def list_command(app, channel, reason, as_json) -> None:
             who = e["customer_id"] if e["customer_id"] is not None else e["address"]
             note = f"  {e['note']}" if e["note"] else ""
             click.echo(
-                f"{who}\t{e['channel']}\t{e['reason']}\t{e['source'] or '-'}\t{e['created_at'].isoformat()}{note}"
+                f"{who}\t{e['channel']}\t{e['reason']}\t{e['source'] or '-'}\t"
+                f"{local_time(e['created_at'], app.settings.tz)}{note}"
             )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, tzinfo
+
 import click
 
 from orchestrator.cli.render import print_run
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.open_runs import dispatch_run, find_runs, resume
-from orchestrator.output import emit_json
+from orchestrator.output import emit_json, local_time
 from orchestrator.pipeline import RunResult
 from orchestrator.service import Orchestrator
 
@@ -60,15 +62,16 @@ def dispatch_command(app, run_ids: tuple[int, ...], at_text: str | None, linger:
         reports = [dispatch_run(service, run, at=at, linger=linger, dispatcher=dispatcher) for run in runs]
     finally:
         dispatcher.close()
-    emit_json({"runs": reports}) if as_json else _print_dispatch(reports)
+    emit_json({"runs": reports}) if as_json else _print_dispatch(reports, app.settings.tz)
 
 
-def _print_dispatch(reports: list[dict]) -> None:
+def _print_dispatch(reports: list[dict], tz: tzinfo) -> None:
     if not reports:
         click.echo("no unfinished runs")
     for r in reports:
         outcomes = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()) or "nothing due"
-        line = f"run {r['run_id']} {r['campaign']} ({r['at']}): {outcomes}; {r['state']}"
+        at = local_time(datetime.fromisoformat(r["at"]), tz)  # the JSON form is UTC; a person reads shop time
+        line = f"run {r['run_id']} {r['campaign']} ({at}): {outcomes}; {r['state']}"
         if r["open"]:
             line += " - left: " + ", ".join(f"{k} {v}" for k, v in r["open"].items())
         for channel, why in r["paused"].items():
