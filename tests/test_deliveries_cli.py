@@ -170,7 +170,7 @@ def test_summary(env: Env):
     assert [s["run_id"] for s in summary] == [first["run_id"], second["run_id"]]
     for s in summary:
         mine = [d for d in ledger if d.run_pk == s["run_id"]]
-        assert set(s) == {"campaign", "run_id", "scheduled_at", "total", "states", "skipped"}
+        assert set(s) == {"campaign", "run_id", "scheduled_at", "total", "states", "skipped", "control"}
         assert s["campaign"] == NAME and s["total"] == len(mine)
         assert s["states"] == dict(Counter(d.state for d in mine))
         assert s["skipped"] == dict(Counter(d.reason for d in mine if d.state == "skipped"))
@@ -178,6 +178,22 @@ def test_summary(env: Env):
     only = env.json("deliveries", "--summary", "--run", str(second["run_id"]))
     assert [s["run_id"] for s in only] == [second["run_id"]]
     assert NAME in env.cli("deliveries", "--summary").output
+
+
+def test_summary_counts_the_control_group_in_members_as_run_does(env: Env):
+    """A held-out member has a row per channel they would have had; the summary printed those rows as the
+    control group (held_out 12 where run said control 6)."""
+    env.campaign.write_text(
+        CAMPAIGN.replace("message:\n", "control_group: 40%\ndispatch: {strategy: all}\nmessage:\n")
+        + "  sms:\n    text: 'Hello {{ customer.name }}'\n",
+        encoding="utf-8",
+    )
+    ran = run(env)
+    assert ran["control"] > 0
+    [summary] = env.json("deliveries", "--summary")
+    assert summary["control"] == ran["control"]
+    assert summary["states"]["held_out"] > ran["control"]  # rows: one per channel a member would have had
+    assert f"control group {ran['control']} members" in env.cli("deliveries", "--summary").output
 
 
 def test_text_listing_has_a_header_and_shows_times_in_the_shop_zone(env: Env):

@@ -212,7 +212,9 @@ def deliveries_command(app, campaign, run_id, state, reason, customer_id, limit,
                 states = ", ".join(f"{k} {v}" for k, v in run["states"].items())
                 click.echo(
                     f"{run['campaign']}  run {run['run_id']}  {local_time(run['scheduled_at'], tz)}  "
-                    f"total {run['total']}: {states}" + (f"  (skipped: {skipped})" if skipped else "")
+                    f"total {run['total']}: {states}"
+                    + (f"  (skipped: {skipped})" if skipped else "")
+                    + (f"  control group {run['control']} members" if run["control"] else "")
                 )
             return
         query = _rows_query().where(*filters).order_by(desc(Delivery.created_at), desc(Delivery.id))
@@ -361,9 +363,15 @@ def _summary(conn, filters: list) -> list[dict[str, Any]]:
         if state == "skipped":
             key = reason or "unknown"
             run["skipped"][key] = run["skipped"].get(key, 0) + n
-    for run in runs.values():
+    # held_out counts rows (one per channel a member would have had); the control group is counted in members,
+    # as run and dry-run report it
+    control = _joined(select(CampaignRun.id, func.count(func.distinct(Delivery.customer_pk))))
+    control = control.where(*filters, Delivery.state == "held_out").group_by(CampaignRun.id)
+    members = {run_pk: n for run_pk, n in conn.execute(control)}
+    for run_pk, run in runs.items():
         run["states"] = dict(sorted(run["states"].items()))
         run["skipped"] = dict(sorted(run["skipped"].items()))
+        run["control"] = members.get(run_pk, 0)
     return list(runs.values())
 
 
