@@ -145,7 +145,8 @@ def import_command(app, file: str, as_json: bool) -> None:
     """Load entries from a CSV: customer_id, email, phone, channel, reason, note.
 
     Each row names at least one of customer_id, email, phone (an entry is added for each). Bad rows go to
-    FILE.rejects.csv with their line and reason; re-importing the same file adds nothing.
+    <name>.rejects.csv beside FILE (suppressions.csv → suppressions.rejects.csv) with their line and reason;
+    re-importing the same file adds nothing.
     """
     result = suppressions.import_file(app.engine, app.settings, file, _loaded_channels())
     if as_json:
