@@ -474,6 +474,17 @@ def test_wrong_header_lists_the_expected_columns(run_cli, tmp_path):
     assert "the header must include: customer_id; it may also have: name,email,phone," in result.stderr
 
 
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_file_separated_by_something_else_says_so(run_cli, tmp_path, separator):
+    """A spreadsheet saved with semicolons read as one column named 'customer_id;name', and the error suggested
+    'customer_id' for it."""
+    path = tmp_path / "c.csv"
+    path.write_text(f"customer_id{separator}name\nC1{separator}Ann\n", encoding="utf-8")
+    result = run_cli("import", "customers", str(path))
+    assert result.exit_code == 2
+    assert "not commas" in result.stderr and "did you mean" not in result.stderr, result.stderr
+
+
 def test_missing_file(run_cli, tmp_path):
     result = run_cli("import", "orders", str(tmp_path / "nope.csv"))
     assert result.exit_code == 2

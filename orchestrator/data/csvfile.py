@@ -132,6 +132,14 @@ class CsvSource:
             if name:
                 seen[name] = position
         missing = [c for c in columns if c not in seen]
+        separator = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
+        if missing and separator:  # a spreadsheet saved with another separator: one column holding every name
+            shown = "TAB" if separator == "\t" else repr(separator)
+            raise self.error(
+                f"the header is one column, {header[0][:60]!r}: the file separates columns with {shown}, not commas",
+                line,
+                hint=f"save it as CSV UTF-8 (comma-separated); {hint}",
+            )
         if missing:
             unknown = [name for name in lowered if name not in known][:MAX_GUESS_CANDIDATES]
             guesses = [f"{m!r} (found {g[0]!r})" for m in missing if (g := difflib.get_close_matches(m, unknown, 1))]
