@@ -476,7 +476,7 @@ def test_a_bundled_coupon_needs_its_group_on_the_same_order(shop: Shop):
 def test_show_and_list_coupons_without_a_campaign(run_cli, shop: Shop):
     code = shop.coupon(dayparts=["lunch"], weekdays=["tue", "wed"], group="winback", stacking="combinable")
     shop.order("O1")
-    data = cli_json(run_cli, "coupons", "show", code.lower())
+    data = cli_json(run_cli, "coupons", "show", code.lower(), "--at", LUNCH)
     assert data["code"] == codes.display(code)
     assert (data["state"], data["customer_id"], data["campaign"], data["run_scheduled_at"]) == (
         "issued",
@@ -499,6 +499,17 @@ def test_show_and_list_coupons_without_a_campaign(run_cli, shop: Shop):
     result = run_cli("coupons", "list", "--campaign", "nope")
     assert result.exit_code == 2
     assert "no campaign named 'nope'" in result.stderr
+
+
+def test_an_issued_coupon_past_its_validity_reads_as_expired(run_cli, shop: Shop):
+    """Nothing ever wrote 'expired': a coupon valid until July 2025 still showed 'issued' in December 2026, and
+    `list --state expired` found nothing. Time makes the change; `--at` shows any moment."""
+    code = shop.coupon()  # valid 2025-07-01 10:00 to 2025-07-15 00:00 shop time
+    shop.coupon("C2", issued="2025-07-10T10:00:00")  # valid to 2025-07-24
+    assert cli_json(run_cli, "coupons", "show", code, "--at", "2025-07-14T23:59:59")["state"] == "issued"
+    assert cli_json(run_cli, "coupons", "show", code, "--at", "2025-07-15T00:00:00")["state"] == "expired"
+    assert cli_json(run_cli, "coupons", "show", code)["state"] == "expired"  # now, long after
+    assert "state       expired" in run_cli("coupons", "show", code).stdout
 
 
 # --- the closing loop through the real pipeline ------------------------------------------------------------------
@@ -539,7 +550,7 @@ def test_the_closing_loop_through_the_pipeline(run_cli, engine: Engine, tmp_path
     run = cli_json(run_cli, "run", "campaign.yaml", "--at", RUN_AT)
     assert run["offers"]["issued"] == 3 and run["outcomes"] == {"sent": 3}
 
-    listed = cli_json(run_cli, "coupons", "list", "--campaign", "dinner-to-lunch")
+    listed = cli_json(run_cli, "coupons", "list", "--campaign", "dinner-to-lunch", "--at", RUN_AT)
     assert [c["customer_id"] for c in listed] == ["C1", "C2", "C3"]
     assert set(listed[0]) == {
         *("code", "state", "customer_id", "step", "kind", "value", "min_spend"),
@@ -636,6 +647,10 @@ def test_the_closing_loop_through_the_pipeline(run_cli, engine: Engine, tmp_path
     lines = run_cli("coupons", "list", "--campaign", "dinner-to-lunch").stdout.splitlines()
     assert len(lines) == 3 and lines[0].startswith(f"{code['C1']}  redeemed") and "order N1" in lines[0]
     assert cli_json(run_cli, "coupons", "list", "--campaign", "dinner-to-lunch", "--state", "void") == []
+    # valid 14 days from 2025-07-01: today the one never redeemed has expired, and none is still issued
+    expired = cli_json(run_cli, "coupons", "list", "--campaign", "dinner-to-lunch", "--state", "expired")
+    assert [c["customer_id"] for c in expired] == ["C2"]
+    assert cli_json(run_cli, "coupons", "list", "--campaign", "dinner-to-lunch", "--state", "issued") == []
 
 
 def test_orders_import_result_through_the_python_api(shop: Shop, tmp_path: Path):

@@ -94,13 +94,16 @@ def _amount(text: str | None) -> Decimal | None:
 
 @coupons_group.command("show")
 @click.argument("code")
+@click.option("--at", "at_text", metavar="TIME", help="Show the state as of this time (default: now); ISO 8601.")
 @json_option
 @click.pass_obj
-def show_command(app, code: str, as_json: bool) -> None:
-    """Show coupon CODE: owner, campaign, terms, validity (shop time) and redemptions."""
+def show_command(app, code: str, at_text: str | None, as_json: bool) -> None:
+    """Show coupon CODE: owner, campaign, terms, validity (shop time) and redemptions. An issued coupon whose
+    validity has ended shows as expired."""
     settings = app.settings
+    at = app.parse_at(at_text) if at_text else None
     with app.engine.connect() as conn:
-        coupon = find_coupon(conn, settings, code)
+        coupon = find_coupon(conn, settings, code, at)
     if as_json:
         emit_json(coupon)
         return
@@ -135,13 +138,16 @@ def show_command(app, code: str, as_json: bool) -> None:
 @coupons_group.command("list")
 @click.option("--campaign", required=True, metavar="NAME", help="The campaign whose coupons to list.")
 @click.option("--state", type=click.Choice(COUPON_STATES), help="Only coupons in this state.")
+@click.option("--at", "at_text", metavar="TIME", help="Show the state as of this time (default: now); ISO 8601.")
 @json_option
 @click.pass_obj
-def list_command(app, campaign: str, state: str | None, as_json: bool) -> None:
-    """List a campaign's coupons, one line each (with --json: one JSON list), streamed in issue order."""
+def list_command(app, campaign: str, state: str | None, at_text: str | None, as_json: bool) -> None:
+    """List a campaign's coupons, one line each (with --json: one JSON list), streamed in issue order. An issued
+    coupon whose validity has ended lists as expired."""
     settings = app.settings
+    at = app.parse_at(at_text) if at_text else None
     with app.engine.connect() as conn:
-        coupons = campaign_coupons(conn, settings, campaign, state)
+        coupons = campaign_coupons(conn, settings, campaign, state, at)
         if not as_json:
             for coupon in coupons:
                 click.echo(summary_line(coupon))

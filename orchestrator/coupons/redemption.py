@@ -44,14 +44,14 @@ from datetime import datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.config import Settings
 from orchestrator.coupons import codes
 from orchestrator.db.models import COUPON_STATES, Campaign, CampaignRun, Coupon, CouponRedemption, Customer, Order
 from orchestrator.errors import InputError
-from orchestrator.timeutil import DailyWindow
+from orchestrator.timeutil import DailyWindow, utcnow
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -374,8 +374,9 @@ def _check_stacking(conn: Connection, coupon: Row, order: Row, refuse) -> None:
 # --- looking up ------------------------------------------------------------------------------------------------
 
 
-def find_coupon(conn: Connection, settings: Settings, code: str) -> dict[str, Any]:
-    """Everything about one coupon, for ``coupons show``; an ``InputError`` for a mistyped or unknown code."""
+def find_coupon(conn: Connection, settings: Settings, code: str, at: datetime | None = None) -> dict[str, Any]:
+    """Everything about one coupon, for ``coupons show``, its state as of ``at`` (default now); an ``InputError``
+    for a mistyped or unknown code."""
     code = codes.normalise(code)
     problem = code_problem(code)
     if problem:
@@ -410,7 +411,7 @@ def find_coupon(conn: Connection, settings: Settings, code: str) -> dict[str, An
     ).all()
     return {
         "code": codes.display(coupon.code),
-        "state": coupon.state,
+        "state": state_now(coupon.state, coupon.valid_until, at),
         "customer_id": row.customer_id,
         "campaign": row.campaign,
         "run_scheduled_at": local_iso(row.run_scheduled_at, settings),
@@ -442,7 +443,7 @@ def find_coupon(conn: Connection, settings: Settings, code: str) -> dict[str, An
 
 
 def campaign_coupons(
-    conn: Connection, settings: Settings, campaign: str, state: str | None = None
+    conn: Connection, settings: Settings, campaign: str, state: str | None = None, at: datetime | None = None
 ) -> Iterator[dict[str, Any]]:
     """The coupons of a campaign (optionally in one state), streamed in issue order; for ``coupons list``.
 
@@ -453,11 +454,27 @@ def campaign_coupons(
     campaign_pk = conn.scalar(select(Campaign.id).where(Campaign.name == campaign))
     if campaign_pk is None:
         raise InputError(f"--campaign: no campaign named {campaign!r}", hint="campaigns appear once they have run")
-    return _stream_coupons(conn, settings, campaign_pk, state)
+    return _stream_coupons(conn, settings, campaign_pk, state, at)
+
+
+def state_now(state: str, valid_until: datetime, now: datetime | None = None) -> str:
+    """An issued coupon whose validity has ended reads as ``expired``: time makes that change, no write does
+    (``valid_until`` is the first moment it is no longer valid)."""
+    return "expired" if state == "issued" and valid_until <= (now or utcnow()) else state
+
+
+def _in_state(state: str, now: datetime) -> ColumnElement[bool]:
+    """The coupons ``state_now`` puts in ``state``."""
+    ended = Coupon.valid_until <= now
+    if state == "expired":
+        return or_(Coupon.state == "expired", and_(Coupon.state == "issued", ended))
+    if state == "issued":
+        return and_(Coupon.state == "issued", Coupon.valid_until > now)
+    return Coupon.state == state
 
 
 def _stream_coupons(
-    conn: Connection, settings: Settings, campaign_pk: int, state: str | None
+    conn: Connection, settings: Settings, campaign_pk: int, state: str | None, at: datetime | None = None
 ) -> Iterator[dict[str, Any]]:
     query = (
         select(
@@ -480,13 +497,14 @@ def _stream_coupons(
         .where(Coupon.campaign_pk == campaign_pk)
         .order_by(Coupon.id)
     )
+    now = at or utcnow()
     if state is not None:
-        query = query.where(Coupon.state == state)
+        query = query.where(_in_state(state, now))
     result = conn.execute(query.execution_options(yield_per=LIST_BATCH))
     for row in result:
         yield {
             "code": codes.display(row.code),
-            "state": row.state,
+            "state": state_now(row.state, row.valid_until, now),
             "customer_id": row.customer_id,
             "step": row.step,
             "kind": row.offer_kind,
