@@ -32,7 +32,7 @@ from orchestrator.config import Settings
 from orchestrator.coupons.offer import give_back_unsent
 from orchestrator.db.models import Delivery
 from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
-from orchestrator.masking import mask_contact
+from orchestrator.masking import mask_contact, mask_text
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
 from orchestrator.rendering import TemplateRenderError
@@ -418,8 +418,8 @@ def _sample(candidate: Candidate, channel: str, contact: str, rendered: Rendered
         "customer_id": candidate.customer["customer_id"],
         "step": candidate.step.name,
         "channel": channel,
-        "to": mask_contact(contact),  # samples are printed: masked like every other output
-        "parts": rendered.parts,
+        "to": mask_contact(contact),  # samples are printed: masked like every other output,
+        "parts": {name: mask_text(part) if isinstance(part, str) else part for name, part in rendered.parts.items()},
         "measures": rendered.measures,
     }
 

@@ -4,6 +4,7 @@ SQLite and PostgreSQL: provider replies in ``deliveries``, database errors, ``--
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ segment: {frequency: {gte: 1}}
 message:
   email:
     subject: "Hi {{ customer.name }}"
-    text: "Hello {{ customer.name }}"
+    text: "Hello {{ customer.name }}, your e-mail {{ customer.email }}, your phone {{ customer.phone or 13812345678 }}"
 """
 
 
@@ -131,5 +132,6 @@ def test_dry_run_samples_are_masked(cli: Cli, engine: Engine):
     shown = cli("dry-run", "campaign.yaml", "--at", AT.isoformat(), "--sample", "5").output
     data = json.loads(cli("dry-run", "campaign.yaml", "--at", AT.isoformat(), "--sample", "5", "--json").stdout)
     assert len(data["samples"]) == 5 and all("***@" in s["to"] for s in data["samples"])
-    for text_ in (shown, json.dumps(data)):
-        assert not any(e in text_ for e in emails)
+    for text_ in (shown, json.dumps(data, ensure_ascii=False)):
+        assert not any(e in text_ for e in emails)  # in the recipient and in the message body
+        assert re.search(r"1\d{10}", text_) is None  # no whole mobile number anywhere
