@@ -47,6 +47,7 @@ NAMING = {
 }
 
 ORDER_STATUSES = ("paid", "refunded", "cancelled")
+RUN_STATES = ("planned", "running", "waiting", "done")  # waiting: messages left for `dispatch`
 DELIVERY_STATES = ("pending", "sent", "failed", "skipped", "deferred", "held_out")
 COUPON_STATES = ("issued", "redeemed", "expired", "void")
 SUPPRESSION_REASONS = ("unsubscribed", "bounced", "complained", "do_not_contact")
