@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
@@ -30,6 +31,16 @@ def to_json(data: Any) -> str:
 
 def emit_json(data: Any) -> None:
     click.echo(to_json(data))
+
+
+def stream_json(rows: Iterable[Any]) -> None:
+    """One JSON list, written as it streams so memory stays flat."""
+    first = True
+    click.echo("[", nl=False)
+    for row in rows:
+        click.echo(("\n" if first else ",\n") + "\n".join("  " + x for x in to_json(row).splitlines()), nl=False)
+        first = False
+    click.echo("\n]" if not first else "]")
 
 
 def warn(text: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -12,7 +11,7 @@ from orchestrator import suppressions
 from orchestrator.db.models import DELIVERY_STATES, SUPPRESSION_REASONS, Campaign, CampaignRun, Customer, Delivery
 from orchestrator.errors import InputError
 from orchestrator.masking import mask_contact, mask_text
-from orchestrator.output import emit_json, local_time, to_json
+from orchestrator.output import emit_json, local_time, stream_json
 from orchestrator.plugin_manager import registry
 
 LIST_BATCH = 500
@@ -120,7 +119,7 @@ def list_command(app, channel, reason, as_json) -> None:
     with app.engine.connect() as conn:
         rows = (_masked(e) for e in suppressions.entries(conn, channel=channel, reason=reason))
         if as_json:
-            _stream_json(rows)
+            stream_json(rows)
             return
         for e in rows:
             who = e["customer_id"] if e["customer_id"] is not None else e["address"]
@@ -223,7 +222,7 @@ def deliveries_command(app, campaign, run_id, state, reason, customer_id, limit,
             query = query.limit(limit)
         rows = (_as_row(r) for r in conn.execute(query.execution_options(yield_per=LIST_BATCH)))
         if as_json:
-            _stream_json(rows)
+            stream_json(rows)
             return
         click.echo("\t".join(_text_header(tz)))
         for r in rows:
@@ -374,13 +373,3 @@ def _summary(conn, filters: list) -> list[dict[str, Any]]:
         run["skipped"] = dict(sorted(run["skipped"].items()))
         run["control"] = members.get(run_pk, 0)
     return list(runs.values())
-
-
-def _stream_json(rows: Iterable[dict[str, Any]]) -> None:
-    """One JSON list, written as it streams so memory stays flat."""
-    first = True
-    click.echo("[", nl=False)
-    for row in rows:
-        click.echo(("\n" if first else ",\n") + "\n".join("  " + x for x in to_json(row).splitlines()), nl=False)
-        first = False
-    click.echo("\n]" if not first else "]")

@@ -7,6 +7,7 @@ Members and their orders are the input; campaigns, runs, deliveries and coupons 
                └─ deliveries ── campaign_runs ── campaigns
     suppressions: per customer or per address, per channel or all channels
     provider_quotas, shared_values: state shared by every dispatch process (rate limits, access tokens)
+    scheduler_leases: which scheduler process leads (see ``orchestrator.scheduler.lease``)
 
 Customers and orders have an internal integer key (``id``) and the shop's own identifier (``customer_id``,
 ``order_id``) that imports match on. Money columns are integer minor units (see ``orchestrator.money``);
@@ -46,6 +47,7 @@ NAMING = {
 }
 
 ORDER_STATUSES = ("paid", "refunded", "cancelled")
+RUN_STATES = ("planned", "running", "waiting", "done")  # waiting: messages left for `dispatch`
 DELIVERY_STATES = ("pending", "sent", "failed", "skipped", "deferred", "held_out")
 COUPON_STATES = ("issued", "redeemed", "expired", "void")
 SUPPRESSION_REASONS = ("unsubscribed", "bounced", "complained", "do_not_contact")
@@ -250,6 +252,18 @@ class SharedValue(Base):
     value: Mapped[str | None] = mapped_column(Text)
     expires_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None]
+
+
+class SchedulerLease(Base):
+    """A named lease held by one process until ``expires_at`` unless renewed: the scheduler's leader election."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime]
+    renewed_at: Mapped[datetime]  # the holder's last heartbeat
+    expires_at: Mapped[datetime]
 
 
 class Coupon(Base):
