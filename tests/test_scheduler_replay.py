@@ -152,3 +152,21 @@ def test_without_a_range_or_with_a_missing_folder_it_is_an_input_error(shop, tmp
     assert result.exit_code == 2 and "give --from and --until" in result.stderr
     result = cli("scheduler", "--from", "2025-06-02", "--until", "2025-06-30", "--campaigns", str(tmp_path / "nope"))
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_messages_deferred_by_quiet_hours_go_out_at_the_first_tick_after_their_time(shop, engine: Engine):
+    cli, folder = shop
+    nightly = WEEKLY.replace("0 10 * * MON", "0 22 * * *") + 'dispatch: {quiet_hours: "21:00-09:00"}\n'
+    (folder / "weekly.yaml").write_text(nightly, encoding="utf-8")
+    result = cli("scheduler", "--from", "2025-06-02", "--until", "2025-06-04", "--json")
+    ticks = json.loads(result.stdout)["ticks"]
+    assert [t["state"] for t in ticks] == ["done", "waiting"]  # the first night's messages left at the second tick
+    with engine.connect() as conn:
+        states = conn.execute(
+            select(CampaignRun.scheduled_at, Delivery.state, func.count())
+            .join(CampaignRun, CampaignRun.id == Delivery.run_pk)
+            .where(Delivery.state.in_(("sent", "deferred")))
+            .group_by(CampaignRun.scheduled_at, Delivery.state)
+            .order_by(CampaignRun.scheduled_at)
+        ).all()
+    assert [(at.astimezone(UTC).day, state) for at, state, _ in states] == [(2, "sent"), (3, "deferred")]
