@@ -153,7 +153,9 @@ def test_describe_says_what_the_schedule_does():
     assert describe(Schedule(relative_to="birthday", days_before=3, time="09:00")) == (
         "daily at 09:00: members 3 days before their birthday (Asia/Shanghai; misfire latest)"
     )
-    assert "not fired by replay yet" in describe(Schedule(on="order_paid"))
+    assert describe(Schedule(on="order_paid", within="15m")) == (
+        "on order_paid within 15m, checked every 1m (Asia/Shanghai; misfire latest)"
+    )
 
 
 def test_validate_warns_that_catch_up_is_deprecated(tmp_path, monkeypatch):

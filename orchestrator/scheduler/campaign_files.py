@@ -28,6 +28,9 @@ class CampaignFile:
 def campaigns_folder(service: Orchestrator, override: str | None) -> Path:
     """``--campaigns``, else the config's ``campaigns:`` (relative to the config file's folder)."""
     folder = Path(override) if override else service.settings.resolve_path(service.settings.campaigns)
+    folder = folder.resolve()
+    if folder.is_relative_to(Path.cwd()):  # shown as people type it: config/../campaigns reads as campaigns
+        folder = folder.relative_to(Path.cwd())
     if not folder.is_dir():
         raise InputError(
             f"the campaigns folder {folder} does not exist or is not a folder",

@@ -106,7 +106,7 @@ def describe(schedule: Schedule) -> str:
     else:
         within = f" within {_duration(schedule.within)}" if schedule.within else ""
         check = _duration(schedule.check_every or DEFAULT_CHECK_EVERY)
-        what = f"on {schedule.on}{within}, checked every {check} (not fired by replay yet)"
+        what = f"on {schedule.on}{within}, checked every {check}"
     bounds = "".join(
         f", {word} {value.isoformat()}" for word, value in (("from", schedule.start), ("until", schedule.end)) if value
     )
