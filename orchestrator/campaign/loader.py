@@ -53,7 +53,10 @@ class CampaignPlan:
     @property
     def warnings(self) -> list[str]:
         """Advice from compiling the messages (e.g. an e-mail's lint), once each."""
-        found = (w for step in self.steps for message in step.messages.values() for w in message.warnings)
+        found = [w for step in self.steps for message in step.messages.values() for w in message.warnings]
+        schedule = self.campaign.schedule
+        if schedule is not None and schedule.catch_up is not None:
+            found.append(f"schedule: catch_up: is deprecated; write misfire: {schedule.misfire} (same meaning)")
         return list(dict.fromkeys(found))
 
 

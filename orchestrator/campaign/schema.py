@@ -7,8 +7,9 @@ options model; offers by their offer kind. Everything else is checked here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -71,8 +72,19 @@ class Schedule(_Model):
     on: Literal["order_paid", "member_joined"] | None = Field(None, description="an event trigger")
     within: Duration | None = None
     timezone: str = "Asia/Shanghai"
+    check_every: Duration | None = Field(
+        None, description="how often an on: trigger looks for new events, on a fixed grid (default 1m)"
+    )
+    start: datetime | date | None = Field(
+        None, description="no tick before this time (a date: its midnight in the schedule's zone); anchors every:"
+    )
+    end: datetime | date | None = Field(None, description="no tick at or after this time (a date: its midnight)")
+    misfire: Literal["skip", "latest", "catch_up"] = Field(
+        "latest",
+        description="ticks missed while nothing ran: skip them, fire only the latest, or fire each (catch_up)",
+    )
     misfire_grace: Duration | None = None
-    catch_up: bool = False
+    catch_up: bool | None = Field(None, description="deprecated: write misfire: catch_up")
 
     @field_validator("timezone")
     @classmethod
@@ -99,6 +111,7 @@ class Schedule(_Model):
             from apscheduler.triggers.cron import CronTrigger
 
             try:
+                check_day_of_week(self.cron)
                 CronTrigger.from_crontab(self.cron, timezone=zone(self.timezone))
             except ValueError as exc:
                 raise ValueError(f"invalid cron expression {self.cron!r}: {exc}") from None
@@ -110,7 +123,42 @@ class Schedule(_Model):
             check_run_time(self.at)
         if self.relative_to is not None and self.days_before is None:
             raise ValueError("relative_to needs days_before (0 for the day itself)")
+        if self.check_every is not None and self.check_every < timedelta(minutes=1):
+            raise ValueError("check_every: the interval must be at least 1m")
+        self._bounds()
+        if self.catch_up is not None:  # the former boolean: true is misfire: catch_up
+            if "misfire" in self.model_fields_set and self.misfire != ("catch_up" if self.catch_up else self.misfire):
+                raise ValueError("write misfire: only (catch_up: is its deprecated form)")
+            if self.catch_up:
+                self.misfire = "catch_up"
         return self
+
+    def _bounds(self) -> None:
+        """``start`` and ``end`` as aware times: a date is its midnight, a time without offset is local, in the
+        schedule's zone."""
+        tz = zone(self.timezone)
+        for key in ("start", "end"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if not isinstance(value, datetime):
+                value = datetime.combine(value, datetime.min.time())
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=tz)
+            setattr(self, key, check_run_time(value))
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError("end must be after start")
+
+
+def check_day_of_week(expression: str) -> None:
+    """Refuse a numeric day of week: crontab counts 0 as Sunday, APScheduler 3 (which computes the ticks) as
+    Monday, so a number would fire on a day the writer did not mean."""
+    fields = expression.split()
+    if len(fields) == 5 and re.search(r"(?<![/\d])\d", fields[4]):
+        raise ValueError(
+            f"day of week {fields[4]!r}: write day names (MON-FRI, SUN), not numbers (0 is Sunday in crontab, "
+            "Monday in other cron dialects)"
+        )
 
 
 class Budget(_Model):
@@ -167,6 +215,7 @@ class Campaign(_Model):
 
     name: str = Field(pattern=NAME_PATTERN, description="unique name: lower case, digits, - _ .")
     description: str | None = None
+    enabled: bool = Field(True, description="false: listed by `orchestrator schedule` but never fired")
     schedule: Schedule | None = None
     segment: Condition
     control_group: Annotated[Decimal, BeforeValidator(_percent), WithJsonSchema(CONTROL_GROUP_SCHEMA)] = Field(

@@ -25,6 +25,7 @@ from orchestrator.cli import demo as demo_commands
 from orchestrator.cli import dispatch as dispatch_commands
 from orchestrator.cli import plugins as plugin_commands
 from orchestrator.cli import runs as run_listing_commands
+from orchestrator.cli import scheduler as scheduler_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
@@ -111,6 +112,7 @@ for family in (
     analyze_commands,
     campaign_commands,
     dispatch_commands,
+    scheduler_commands,
     coupon_commands,
     delivery_commands,
     run_listing_commands,

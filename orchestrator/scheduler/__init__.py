@@ -1,1 +1,20 @@
-"""The scheduler: fires campaign ticks from their schedules, on one machine or several."""
+"""When campaigns fire: the campaign file's ``schedule:`` turned into tick times, and those ticks fired.
+
+The database is the state of record: a run is keyed by (campaign, scheduled time), so firing a tick is exactly
+``orchestrator run FILE --at <tick>`` and firing it again continues that run instead of starting a second one.
+Tick times are a pure function of the schedule (APScheduler's triggers compute them; ``every:`` lies on a fixed
+grid anchored at ``start`` or at 2000-01-01 00:00 in the schedule's zone), so every process, before and after a
+restart, computes the same ticks and therefore the same run keys.
+
+Modules, one job each:
+
+* ``triggers`` - the APScheduler trigger of a schedule, ``ticks(schedule, start, end)`` and the schedule in words;
+* ``misfire`` - which missed ticks still fire (``misfire: skip | latest | catch_up`` and ``misfire_grace``);
+* ``campaign_files`` - every campaign file of the campaigns folder, loaded or with its problems;
+* ``replay`` - fire every tick of every enabled campaign in a time range, in time order (backtesting);
+* ``listing`` - each campaign's schedule, next fire times and last run (``orchestrator schedule``);
+* ``lease`` - one leader among several scheduler processes on one database (a lease row renewed by heartbeat).
+
+Not here yet: the long-running loop that waits for the next tick (with reload, using the lease), and
+``on:`` event triggers (their ticks are computed, but replay does not fire them).
+"""
