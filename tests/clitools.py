@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner, Result
 
 from orchestrator.cli import cli
@@ -26,3 +28,14 @@ class Cli:
         if result.exception and not isinstance(result.exception, SystemExit):
             raise result.exception
         return result
+
+
+def email_outbox_config(folder: Path) -> Path:
+    """The config most CLI tests run with: shop time zone, no template folders, e-mail to ``folder/outbox``."""
+    path = folder / "orchestrator.yaml"
+    path.write_text(
+        "timezone: Asia/Shanghai\ntemplates: []\nchannels:\n  email:\n    from: Shop <shop@example.com>\n"
+        f"    outbox: {folder / 'outbox'}\n",
+        encoding="utf-8",
+    )
+    return path

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select, update
 from orchestrator.cli.deliveries import mask_contact
 from orchestrator.db.models import Customer, Delivery
 from tests import dataset
-from tests.clitools import Cli
+from tests.clitools import Cli, email_outbox_config
 from tests.dataset import AT
 
 NAME = "ledger-check"
@@ -69,12 +69,7 @@ class Env:
 @pytest.fixture
 def env(engine: Engine, db_url: str, tmp_path: Path, monkeypatch) -> Env:
     dataset.load(engine)
-    config = tmp_path / "orchestrator.yaml"
-    config.write_text(
-        "timezone: Asia/Shanghai\ntemplates: []\nchannels:\n  email:\n    from: Shop <shop@example.com>\n"
-        f"    outbox: {tmp_path / 'outbox'}\n",
-        encoding="utf-8",
-    )
+    config = email_outbox_config(tmp_path)
     campaign = tmp_path / "campaign.yaml"
     campaign.write_text(CAMPAIGN, encoding="utf-8")
     work = tmp_path / "work"

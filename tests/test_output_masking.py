@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select, text, update
 from orchestrator.db.models import Customer, Delivery
 from orchestrator.masking import mask_text
 from tests import dataset
-from tests.clitools import Cli
+from tests.clitools import Cli, email_outbox_config
 from tests.dataset import AT
 
 CAMPAIGN = """\
@@ -29,12 +29,7 @@ message:
 @pytest.fixture
 def cli(engine: Engine, db_url: str, tmp_path: Path, monkeypatch) -> Cli:
     dataset.load(engine)
-    config = tmp_path / "orchestrator.yaml"
-    config.write_text(
-        "timezone: Asia/Shanghai\ntemplates: []\nchannels:\n  email:\n    from: Shop <shop@example.com>\n"
-        f"    outbox: {tmp_path / 'outbox'}\n",
-        encoding="utf-8",
-    )
+    config = email_outbox_config(tmp_path)
     (tmp_path / "campaign.yaml").write_text(CAMPAIGN, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ORCHESTRATOR_CONFIG", raising=False)

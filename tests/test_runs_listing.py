@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, insert, select
 
 from orchestrator.db.models import Campaign, CampaignRun, Delivery
 from tests import dataset
-from tests.clitools import Cli
+from tests.clitools import Cli, email_outbox_config
 from tests.dataset import AT
 from tests.test_cli_process import BROKEN_PIPE_STATUS, ORCHESTRATOR
 
@@ -35,12 +35,7 @@ MESSAGE_STATES = ["sent", "pending", "deferred", "failed", "skipped", "held_out"
 @pytest.fixture
 def cli(engine: Engine, db_url: str, tmp_path: Path, monkeypatch) -> Cli:
     dataset.load(engine)
-    config = tmp_path / "orchestrator.yaml"
-    config.write_text(
-        "timezone: Asia/Shanghai\ntemplates: []\nchannels:\n  email:\n    from: Shop <shop@example.com>\n"
-        f"    outbox: {tmp_path / 'outbox'}\n",
-        encoding="utf-8",
-    )
+    config = email_outbox_config(tmp_path)
     (tmp_path / "campaign.yaml").write_text(CAMPAIGN, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ORCHESTRATOR_CONFIG", raising=False)
