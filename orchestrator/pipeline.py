@@ -158,8 +158,7 @@ class Candidate:
     plan: policies.ContactPlan | None = None
     grant: Grant | None = None
     deferred_until: datetime | None = None  # set when quiet hours defer this member
-    failed_channels: set[str] = field(default_factory=set)  # channels whose message failed to render
-    unrendered: bool = False  # every channel's message failed to render: nothing carries the member's offer
+    render_failed: bool = False  # a message of this member failed to render (that row carries no offer)
 
 
 class CampaignRunner:
@@ -308,9 +307,10 @@ class CampaignRunner:
                     self._decide(conn, candidate, lookups, result, run, dry_run, intended, sample)
             if not dry_run:
                 ledger.record_intended(conn, run["run_pk"], intended)
-                # a coupon granted to a member none of whose messages rendered travels with nothing: void it
-                # and give its budget back (a coupon exists only with its delivery)
-                give_back_unsent(conn, [c.grant.coupon_pk for c in candidates if c.unrendered and c.grant])
+                # a coupon exists only with its delivery: one whose messages all failed to render travels with
+                # nothing, and give_back_unsent voids it (a coupon another message carries is kept)
+                unsent = [c.grant.coupon_pk for c in candidates if c.render_failed and c.grant and c.grant.coupon_pk]
+                give_back_unsent(conn, unsent)
 
     def _replay(self, conn, candidate: Candidate, rows: list[ledger.RecordedDelivery], result: RunResult) -> None:
         """A customer this run already decided about (an earlier, interrupted invocation): count what the ledger
@@ -372,8 +372,7 @@ class CampaignRunner:
                 rendered = self._render(candidate, name, run["at"])
             except TemplateRenderError as exc:  # this customer's data broke the template: fail this one message
                 result.outcomes[RENDER_FAILED] += 1
-                candidate.unrendered = all(n == name or n in candidate.failed_channels for n, _ in plan.channels)
-                candidate.failed_channels.add(name)
+                candidate.render_failed = True
                 intended.append(
                     ledger.IntendedDelivery(
                         customer["pk"], name, step.name, "failed", RENDER_FAILED, contact, error=_located(exc)
