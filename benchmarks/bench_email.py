@@ -51,7 +51,7 @@ from orchestrator_plugins.email import EmailChannel, EmailOptions
 from orchestrator_plugins.email import inline as email_inline
 from orchestrator_plugins.email.smtp import Envelope
 
-from orchestrator.channels import OutgoingMessage, SendStatus
+from orchestrator.api import OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.rendering import TemplateLoader, synthetic_context
 from orchestrator.template_context import register_filters

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator.channels import RenderedMessage
+from orchestrator.channels.base import RenderedMessage
 from orchestrator.db.models import Campaign, CampaignRun, Delivery, DeliveryPayload
 from orchestrator.timeutil import utcnow
 

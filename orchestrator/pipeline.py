@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, func, select
 
 from orchestrator import ledger, policies
 from orchestrator.campaign.loader import CampaignPlan, StepPlan
-from orchestrator.channels import Channel, RenderedMessage
+from orchestrator.channels.base import Channel, RenderedMessage
 from orchestrator.config import Settings
 from orchestrator.coupons.offer import give_back_unsent
 from orchestrator.db.models import Delivery

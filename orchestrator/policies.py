@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, case, func, or_, select
 
-from orchestrator.channels import Channel
+from orchestrator.channels.base import Channel
 from orchestrator.data import records
 from orchestrator.db.models import CustomerConsent, Delivery, Suppression
 from orchestrator.policy_types import FrequencyCap

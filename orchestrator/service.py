@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from orchestrator.campaign.loader import CampaignLoader, CampaignPlan, StepPlan
-from orchestrator.channels import Channel, MessageOptions
+from orchestrator.channels.base import Channel, MessageOptions
 from orchestrator.config import Settings
 from orchestrator.offers import Grant, OfferKind
 from orchestrator.output import warn

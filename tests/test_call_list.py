@@ -14,7 +14,7 @@ from openpyxl import load_workbook
 from orchestrator_plugins.call_list import CallListChannel, CallListOptions
 from pydantic import ValidationError
 
-from orchestrator.channels import CompiledMessage, OutgoingMessage, SendStatus
+from orchestrator.api import CompiledMessage, OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
 from orchestrator.ledger import parse_delivery_key

@@ -11,7 +11,7 @@ import pytest
 from orchestrator_plugins.email import EmailChannel, EmailOptions, html_to_text
 from pydantic import ValidationError
 
-from orchestrator.channels import CompiledMessage, OutgoingMessage, SendStatus
+from orchestrator.api import CompiledMessage, OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
 from orchestrator.plugin_manager import build_manager, describe

@@ -20,7 +20,7 @@ from orchestrator_plugins.email import EmailChannel, EmailOptions
 from orchestrator_plugins.email import inline as email_inline
 from orchestrator_plugins.email.mime import build_message
 
-from orchestrator.channels import OutgoingMessage, RenderedMessage, SendStatus
+from orchestrator.api import OutgoingMessage, RenderedMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
 from orchestrator.rendering import TemplateLoader, TemplateRenderError, synthetic_context

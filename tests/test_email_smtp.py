@@ -31,7 +31,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from orchestrator_plugins.email import EmailChannel, EmailOptions
 from sqlalchemy import Engine, select
 
-from orchestrator.channels import OutgoingMessage, SendStatus
+from orchestrator.api import OutgoingMessage, SendStatus
 from orchestrator.config import Settings, load_settings
 from orchestrator.db.models import Customer, Delivery
 from orchestrator.errors import InputError, RuntimeFailure

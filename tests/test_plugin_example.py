@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.channels import Channel
+from orchestrator.api import Channel
 from orchestrator.db.engine import create_db_engine, migrate
 from orchestrator.plugin_manager import ENTRY_POINT_GROUP, build_manager, build_registry, describe, manager, registry
 from tests import dataset

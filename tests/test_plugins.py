@@ -24,7 +24,7 @@ PLUGIN_SOURCE = """
 from sqlalchemy import case
 
 from orchestrator.campaign.catalog import FactSpec
-from orchestrator.channels import Channel, CompiledMessage, RenderedMessage, SendResult
+from orchestrator.api import Channel, CompiledMessage, RenderedMessage, SendResult
 from orchestrator.hookspecs import hookimpl
 from orchestrator.facts import customers
 

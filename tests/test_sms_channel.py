@@ -10,7 +10,7 @@ from orchestrator_plugins.sms import SmsChannel, SmsOptions
 from orchestrator_plugins.sms.text import count_segments, normalise_reply, with_opt_out, with_signature
 from pydantic import ValidationError
 
-from orchestrator.channels import CompiledMessage, OutgoingMessage, SendStatus
+from orchestrator.api import CompiledMessage, OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
 from orchestrator.plugin_manager import build_manager, build_registry, describe

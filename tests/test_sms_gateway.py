@@ -23,7 +23,7 @@ from orchestrator_plugins.sms import SmsChannel
 from orchestrator_plugins.sms.gateway import Answer, GatewayConfig, classify
 from sqlalchemy import Engine, select
 
-from orchestrator.channels import OutgoingMessage, RenderedMessage, SendStatus
+from orchestrator.api import OutgoingMessage, RenderedMessage, SendStatus
 from orchestrator.config import Settings, load_settings
 from orchestrator.db.models import Customer, Delivery
 from orchestrator.errors import InputError

@@ -19,7 +19,7 @@ import pytest
 from orchestrator_plugins.webhook import WebhookChannel, WebhookOptions, build_body, sign, verify
 from pydantic import ValidationError
 
-from orchestrator.channels import OutgoingMessage, SendStatus
+from orchestrator.api import OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
 from orchestrator.plugin_manager import build_manager, describe

@@ -23,7 +23,7 @@ import pytest
 from orchestrator_plugins.wechat import WeChatChannel, WeChatOptions
 from pydantic import ValidationError
 
-from orchestrator.channels import OutgoingMessage, SendStatus
+from orchestrator.api import OutgoingMessage, SendStatus
 from orchestrator.config import Settings
 from orchestrator.errors import InputError
 from orchestrator.rendering import TemplateLoader, synthetic_context

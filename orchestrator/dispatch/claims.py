@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, or_, select, true, update
 
 from orchestrator import policies, suppressions
-from orchestrator.channels import OutgoingMessage, RenderedMessage, SendResult
+from orchestrator.channels.base import OutgoingMessage, RenderedMessage, SendResult
 from orchestrator.coupons.offer import give_back_unsent
 from orchestrator.db.models import Campaign, CampaignRun, Customer, Delivery, DeliveryPayload
 from orchestrator.ledger import decode_payload, delivery_key

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 
 from orchestrator import ledger
-from orchestrator.channels import Channel, SendResult, SendStatus
+from orchestrator.channels.base import Channel, SendResult, SendStatus
 from orchestrator.config import BreakerConfig, RateLimitConfig, RetryConfig, Settings
 from orchestrator.dispatch import claims
 from orchestrator.dispatch.breaker import CircuitBreaker
