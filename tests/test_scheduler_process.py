@@ -54,9 +54,10 @@ def clock_env() -> dict[str, str]:
     return {TEST_CLOCK_ENV: f"{T0.isoformat()}@{time.time() + 1.5:.6f}x{SPEED:g}"}
 
 
-def start(folder: Path, db_url: str, log: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+def start(folder: Path, db_url: str, log: Path | None, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """A scheduler process logging to ``log`` (None: where the config's scheduler.log_file says)."""
     environment = {k: v for k, v in os.environ.items() if k != "ORCHESTRATOR_CONFIG"} | env
-    options = ["--poll", "0.3", "--lease-ttl", "3", "--log-file", str(log), *args]
+    options = ["--poll", "0.3", "--lease-ttl", "3", *(["--log-file", str(log)] if log else []), *args]
     return subprocess.Popen(
         [ORCHESTRATOR, "--config", str(folder / "orchestrator.yaml"), "--db", db_url, "scheduler", *options],
         cwd=folder,
@@ -173,7 +174,11 @@ def test_schedule_reports_the_running_scheduler_and_exits_1_when_one_is_expected
     shop: Path, db_url: str, engine: Engine
 ):
     config = shop / "orchestrator.yaml"
-    config.write_text(config.read_text(encoding="utf-8") + "scheduler:\n  expected: true\n", encoding="utf-8")
+    config.write_text(
+        config.read_text(encoding="utf-8") + "scheduler:\n  expected: true\n  log_file: logs/scheduler.log\n",
+        encoding="utf-8",
+    )
+    (shop / "logs").mkdir()
 
     def schedule() -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -186,8 +191,8 @@ def test_schedule_reports_the_running_scheduler_and_exits_1_when_one_is_expected
 
     never = schedule()
     assert never.returncode == 1 and json.loads(never.stdout)["scheduler"]["live"] is False
-    log = shop / "scheduler.log"
-    process = start(shop, db_url, log, clock_env())
+    log = shop / "logs" / "scheduler.log"  # the config's log_file, relative to the config file
+    process = start(shop, db_url, None, clock_env())
     try:
         wait_for(lambda: any(line["event"] == "leading" for line in log_lines(log)))
         running = schedule()
