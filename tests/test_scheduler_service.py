@@ -224,3 +224,14 @@ def test_no_tick_fires_once_the_lease_is_lost(shop, engine: Engine):
     loop.lease.release()  # as when a renewal fails: held turns false at once
     assert step(loop, T0 + HOUR) == []
     assert len(runs(engine)) == 1
+
+
+def test_a_campaigns_folder_that_disappears_keeps_what_was_loaded(shop, caplog, tmp_path: Path):
+    caplog.set_level(logging.INFO, logger="orchestrator.scheduler")
+    service, folder = shop
+    (folder / "hourly.yaml").write_text(hourly(), encoding="utf-8")
+    loop = start(service, folder)
+    assert step(loop, T0) == [T0]
+    folder.rename(tmp_path / "moved")  # e.g. a network mount gone
+    assert step(loop, T0 + HOUR) == [T0 + HOUR]
+    assert any(r.getMessage() == "campaigns folder not reloaded" for r in caplog.records)

@@ -138,7 +138,7 @@ class SchedulerLoop:
         """Start leading: forget in-memory progress (another leader may have fired since), continue runs left
         ``running``, and from the next ``step`` count missed ticks from the runs table."""
         self.cursors = {}
-        self._report(self.folder.poll())
+        self._reload()
         self._heartbeat = Heartbeat(self.lease)
         self._heartbeat.start()
         log.info("leading", extra={"fields": {"leader": self.lease.holder, "at": now}})
@@ -180,7 +180,7 @@ class SchedulerLoop:
     def step(self, now: datetime) -> datetime | None:
         """Reload, fire what is due at ``now``, dispatch; the time of the next tick or poll (None: stopped or no
         longer leading)."""
-        self._report(self.folder.poll())
+        self._reload()
         plans = self.folder.firing()
         for name in set(self.cursors) - set(plans):
             del self.cursors[name]
@@ -300,6 +300,20 @@ class SchedulerLoop:
                 )
                 continue
             self._fire(Tick(run.scheduled_at.astimezone(UTC), plan))
+
+    def _reload(self) -> None:
+        """Poll the folder; a folder that cannot be read (unmounted, removed) or a file that breaks the loader in
+        an unexpected way is logged and the campaigns loaded so far stay scheduled: the service never stops
+        because of its campaign files."""
+        try:
+            changes = self.folder.poll()
+        except Exception as exc:
+            log.error(
+                "campaigns folder not reloaded",
+                extra={"fields": {"folder": str(self.folder.folder), "error": _describe(exc), "kept": "as loaded"}},
+            )
+            return
+        self._report(changes)
 
     def _report(self, changes: list[FolderChange]) -> None:
         for change in changes:
