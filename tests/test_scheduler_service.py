@@ -235,3 +235,16 @@ def test_a_campaigns_folder_that_disappears_keeps_what_was_loaded(shop, caplog, 
     folder.rename(tmp_path / "moved")  # e.g. a network mount gone
     assert step(loop, T0 + HOUR) == [T0 + HOUR]
     assert any(r.getMessage() == "campaigns folder not reloaded" for r in caplog.records)
+
+
+def test_a_campaign_enabled_again_while_running_starts_without_a_backlog(shop, engine: Engine):
+    service, folder = shop
+    path = folder / "hourly.yaml"
+    path.write_text(hourly(misfire="catch_up"), encoding="utf-8")
+    loop = start(service, folder)
+    assert step(loop, T0) == [T0]
+    path.write_text(hourly(misfire="catch_up").replace("name: hourly", "name: hourly\nenabled: false"), "utf-8")
+    assert step(loop, T0 + HOUR) == []
+    path.write_text(hourly(misfire="catch_up"), encoding="utf-8")
+    assert step(loop, T0 + 3 * HOUR + timedelta(minutes=30)) == []  # not the ticks at 2h and 3h it was disabled for
+    assert step(loop, T0 + 4 * HOUR) == [T0 + 4 * HOUR]

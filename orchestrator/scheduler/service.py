@@ -130,6 +130,8 @@ class SchedulerLoop:
         self.stop = stop or threading.Event()
         self.cursors: dict[str, datetime] = {}  # campaign -> ticks at or before this time have been dealt with
         self.fired: list[dict[str, Any]] = []  # every tick this process fired (tests and the final summary read it)
+        # true until the first pass of a leadership term: only then are missed ticks counted from the runs table
+        self._new_term = True
         self._heartbeat: Heartbeat | None = None
 
     # -- leadership --------------------------------------------------------------------------------------------
@@ -138,6 +140,7 @@ class SchedulerLoop:
         """Start leading: forget in-memory progress (another leader may have fired since), continue runs left
         ``running``, and from the next ``step`` count missed ticks from the runs table."""
         self.cursors = {}
+        self._new_term = True
         self._reload()
         self._heartbeat = Heartbeat(self.lease)
         self._heartbeat.start()
@@ -189,10 +192,13 @@ class SchedulerLoop:
             schedule = plan.campaign.schedule
             since = self.cursors.get(name)
             if since is None:
-                since = self._last_fired(plan, now)
+                # at start-up or takeover, the runs table says what was missed; a campaign that appears later (a
+                # new file, or one enabled again) starts now rather than with a backlog of its past ticks
+                since = self._last_fired(plan, now) if self._new_term else now - _STEP
             missed = list(ticks(schedule, since + _STEP, now + _STEP)) if since < now else []
             due.extend(Tick(at, plan) for at in to_fire(schedule, missed, now))
             self.cursors[name] = max(since, now)
+        self._new_term = False
         for tick in sorted(due, key=lambda t: (t.at, t.plan.name)):
             if self.stop.is_set() or not self.lease.held:
                 return None  # the rest are left to the next leader's misfire rule
