@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from orchestrator.errors import InputError, InputErrors
-from orchestrator.policy_types import FrequencyCap, LocalWindow, QuietHours
+from orchestrator.policy_types import Duration, FrequencyCap, LocalWindow, QuietHours
 from orchestrator.timeutil import zone
 from orchestrator.yamlfile import YamlDocument, load_yaml, validation_problems
 
@@ -108,6 +109,16 @@ class DispatchConfig(_Section):
     rate_limit: RateLimitConfig = RateLimitConfig()
 
 
+class SchedulerConfig(_Section):
+    """The long-running ``orchestrator scheduler`` (see docs/scheduler.md)."""
+
+    expected: bool = False  # `orchestrator schedule` exits 1 when no scheduler has a live heartbeat
+    poll_seconds: float = Field(2, gt=0, le=3600)  # how often it re-reads the campaigns folder and dispatches
+    lease_ttl_seconds: float = Field(30, ge=1, le=3600)  # a dead leader is replaced within this (renewed every third)
+    misfire_horizon: Duration = timedelta(days=7)  # ticks missed longer ago than this are never fired
+    log_file: str | None = None  # one JSON line per tick and dispatch round; default stderr
+
+
 class TierRule(_Section):
     name: str
     min_spend: Decimal = Decimal("0")
@@ -155,6 +166,7 @@ class Settings(_Section):
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     policies: PoliciesConfig = PoliciesConfig()
     dispatch: DispatchConfig = DispatchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     # where the file was read from; relative paths in it resolve against its folder (the working
     # directory when there is no file)
@@ -244,6 +256,7 @@ _VOCABULARY = sorted(
             RetryConfig,
             BreakerConfig,
             RateLimitConfig,
+            SchedulerConfig,
         )
         for name in model.model_fields
     }

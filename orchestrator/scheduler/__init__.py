@@ -13,8 +13,10 @@ Modules, one job each:
 * ``campaign_files`` - every campaign file of the campaigns folder, loaded or with its problems;
 * ``replay`` - fire every tick of every enabled campaign in a time range, in time order (backtesting);
 * ``listing`` - each campaign's schedule, next fire times and last run (``orchestrator schedule``);
-* ``lease`` - one leader among several scheduler processes on one database (a lease row renewed by heartbeat).
+* ``lease`` - one leader among several scheduler processes on one database (a lease row renewed by heartbeat);
+* ``reload`` - the campaigns folder polled by content hash, keeping the last valid version of an invalid file;
+* ``service`` - the long-running loop (``orchestrator scheduler``): fires due ticks while it holds the lease,
+  applies the misfire rule after downtime, dispatches what is due, reloads (docs/scheduler.md).
 
-Not here yet: the long-running loop that waits for the next tick (with reload, using the lease), and
-``on:`` event triggers (their ticks are computed, but replay does not fire them).
+Not here yet: ``on:`` event triggers (their ticks are computed, but neither replay nor the service fires them).
 """
