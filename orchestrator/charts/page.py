@@ -129,7 +129,6 @@ def write_page(html: str, path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(html)
-        os.chmod(temporary, 0o644)  # a page is for sharing; mkstemp makes it private to its owner
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -47,6 +47,7 @@ def funnel_chart(funnel: Sequence[Mapping[str, Any]]) -> str | None:
             )
         ax.set_yticks(positions, names)
         ax.set_xlim(0, max(widths) * 1.35)
+        ax.set_ylim(-0.6, len(names) - 0.4)  # room below the last stage, so its label clears the axis
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
         ax.grid(axis="y", visible=False)
         return to_svg(fig, "Funnel: targeted, contacted, redeemed, revenue")
