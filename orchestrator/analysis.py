@@ -1,10 +1,9 @@
 """The member-base report (``orchestrator analyze``): the seed shop's figures for any shop, as of any time.
 
 Everything is counted in SQL over the facts of ``orchestrator.facts`` (members, their paid orders at or before
-``at``) in five aggregate queries, whatever the number of customers: the headline figures, the figures per
-province, the members per RFM segment × R and FM score × lifecycle stage × tier, the buying members per month of
-dormancy (the dormancy curve) and the paid orders per band of amount (spend per order). Python only divides the
-totals.
+``at``) in four aggregate queries, whatever the number of customers: the headline figures, the figures per
+province, the members per RFM segment × R and FM score × lifecycle stage × tier × month of dormancy (the dormancy
+curve), and the paid orders per band of amount (spend per order). Python only adds up and divides the totals.
 
 Rounding, once, at the end: money to the fen, rates and shares to 4 places, purchase frequency to 2 places, all
 half up. A ratio whose denominator is zero (no members, no orders) is ``None``.
@@ -197,9 +196,8 @@ def member_report(engine: Engine, settings: Settings, at: datetime) -> MemberRep
         headline = _headline(conn, ctx)
         provinces = _provinces(conn, ctx)
         labels = _labels(conn, ctx)
-        dormancy = _dormancy(conn, ctx)
         amounts = _order_amounts(conn, ctx)
-    return replace(_assemble(ctx, headline, provinces, labels), dormancy=dormancy, order_amounts=amounts)
+    return replace(_assemble(ctx, headline, provinces, labels), order_amounts=amounts)
 
 
 # --- the queries ----------------------------------------------------------------------------------------------
@@ -256,9 +254,9 @@ def _provinces(conn: Connection, ctx: FactContext) -> list[dict[str, Any]]:
 
 
 def _labels(conn: Connection, ctx: FactContext) -> list[dict[str, Any]]:
-    """Members per (RFM segment, lifecycle stage, tier, R score, FM score): one grouped query for four
-    distributions (the segment follows from the scores, so the scores add no more than 25 groups per stage and
-    tier)."""
+    """Members per (RFM segment, lifecycle stage, tier, R score, FM score, month of dormancy): one grouped query
+    for five distributions. The segment follows from the scores and the stage largely from the month, so the groups
+    stay in the thousands however many members there are."""
     facts = CustomerFacts(ctx)
     labelled = facts.select(
         facts.rfm_segment.label("rfm_segment"),
@@ -266,6 +264,7 @@ def _labels(conn: Connection, ctx: FactContext) -> list[dict[str, Any]]:
         facts.tier.label("tier"),
         facts.r_score.label("r_score"),
         fm_score(facts.f_score, facts.m_score).label("fm_score"),
+        (facts.recency_days // DORMANCY_STEP_DAYS).label("dormancy_step"),
     ).subquery("labelled")
     dimensions = [
         labelled.c.rfm_segment,
@@ -273,20 +272,10 @@ def _labels(conn: Connection, ctx: FactContext) -> list[dict[str, Any]]:
         labelled.c.tier,
         labelled.c.r_score,
         labelled.c.fm_score,
+        labelled.c.dormancy_step,
     ]
     statement = select(*dimensions, func.count().label("members")).group_by(*dimensions)
     return [dict(row._mapping) for row in conn.execute(statement)]
-
-
-def _dormancy(conn: Connection, ctx: FactContext) -> list[dict[str, int]]:
-    """Buying members per ``DORMANCY_STEP_DAYS`` days since their last paid order: ``days_from``, ``members``."""
-    facts = CustomerFacts(ctx)
-    inner = facts.select(facts.recency_days.label("days"), where=[facts.is_buyer]).subquery("recency")
-    step = (inner.c.days // DORMANCY_STEP_DAYS).label("step")
-    statement = select(step, func.count().label("members")).group_by(step).order_by(step)
-    return [
-        {"days_from": int(row.step) * DORMANCY_STEP_DAYS, "members": row.members} for row in conn.execute(statement)
-    ]
 
 
 def _order_amounts(conn: Connection, ctx: FactContext) -> list[dict[str, Any]]:
@@ -338,6 +327,7 @@ def _assemble(
         lifecycle=_distribution(labels, "lifecycle_stage", LIFECYCLE_STAGES),
         tiers=_distribution(labels, "tier", [rule.name for rule in settings.tiers]),
         rfm_grid=_rfm_grid(labels),
+        dormancy=_dormancy(labels),
     )
 
 
@@ -365,6 +355,16 @@ def _rfm_grid(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for r in range(1, 6)
         for fm in range(1, 6)
     ]
+
+
+def _dormancy(rows: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """Buying members per ``DORMANCY_STEP_DAYS`` days since their last paid order (``days_from``, ``members``),
+    only the steps someone is in; members who never bought have no recency and are not counted."""
+    counts: Counter[int] = Counter()
+    for row in rows:
+        if row["dormancy_step"] is not None:
+            counts[int(row["dormancy_step"])] += row["members"]
+    return [{"days_from": step * DORMANCY_STEP_DAYS, "members": counts[step]} for step in sorted(counts)]
 
 
 def _segment_of(r: int, fm: int) -> str | None:

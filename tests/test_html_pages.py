@@ -130,7 +130,7 @@ def test_report_page_in_chromium(browser, tmp_path: Path):  # noqa: F811
 
 
 def test_report_page_escapes_what_users_typed(browser, tmp_path: Path):  # noqa: F811
-    hostile = "<script>window.hacked = 1</script><img src=https://example.com/x.png> & 满$100减20"
+    hostile = "<script>window.hacked = 1</script><img src=https://example.com/x.png> & 满$100减$20"
     document = report(campaign=hostile, verdict=hostile)
     document["by_step"][0]["step"] = hostile
     page_visit = visit(browser, write_report_page(document, tmp_path / "hostile.html"))
@@ -166,6 +166,16 @@ def test_a_document_of_nothing_gives_a_page_of_sentences():
     html = render_report_page({"campaign": None})
     assert "<svg" not in html
     assert "all campaigns" in html and "No members were targeted." in html
+
+
+def test_figures_that_are_not_numbers_are_left_out():
+    """NaN, infinity, text where a number belongs: the chart leaves the value out instead of failing."""
+    document = report(funnel=[{"stage": "targeted", "value": 10}, {"stage": "contacted", "value": 5}])
+    document["by_channel"][0]["conversions"] = {"uplift": "NaN", "uplift_ci95": ["-Infinity", 0.1]}
+    document["by_channel"][1]["conversions"] = {"uplift": 0.05, "uplift_ci95": ["x", 0.1]}
+    document["skipped"] = {"opted_out": "Infinity", "frequency_cap": 2}
+    html = render_report_page(document)
+    assert html.count("<svg") == 6  # funnel, daily, step, variant, channel (email only), skips
 
 
 def test_the_page_is_self_contained():
@@ -205,6 +215,7 @@ def test_analyze_html_in_chromium(browser, seed_shop: Cli, tmp_path: Path):  # n
     result = seed_shop("analyze", "--at", "2026-11-01T10:00:00+08:00", "--json", "--html", page_file)
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
+    assert page_file.stat().st_mode & 0o077 == 0  # owner only, as every file the command line writes
     page_visit = visit(browser, page_file)
 
     assert_clean_load(page_visit)

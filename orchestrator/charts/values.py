@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 
 def number(value: Any) -> float | None:
-    """A plotted value: money strings, Decimals, ints and floats as float; None for null or anything unreadable."""
+    """A plotted value: money strings, Decimals, ints and floats as float; None for null, anything unreadable and
+    anything not finite."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
     try:
-        return float(Decimal(str(value)))
-    except (InvalidOperation, ValueError):
+        result = float(value) if isinstance(value, int | float) else float(Decimal(str(value)))
+    except (InvalidOperation, ValueError, OverflowError):
         return None
+    return result if math.isfinite(result) else None  # NaN or infinity would break the axes' limits
 
 
 def interval(value: Any) -> tuple[float, float] | None:
