@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.charts import render_report_page, write_analysis_page, write_report_page
+from orchestrator.charts import figures, render_report_page, write_analysis_page, write_report_page
 from tests.browser import Visit, browser, visit  # noqa: F401  (browser is a fixture)
 from tests.clitools import Cli
 from tests.report_document import REPORT, report
@@ -176,6 +177,16 @@ def test_figures_that_are_not_numbers_are_left_out():
     document["skipped"] = {"opted_out": "Infinity", "frequency_cap": 2}
     html = render_report_page(document)
     assert html.count("<svg") == 6  # funnel, daily, step, variant, channel (email only), skips
+
+
+def test_no_warnings_on_a_machine_without_a_cjk_font(monkeypatch):
+    """The server writing the page may have no CJK font: the page is the same text for the browser to draw, and
+    the command prints no warning per missing glyph."""
+    monkeypatch.setitem(figures.STYLE, "font.sans-serif", ["DejaVu Sans"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        html = render_report_page(REPORT)
+    assert ">vip 贵宾</text>" in html
 
 
 def test_the_page_is_self_contained():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -66,7 +67,7 @@ _FIXED_SIZE = re.compile(r'(<svg[^>]*?) width="[^"]*" height="[^"]*"')
 @contextmanager
 def figure(width: float = 7.0, height: float = 3.2) -> Iterator[Figure]:
     """A figure in the page's style (inches at 100 dpi), closed afterwards whatever happens."""
-    with matplotlib.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE), _missing_glyphs_ignored():
         fig = plt.figure(figsize=(width, height), dpi=100)
         try:
             yield fig
@@ -74,11 +75,21 @@ def figure(width: float = 7.0, height: float = 3.2) -> Iterator[Figure]:
             plt.close(fig)
 
 
+@contextmanager
+def _missing_glyphs_ignored() -> Iterator[None]:
+    """matplotlib measures text (for layout) with the first listed font it finds on this machine, and warns of
+    every glyph that font lacks: all of Chinese, where no CJK font is installed. The viewer's browser draws the
+    text, so the only cost is a label's space measured a little off; the warnings would only be noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        yield
+
+
 def to_svg(fig: Figure, title: str) -> str:
     """The figure as an inline ``<svg>`` element: no XML prologue, scaling with the page (viewBox kept, fixed size
     dropped), labelled for screen readers by ``title`` (escaped)."""
     buffer = io.StringIO()
-    with matplotlib.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE), _missing_glyphs_ignored():
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata=NO_METADATA)
     svg = _XML_PROLOGUE.sub("", buffer.getvalue(), count=1)
     svg = _FIXED_SIZE.sub(r"\1", svg, count=1)
