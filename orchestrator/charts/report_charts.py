@@ -10,7 +10,7 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from orchestrator.charts.figures import CONTROL, NEGATIVE, NEUTRAL, POSITIVE, TREATMENT, figure, to_svg
-from orchestrator.charts.values import count_text, interval, mapping, money_text, number, rows
+from orchestrator.charts.values import count_text, interval, mapping, money_text, number, rate_text, ratio_text, rows
 
 COUNT_STAGES_COLOUR = "#5b8fc7"
 WIDTH = 9.6  # inches at 100 dpi: about the width of the page, so text in a chart is the size of the page's
@@ -147,8 +147,6 @@ def skips_chart(skipped: Mapping[str, Any]) -> str | None:
 
 def breakdown_table(items: Sequence[tuple[str, Mapping[str, Any]]], label: str) -> list[list[str]]:
     """The figures behind an uplift chart, one row per item (also those without an uplift)."""
-    from orchestrator.charts.values import rate_text, ratio_text
-
     header = [label, "targeted", "control", "sent", "rate treatment", "rate control", "uplift", "95% CI", "ROI"]
     table = [header]
     for name, metrics in items:

@@ -83,9 +83,14 @@ def headline_figures(document: Mapping[str, Any]) -> list[Figure]:
             else f"95% CI {money_text(incremental_ci[0])} to {money_text(incremental_ci[1])}",
         ),
         Figure(
-            "ROI 盈利率",
+            "ROI, incremental 增量盈利率",
             ratio_text(document.get("roi_incremental")),
-            f"incremental · on attributed revenue {ratio_text(document.get('roi'))}",
+            "on the revenue the control group says the campaign caused",
+        ),
+        Figure(
+            "ROI, attributed 归因盈利率",
+            ratio_text(document.get("roi")),
+            "on all revenue of contacted members' attributed orders",
         ),
         Figure(
             "cannibalisation 误伤率",
@@ -121,20 +126,20 @@ def _sections(document: Mapping[str, Any]) -> list[Section]:
             daily_chart(rows(document.get("daily"))),
             "No days with results yet.",
         ),
-        _breakdown("By step 按步骤", steps, "step", "No steps with results."),
-        _breakdown("By variant 按版本 (A/B)", variants, "variant", "No A/B variants in these runs."),
-        _breakdown("By channel 按渠道", channels, "channel", "No channels with results."),
+        _breakdown("By step 按步骤", "By step", steps, "step", "No steps with results."),
+        _breakdown("By variant 按版本 (A/B)", "By variant", variants, "variant", "No A/B variants in these runs."),
+        _breakdown("By channel 按渠道", "By channel", channels, "channel", "No channels with results."),
         Section("Skipped 跳过", skips_chart(mapping(document.get("skipped"))), "Nobody was skipped."),
     ]
 
 
-def _breakdown(title: str, items: list[tuple[str, Mapping[str, Any]]], label: str, empty: str) -> Section:
+def _breakdown(title: str, name: str, items: list[tuple[str, Mapping[str, Any]]], label: str, empty: str) -> Section:
+    """A chart of the uplifts with the table of every item's figures below it; ``name`` labels the chart."""
     if not items:
         return Section(title, None, empty)
-    chart = uplift_chart(items, title.split(" ")[0] + " " + title.split(" ")[1])
     return Section(
         title,
-        chart,
+        uplift_chart(items, name),
         "No uplift could be computed (no control group members).",
         table=breakdown_table(items, label),
     )
