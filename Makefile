@@ -25,13 +25,13 @@ demo: $(VENV)/.installed
 	rm -rf demo && mkdir -p demo
 	$(ORCH) init
 	$(ORCH) demo-data --preset seed-shop
-	$(ORCH) analyze --at $(DEMO_AT)
+	$(ORCH) analyze --at $(DEMO_AT) --html demo/members.html
 	$(ORCH) validate campaigns/*.yaml
 	for f in campaigns/*.yaml; do $(ORCH) dry-run $$f --at $(DEMO_AT) --sample 1 || exit 1; done
 	for f in campaigns/*.yaml; do $(ORCH) run $$f --at $(DEMO_AT) || exit 1; done
 	$(ORCH) schedule --at $(DEMO_AT)
 	$(ORCH) scheduler --from 2026-11-02 --until 2026-11-23 --dry-run
-	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/"
+	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/, member-base page demo/members.html"
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest

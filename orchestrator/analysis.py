@@ -1,8 +1,9 @@
 """The member-base report (``orchestrator analyze``): the seed shop's figures for any shop, as of any time.
 
 Everything is counted in SQL over the facts of ``orchestrator.facts`` (members, their paid orders at or before
-``at``) in three aggregate queries, whatever the number of customers: the headline figures, the figures per
-province, and the members per RFM segment × lifecycle stage × tier. Python only divides the totals.
+``at``) in four aggregate queries, whatever the number of customers: the headline figures, the figures per
+province, the members per RFM segment × R and FM score × lifecycle stage × tier × month of dormancy (the dormancy
+curve), and the paid orders per band of amount (spend per order). Python only adds up and divides the totals.
 
 Rounding, once, at the end: money to the fen, rates and shares to 4 places, purchase frequency to 2 places, all
 half up. A ratio whose denominator is zero (no members, no orders) is ``None``.
@@ -11,7 +12,7 @@ half up. A ratio whose denominator is zero (no members, no orders) is ``None``.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from itertools import pairwise
@@ -22,12 +23,16 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, case, func, sele
 from orchestrator.config import Settings
 from orchestrator.facts import (
     LIFECYCLE_STAGES,
+    RFM_SEGMENT_RULES,
     RFM_SEGMENTS,
     CustomerFacts,
     FactContext,
+    amount_minor,
     count_where,
     customers,
+    fm_score,
     integer_sum,
+    paid_orders,
 )
 from orchestrator.money import from_minor, quantize, to_minor
 
@@ -35,6 +40,10 @@ from orchestrator.money import from_minor, quantize, to_minor
 AOV_BANDS: tuple[Decimal, ...] = (Decimal("100"), Decimal("200"))
 UNKNOWN_PROVINCE = "(unknown)"
 RATE_PLACES = "0.0001"
+# The dormancy curve counts buying members per this many days since their last paid order.
+DORMANCY_STEP_DAYS = 30
+# The spend per order distribution counts paid orders per band of this width in the shop's currency.
+ORDER_AMOUNT_STEP = Decimal("20")
 FREQUENCY_PLACES = "0.01"
 
 
@@ -117,6 +126,9 @@ class MemberReport:
     rfm: dict[str, int] = field(default_factory=dict)
     lifecycle: dict[str, int] = field(default_factory=dict)
     tiers: dict[str, int] = field(default_factory=dict)
+    rfm_grid: list[dict[str, Any]] = field(default_factory=list)
+    dormancy: list[dict[str, int]] = field(default_factory=list)
+    order_amounts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def never_bought(self) -> int:
@@ -168,6 +180,9 @@ class MemberReport:
             "rfm": dict(self.rfm),
             "lifecycle": dict(self.lifecycle),
             "tiers": dict(self.tiers),
+            "rfm_grid": list(self.rfm_grid),
+            "dormancy": list(self.dormancy),
+            "order_amounts": list(self.order_amounts),
         }
 
 
@@ -181,7 +196,8 @@ def member_report(engine: Engine, settings: Settings, at: datetime) -> MemberRep
         headline = _headline(conn, ctx)
         provinces = _provinces(conn, ctx)
         labels = _labels(conn, ctx)
-    return _assemble(ctx, headline, provinces, labels)
+        amounts = _order_amounts(conn, ctx)
+    return replace(_assemble(ctx, headline, provinces, labels), order_amounts=amounts)
 
 
 # --- the queries ----------------------------------------------------------------------------------------------
@@ -238,16 +254,44 @@ def _provinces(conn: Connection, ctx: FactContext) -> list[dict[str, Any]]:
 
 
 def _labels(conn: Connection, ctx: FactContext) -> list[dict[str, Any]]:
-    """Members per (RFM segment, lifecycle stage, tier): one grouped query for three distributions."""
+    """Members per (RFM segment, lifecycle stage, tier, R score, FM score, month of dormancy): one grouped query
+    for five distributions. The segment follows from the scores and the stage largely from the month, so the groups
+    stay in the thousands however many members there are."""
     facts = CustomerFacts(ctx)
     labelled = facts.select(
         facts.rfm_segment.label("rfm_segment"),
         facts.lifecycle_stage.label("lifecycle_stage"),
         facts.tier.label("tier"),
+        facts.r_score.label("r_score"),
+        fm_score(facts.f_score, facts.m_score).label("fm_score"),
+        (facts.recency_days // DORMANCY_STEP_DAYS).label("dormancy_step"),
     ).subquery("labelled")
-    dimensions = [labelled.c.rfm_segment, labelled.c.lifecycle_stage, labelled.c.tier]
+    dimensions = [
+        labelled.c.rfm_segment,
+        labelled.c.lifecycle_stage,
+        labelled.c.tier,
+        labelled.c.r_score,
+        labelled.c.fm_score,
+        labelled.c.dormancy_step,
+    ]
     statement = select(*dimensions, func.count().label("members")).group_by(*dimensions)
     return [dict(row._mapping) for row in conn.execute(statement)]
+
+
+def _order_amounts(conn: Connection, ctx: FactContext) -> list[dict[str, Any]]:
+    """Members' paid orders per ``ORDER_AMOUNT_STEP`` of amount: ``from`` (inclusive), ``to``, ``orders``."""
+    width = to_minor(ORDER_AMOUNT_STEP)
+    inner = paid_orders(ctx, amount_minor().label("amount_minor")).subquery("amounts")
+    band = (inner.c.amount_minor // width).label("band")
+    statement = select(band, func.count().label("orders")).group_by(band).order_by(band)
+    return [
+        {
+            "from": from_minor(int(row.band) * width),
+            "to": from_minor((int(row.band) + 1) * width),
+            "orders": row.orders,
+        }
+        for row in conn.execute(statement)
+    ]
 
 
 # --- from totals to the report --------------------------------------------------------------------------------
@@ -282,6 +326,8 @@ def _assemble(
         rfm=_distribution(labels, "rfm_segment", RFM_SEGMENTS),
         lifecycle=_distribution(labels, "lifecycle_stage", LIFECYCLE_STAGES),
         tiers=_distribution(labels, "tier", [rule.name for rule in settings.tiers]),
+        rfm_grid=_rfm_grid(labels),
+        dormancy=_dormancy(labels),
     )
 
 
@@ -296,6 +342,36 @@ def _province_figures(rows: list[dict[str, Any]]) -> list[ProvinceFigures]:
         for row in rows
     ]
     return sorted(figures, key=lambda p: (-(p.buying_rate or 0), -p.members, p.province))
+
+
+def _rfm_grid(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Buying members per cell of the R × FM grid (scores 1–5 each) with the cell's segment, every cell present."""
+    counts: Counter[tuple[int, int]] = Counter()
+    for row in rows:
+        if row["r_score"] is not None and row["fm_score"] is not None:
+            counts[int(row["r_score"]), int(row["fm_score"])] += row["members"]
+    return [
+        {"r_score": r, "fm_score": fm, "segment": _segment_of(r, fm), "members": counts[r, fm]}
+        for r in range(1, 6)
+        for fm in range(1, 6)
+    ]
+
+
+def _dormancy(rows: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """Buying members per ``DORMANCY_STEP_DAYS`` days since their last paid order (``days_from``, ``members``),
+    only the steps someone is in; members who never bought have no recency and are not counted."""
+    counts: Counter[int] = Counter()
+    for row in rows:
+        if row["dormancy_step"] is not None:
+            counts[int(row["dormancy_step"])] += row["members"]
+    return [{"days_from": step * DORMANCY_STEP_DAYS, "members": counts[step]} for step in sorted(counts)]
+
+
+def _segment_of(r: int, fm: int) -> str | None:
+    for rule in RFM_SEGMENT_RULES:
+        if rule.r[0] <= r <= rule.r[1] and rule.fm[0] <= fm <= rule.fm[1]:
+            return rule.segment
+    return None
 
 
 def _distribution(rows: list[dict[str, Any]], key: str, names: Any) -> dict[str, int]:

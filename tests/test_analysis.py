@@ -99,7 +99,39 @@ def expected_report(at: datetime, settings: Settings) -> dict[str, Any]:
         "rfm": _counts([f.rfm_segment for f in facts.values()], RFM_NAMES),
         "lifecycle": _counts([f.lifecycle_stage for f in facts.values()], dataset.LIFECYCLE_STAGES),
         "tiers": _counts([f.tier for f in facts.values()], [t.name for t in settings.tiers]),
+        "rfm_grid": _rfm_grid(facts.values()),
+        "dormancy": _dormancy([recency[c] for c in buyers]),
+        "order_amounts": _order_amounts([o.amount for o in paid]),
     }
+
+
+def _rfm_grid(facts) -> list[dict[str, Any]]:
+    """Buyers per (R, FM) cell, FM = (F + M) / 2 rounded half up, named by the grid as the test data set writes it."""
+    cells = Counter((f.r_score, (f.f_score + f.m_score + 1) // 2) for f in facts if f.r_score is not None)
+    return [
+        {"r_score": r, "fm_score": fm, "segment": dataset.RFM_GRID[r][fm - 1], "members": cells[r, fm]}
+        for r in range(1, 6)
+        for fm in range(1, 6)
+    ]
+
+
+def _dormancy(recencies: list[int]) -> list[dict[str, int]]:
+    """Buyers per whole 30 days since their last paid order, only the months someone is in."""
+    months = Counter(days // 30 for days in recencies)
+    return [{"days_from": month * 30, "members": months[month]} for month in sorted(months)]
+
+
+def _order_amounts(amounts: list[Decimal]) -> list[dict[str, Any]]:
+    """Paid orders per 20.00 of amount ([from, to)), only the bands with orders."""
+    bands = Counter(int(amount // 20) for amount in amounts)
+    return [
+        {
+            "from": Decimal(band * 20).quantize(Decimal("0.01")),
+            "to": Decimal((band + 1) * 20).quantize(Decimal("0.01")),
+            "orders": bands[band],
+        }
+        for band in sorted(bands)
+    ]
 
 
 def _aov_bands(spend: Counter, count: Counter) -> dict[str, int]:
