@@ -179,6 +179,10 @@ Offer = Annotated[dict[str, dict[str, Any]], WithJsonSchema(OFFER_MARK)]
 Messages = Annotated[dict[str, dict[str, Any]], WithJsonSchema(MESSAGES_MARK)]
 
 
+class Attribution(_Model):
+    window: Duration = Field(description="orders a contacted member places this long after the message was due count")
+
+
 class Step(_Model):
     name: str | None = Field(None, pattern=NAME_PATTERN)
     when: Condition | None = None
@@ -225,6 +229,7 @@ class Campaign(_Model):
     offer: Offer | None = None
     message: Messages | None = None
     dispatch: DispatchSettings = DispatchSettings()
+    attribution: Attribution | None = Field(None, description="results: the attribution window (config default 14d)")
 
     @model_validator(mode="after")
     def _steps_or_message(self) -> Campaign:

@@ -1,0 +1,157 @@
+"""``orchestrator report``: what campaigns earned, against their control groups."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.output import console, emit_json
+from orchestrator.results.report import Scope, build_report, csv_rows
+
+METRIC_COLUMNS = (
+    "targeted",
+    "control",
+    "contacted",
+    "conv. contacted",
+    "conv. control",
+    "uplift (points, 95% CI)",
+    "revenue attributed",
+    "incremental",
+    "ROI attr.",
+    "ROI incr.",
+)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(report)
+
+
+@click.command()
+@click.argument("campaign", required=False)
+@click.option("--run", "run_id", type=int, help="Only this run (its id, as `orchestrator runs` lists it).")
+@click.option(
+    "--at",
+    "at_text",
+    metavar="TIME",
+    help="Evaluate as of this ISO 8601 time (no offset: the configured time zone). Default: now.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write flat rows, one per run × step × variant × channel, to this CSV file.",
+)
+@click.pass_obj
+def report(app, campaign: str | None, run_id: int | None, at_text: str | None, as_json: bool, csv_path: Path | None):
+    """What CAMPAIGN's runs (or every campaign's) earned, measured against the held-out control group.
+
+    \b
+    Conversion (any paid order within the attribution window after the message was due) and revenue per member
+    of the contacted against the held-out members, with 95 % intervals; attributed revenue (coupon redeemed, else
+    last touch within the window); offer and send cost; ROI on attributed and on incremental revenue.
+    Recomputed from the ledger, coupons, redemptions and orders every time; only orders at or before --at count.
+    """
+    at = app.parse_at(at_text)
+    document = build_report(app.engine, app.settings, Scope(campaign, run_id, at))
+    if csv_path is not None:
+        write_csv(csv_path, document)
+    if as_json:
+        emit_json(document)
+    else:
+        render(document, console())
+
+
+def write_csv(path: Path, document: dict[str, Any]) -> None:
+    rows = list(csv_rows(document))
+    header = list(rows[0]) if rows else ["run_id", "campaign", "step", "variant", "channel"]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --- the terminal table ---------------------------------------------------------------------------------------
+
+
+def render(document: dict[str, Any], out: Console) -> None:
+    who = document["campaign"] or "all campaigns"
+    runs = document["runs"]
+    out.print(f"[bold]Results of {who}[/bold] as of {document['at']}: {len(runs)} run(s)")
+    if not runs:
+        out.print("No run was scheduled at or before this time.")
+        return
+    currency = document["currency"]
+    table = Table(title=f"Against the control group (money in {currency})")
+    table.add_column("")
+    for name in METRIC_COLUMNS:
+        table.add_column(name, justify="right")
+    table.add_row("all", *_cells(document), end_section=True)
+    for row in document["by_step"]:
+        table.add_row(f"step {row['step']}", *_cells(row))
+    for row in document["by_channel"]:
+        table.add_row(f"channel {row['channel']}", *_cells(row))
+    out.print(table)
+    money = Table(title="Money 投入产出")
+    money.add_column("figure")
+    money.add_column("value", justify="right")
+    offers = document["offers"]
+    revenue = document["revenue"]
+    margin = document["margin"]
+    for label, value in (
+        (
+            "offers issued / redeemed",
+            f"{offers['issued']:,} / {offers['redeemed']:,} ({_pct(offers['redemption_rate'])})",
+        ),
+        ("offer cost", offers["cost"]),
+        ("send cost", document["send_cost"]),
+        ("attributed revenue", revenue["attributed"]),
+        ("incremental revenue (95% CI)", f"{revenue['incremental'] or '—'} ({_interval(revenue['incremental_ci95'])})"),
+        ("margin", margin if margin is not None else "not set: ROI on revenue"),
+        ("ROI on attributed revenue", _ratio(document["roi"])),
+        ("ROI on incremental revenue 盈利率", _ratio(document["roi_incremental"])),
+        ("cannibalisation 误伤率", _pct(document["cannibalisation"])),
+        ("skipped", ", ".join(f"{k} {v:,}" for k, v in document["skipped"].items()) or "none"),
+    ):
+        money.add_row(label, str(value))
+    out.print(money)
+    out.print(document["verdict"])
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    conv, revenue = row["conversions"], row["revenue"]
+    uplift = conv["uplift"]
+    ci = conv["uplift_ci95"]
+    return [
+        f"{row['targeted']:,}",
+        f"{row['control']:,}",
+        f"{row['contacted']:,}",
+        f"{conv['treatment']:,} ({_pct(conv['rate_treatment'])})",
+        f"{conv['control']:,} ({_pct(conv['rate_control'])})",
+        "—" if uplift is None else f"{uplift * 100:+.1f} ({_points(ci)})",
+        revenue["attributed"],
+        revenue["incremental"] or "—",
+        _ratio(row["roi"]),
+        _ratio(row["roi_incremental"]),
+    ]
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _points(ci: list[float] | None) -> str:
+    return "—" if ci is None else f"{ci[0] * 100:+.1f} to {ci[1] * 100:+.1f}"
+
+
+def _interval(ci: list[str] | None) -> str:
+    return "—" if ci is None else f"{ci[0]} to {ci[1]}"
