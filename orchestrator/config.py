@@ -128,7 +128,7 @@ class ResultsConfig(_Section):
     # what one redeemed coupon of a kind costs the shop, where its face value does not say (e.g. a gift's cost)
     offer_cost: dict[Literal["amount_off", "percent_off", "free_item", "gift"], Decimal] = Field(default_factory=dict)
     # fewer members than this in the contacted or the control group: too small a sample to judge
-    min_group_size: int = Field(30, ge=2)
+    min_group_size: int = Field(10, ge=2)
 
 
 class TierRule(_Section):

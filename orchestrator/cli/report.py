@@ -7,24 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from orchestrator.output import console, emit_json
 from orchestrator.results.report import Scope, build_report, csv_rows
 
-METRIC_COLUMNS = (
-    "targeted",
-    "control",
-    "contacted",
-    "conv. contacted",
-    "conv. control",
-    "uplift (points, 95% CI)",
-    "revenue attributed",
-    "incremental",
-    "ROI attr.",
-    "ROI incr.",
-)
+#: the table's columns; the rest (incremental revenue, incremental ROI, costs) is in the money table and --json
+METRIC_COLUMNS = ("contacted/ctl", "conv.", "ctl conv.", "uplift pts", "95% CI", "attributed", "ROI")
+
+
+REPORT_WIDTH = 120
 
 
 def register(cli: click.Group) -> None:
@@ -64,7 +58,10 @@ def report(app, campaign: str | None, run_id: int | None, at_text: str | None, a
     if as_json:
         emit_json(document)
     else:
-        render(document, console())
+        out = console()
+        if not out.is_terminal:  # into a file or a pipe: wide enough for every column, as a log would want it
+            out.width = max(out.width, REPORT_WIDTH)
+        render(document, out)
 
 
 def write_csv(path: Path, document: dict[str, Any]) -> None:
@@ -87,13 +84,20 @@ def render(document: dict[str, Any], out: Console) -> None:
         out.print("No run was scheduled at or before this time.")
         return
     currency = document["currency"]
-    table = Table(title=f"Against the control group (money in {currency})")
-    table.add_column("")
+    table = Table(title=f"Against the control group (money in {currency})", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("", overflow="fold", min_width=14)
     for name in METRIC_COLUMNS:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     table.add_row("all", *_cells(document), end_section=True)
+    several = len(document["by_campaign"]) > 1
+    if several:
+        for row in document["by_campaign"]:
+            table.add_row(row["campaign"], *_cells(row))
+        table.rows[-1].end_section = True
     for row in document["by_step"]:
-        table.add_row(f"step {row['step']}", *_cells(row))
+        step = row["step"] if row["step"] is not None else "(no step)"
+        table.add_row(f"{row['campaign']}: {step}" if several else f"step {step}", *_cells(row))
+    table.rows[-1].end_section = True
     for row in document["by_channel"]:
         table.add_row(f"channel {row['channel']}", *_cells(row))
     out.print(table)
@@ -120,24 +124,23 @@ def render(document: dict[str, Any], out: Console) -> None:
     ):
         money.add_row(label, str(value))
     out.print(money)
-    out.print(document["verdict"])
+    out.print(f"[bold]Verdict:[/bold] {document['verdict']}")
+    if len(document["by_campaign"]) > 1:
+        for row in document["by_campaign"]:
+            out.print(f"  {row['campaign']}: {row['verdict']}")
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    conv, revenue = row["conversions"], row["revenue"]
+    conv = row["conversions"]
     uplift = conv["uplift"]
-    ci = conv["uplift_ci95"]
     return [
-        f"{row['targeted']:,}",
-        f"{row['control']:,}",
-        f"{row['contacted']:,}",
-        f"{conv['treatment']:,} ({_pct(conv['rate_treatment'])})",
-        f"{conv['control']:,} ({_pct(conv['rate_control'])})",
-        "—" if uplift is None else f"{uplift * 100:+.1f} ({_points(ci)})",
-        revenue["attributed"],
-        revenue["incremental"] or "—",
+        f"{row['contacted']:,}/{row['control']:,}",
+        _pct(conv["rate_treatment"]),
+        _pct(conv["rate_control"]),
+        "—" if uplift is None else f"{uplift * 100:+.1f}",
+        _points(conv["uplift_ci95"]),
+        row["revenue"]["attributed"],
         _ratio(row["roi"]),
-        _ratio(row["roi_incremental"]),
     ]
 
 
@@ -150,7 +153,7 @@ def _ratio(value: float | None) -> str:
 
 
 def _points(ci: list[float] | None) -> str:
-    return "—" if ci is None else f"{ci[0] * 100:+.1f} to {ci[1] * 100:+.1f}"
+    return "—" if ci is None else f"{ci[0] * 100:+.1f}…{ci[1] * 100:+.1f}"
 
 
 def _interval(ci: list[str] | None) -> str:

@@ -95,8 +95,14 @@ def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, 
         {"stage": "redeemed", "value": total.redeemed},
         {"stage": "revenue", "value": _money(from_minor(total.attributed_minor))},
     ]
+    campaign_of = {r["pk"]: r["campaign"] for r in runs}
+    document["by_campaign"] = [
+        {"campaign": name, **metrics(tally, settings)}
+        for name, tally in _roll_up(by_step, lambda k: campaign_of[k[0]]).items()
+    ]
     document["by_step"] = [
-        {"step": step, **metrics(tally, settings)} for step, tally in _roll_up(by_step, lambda k: k[1]).items()
+        {"campaign": name, "step": step, **metrics(tally, settings)}
+        for (name, step), tally in _roll_up(by_step, lambda k: (campaign_of[k[0]], k[1])).items()
     ]
     document["by_variant"] = []  # A/B variants per step are not built yet
     document["by_channel"] = [
