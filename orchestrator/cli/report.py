@@ -11,6 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.data.spreadsheet import spreadsheet_cell
 from orchestrator.output import console, emit_json
 from orchestrator.results.report import Scope, build_report, csv_rows
 
@@ -70,7 +71,7 @@ def write_csv(path: Path, document: dict[str, Any]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=header)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: spreadsheet_cell(v) for k, v in row.items()} for row in rows)
 
 
 # --- the terminal table ---------------------------------------------------------------------------------------
