@@ -25,8 +25,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from orchestrator import ledger, policies
-from orchestrator.campaign.loader import CampaignPlan, StepPlan
+from orchestrator import ledger, policies, variants
+from orchestrator.campaign.loader import CampaignPlan, StepPlan, VariantPlan
 from orchestrator.channels.base import Channel, RenderedMessage
 from orchestrator.config import Settings
 from orchestrator.coupons.offer import give_back_unsent
@@ -159,6 +159,15 @@ class Candidate:
     grant: Grant | None = None
     deferred_until: datetime | None = None  # set when quiet hours defer this member
     render_failed: bool = False  # a message of this member failed to render (that row carries no offer)
+    variant: VariantPlan | None = None  # the step's A/B variant of this member, when the step has variants
+
+    @property
+    def messages(self) -> Mapping[str, Any]:
+        return self.variant.messages if self.variant is not None else self.step.messages
+
+    @property
+    def variant_name(self) -> str | None:
+        return self.variant.name if self.variant is not None else None
 
 
 class CampaignRunner:
@@ -208,7 +217,7 @@ class CampaignRunner:
 
     def _render(self, candidate: Candidate, channel_name: str, at: datetime) -> RenderedMessage:
         context = self.build_context(candidate.customer, candidate.step, channel_name, candidate.grant, at)
-        return self.channels[channel_name].render(candidate.step.messages[channel_name], context)
+        return self.channels[channel_name].render(candidate.messages[channel_name], context)
 
     # -- a run ------------------------------------------------------------------------------------------------
     def execute(self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True) -> RunResult:
@@ -347,11 +356,21 @@ class CampaignRunner:
             result.skipped[plan.reason] += 1
             intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", plan.reason))
             return
+        if step.variants:  # decided before the control group, so held-out members are recorded with theirs too
+            candidate.variant = variants.assign(self.plan.name, step.name, customer["customer_id"], step.variants)
         if policies.in_control_group(self.plan.name, customer["customer_id"], self.plan.campaign.control_group):
             result.control += 1
             for name, contact in plan.channels:
                 intended.append(
-                    ledger.IntendedDelivery(customer["pk"], name, step.name, "held_out", policies.CONTROL, contact)
+                    ledger.IntendedDelivery(
+                        customer["pk"],
+                        name,
+                        step.name,
+                        "held_out",
+                        policies.CONTROL,
+                        contact,
+                        variant=candidate.variant_name,
+                    )
                 )
             return
         outcome = self._offer(conn, candidate, run, dry_run)
@@ -375,7 +394,14 @@ class CampaignRunner:
                 candidate.render_failed = True
                 intended.append(
                     ledger.IntendedDelivery(
-                        customer["pk"], name, step.name, "failed", RENDER_FAILED, contact, error=_located(exc)
+                        customer["pk"],
+                        name,
+                        step.name,
+                        "failed",
+                        RENDER_FAILED,
+                        contact,
+                        error=_located(exc),
+                        variant=candidate.variant_name,
                     )
                 )
                 continue
@@ -399,6 +425,7 @@ class CampaignRunner:
                     coupon_pk=candidate.grant.coupon_pk if candidate.grant else None,
                     deferred_until=candidate.deferred_until,
                     message=rendered,
+                    variant=candidate.variant_name,
                 )
             )
 

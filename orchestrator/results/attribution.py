@@ -107,7 +107,7 @@ def in_window(start, ordered_at, window_micros) -> ColumnElement[bool]:
 
 
 def exposures(at: datetime):
-    """(run_pk, campaign_pk, customer_pk, step, start, grp) for every member contacted or held out by ``at``.
+    """(run_pk, campaign_pk, customer_pk, step, variant, start, grp) for every member contacted or held out by ``at``.
 
     A member held out and contacted in one run cannot happen (the control group is decided once per member and
     run); a member with both would count as contacted."""
@@ -121,6 +121,7 @@ def exposures(at: datetime):
             CampaignRun.campaign_pk.label("campaign_pk"),
             Delivery.customer_pk.label("customer_pk"),
             func.max(Delivery.step).label("step"),
+            func.max(Delivery.variant).label("variant"),
             func.min(func.coalesce(Delivery.deferred_until, CampaignRun.scheduled_at)).label("start"),
             case(
                 (func.max(case((contacted, 1), else_=0)) == 1, literal(TREATMENT)),
@@ -152,12 +153,8 @@ def attributed_orders(at: datetime, exposure, paid, windows: Windows, model: str
             CouponRedemption.redeemed_at <= at_lit, Coupon.run_pk.is_not(None), CouponRedemption.order_pk.is_not(None)
         )
     )
-    by_code = (
-        select(paid.c.id.label("order_pk"), Coupon.run_pk.label("run_pk"))
-        .join(Coupon, Coupon.code == paid.c.coupon_code)
-        .where(Coupon.run_pk.is_not(None), Coupon.customer_pk == paid.c.customer_pk)
-    )
-    linked = union_all(by_redemption, by_code).subquery("coupon_links")
+    # a redemption is the proof: an order's coupon_code that the coupon's rules refused is not one
+    linked = by_redemption.subquery("coupon_links")
     by_coupon = (
         select(linked.c.order_pk, func.max(linked.c.run_pk).label("run_pk"))
         .group_by(linked.c.order_pk)
@@ -199,6 +196,7 @@ def member_outcomes(exposure, paid, windows: Windows, run_pks: list[int]):
             exposure.c.run_pk,
             exposure.c.customer_pk,
             exposure.c.step,
+            exposure.c.variant,
             exposure.c.grp,
             case((func.count(paid.c.id) > 0, 1), else_=0).label("converted"),
             func.coalesce(func.sum(paid.c.amount), 0).label("revenue"),
@@ -210,7 +208,7 @@ def member_outcomes(exposure, paid, windows: Windows, run_pks: list[int]):
             and_(paid.c.customer_pk == exposure.c.customer_pk, in_window(exposure.c.start, paid.c.ordered_at, window)),
         )
         .where(exposure.c.run_pk.in_(run_pks))
-        .group_by(exposure.c.run_pk, exposure.c.customer_pk, exposure.c.step, exposure.c.grp)
+        .group_by(exposure.c.run_pk, exposure.c.customer_pk, exposure.c.step, exposure.c.variant, exposure.c.grp)
         .cte("outcomes")
     )
 

@@ -1,9 +1,11 @@
 """The results report: one document for ``orchestrator report`` (``--json``, ``--csv``, the terminal table).
 
-Everything is aggregated in SQL at two grains, (run, step) and (run, step, channel); the document's totals,
-``by_step`` and ``by_channel`` are sums of those few rows, since every figure is a count or a sum (members,
-converters, Σ revenue, Σ revenue²). A member belongs to one step of a run, so step rows add up to the run; a
-member reached on two channels appears in both channel rows.
+Everything is aggregated in SQL at two grains, (run, step, variant) and (run, step, variant, channel); the
+document's totals, ``by_campaign``, ``by_step``, ``by_variant`` and ``by_channel`` are sums of those few rows,
+since every figure is a count or a sum (members, converters, Σ revenue, Σ revenue²). A member belongs to one step
+and one variant of a run, so those rows add up to the run; a member reached on two channels appears in both
+channel rows. A variant is compared with the held-out members assigned the same variant (see
+``orchestrator.variants``).
 """
 
 from __future__ import annotations
@@ -104,22 +106,26 @@ def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, 
         {"campaign": name, "step": step, **metrics(tally, settings)}
         for (name, step), tally in _roll_up(by_step, lambda k: (campaign_of[k[0]], k[1])).items()
     ]
-    document["by_variant"] = []  # A/B variants per step are not built yet
+    with_variant = {key: tally for key, tally in by_step.items() if key[2] is not None}
+    document["by_variant"] = [
+        {"campaign": name, "step": step, "variant": variant, **metrics(tally, settings)}
+        for (name, step, variant), tally in _roll_up(with_variant, lambda k: (campaign_of[k[0]], k[1], k[2])).items()
+    ]
     document["by_channel"] = [
         {"channel": channel, **metrics(tally, settings)}
-        for channel, tally in _roll_up(by_channel, lambda k: k[2]).items()
+        for channel, tally in _roll_up(by_channel, lambda k: k[3]).items()
     ]
     document["rows"] = [
         {
             "run_id": key[0],
             "campaign": runs_by_pk[key[0]]["campaign"],
             "step": key[1],
-            "variant": None,
-            "channel": key[2],
+            "variant": key[2],
+            "channel": key[3],
             **metrics(tally, settings),
         }
         for runs_by_pk in [{r["pk"]: r for r in runs}]
-        for key, tally in sorted(by_channel.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2]))
+        for key, tally in sorted(by_channel.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), str(kv[0][2]), kv[0][3]))
     ]
     return document
 
@@ -296,12 +302,20 @@ def _collect(conn, settings, at, run_pks, windows, runs, by_step, by_channel) ->
 
     # messages and skips per (run, step, channel); the step grain adds its channels up
     for row in conn.execute(
-        select(Delivery.run_pk, Delivery.step, Delivery.channel, Delivery.state, Delivery.reason, func.count())
+        select(
+            Delivery.run_pk,
+            Delivery.step,
+            Delivery.variant,
+            Delivery.channel,
+            Delivery.state,
+            Delivery.reason,
+            func.count(),
+        )
         .where(in_scope)
-        .group_by(Delivery.run_pk, Delivery.step, Delivery.channel, Delivery.state, Delivery.reason)
+        .group_by(Delivery.run_pk, Delivery.step, Delivery.variant, Delivery.channel, Delivery.state, Delivery.reason)
     ):
-        run_pk, step, channel, state, reason, n = row
-        for tally in (by_step[(run_pk, step, None)], by_channel[(run_pk, step, channel)]):
+        run_pk, step, variant, channel, state, reason, n = row
+        for tally in (by_step[(run_pk, step, variant, None)], by_channel[(run_pk, step, variant, channel)]):
             if state in ("sent", "failed"):
                 tally.sent += n
                 tally.delivered += n if state == "sent" else 0
@@ -310,22 +324,23 @@ def _collect(conn, settings, at, run_pks, windows, runs, by_step, by_channel) ->
                 tally.skipped[reason or "unknown"] += n
         if state == "sent":
             cost = _send_cost(settings, channel, n, runs, run_pk)
-            by_step[(run_pk, step, None)].send_cost += cost
-            by_channel[(run_pk, step, channel)].send_cost += cost
+            by_step[(run_pk, step, variant, None)].send_cost += cost
+            by_channel[(run_pk, step, variant, channel)].send_cost += cost
 
     # members each run decided about
-    for run_pk, step, n in conn.execute(
-        select(Delivery.run_pk, Delivery.step, func.count(func.distinct(Delivery.customer_pk)))
+    members = func.count(func.distinct(Delivery.customer_pk))
+    for run_pk, step, variant, n in conn.execute(
+        select(Delivery.run_pk, Delivery.step, Delivery.variant, members)
         .where(in_scope)
-        .group_by(Delivery.run_pk, Delivery.step)
+        .group_by(Delivery.run_pk, Delivery.step, Delivery.variant)
     ):
-        by_step[(run_pk, step, None)].targeted += n
-    for run_pk, step, channel, n in conn.execute(
-        select(Delivery.run_pk, Delivery.step, Delivery.channel, func.count(func.distinct(Delivery.customer_pk)))
+        by_step[(run_pk, step, variant, None)].targeted += n
+    for run_pk, step, variant, channel, n in conn.execute(
+        select(Delivery.run_pk, Delivery.step, Delivery.variant, Delivery.channel, members)
         .where(in_scope)
-        .group_by(Delivery.run_pk, Delivery.step, Delivery.channel)
+        .group_by(Delivery.run_pk, Delivery.step, Delivery.variant, Delivery.channel)
     ):
-        by_channel[(run_pk, step, channel)].targeted += n
+        by_channel[(run_pk, step, variant, channel)].targeted += n
 
     # the control comparison
     def add_groups(rows, tallies, key_of):
@@ -340,17 +355,19 @@ def _collect(conn, settings, at, run_pks, windows, runs, by_step, by_channel) ->
                 tally.control = tally.control + sums
 
     add_groups(
-        conn.execute(attr.group_sums(outcomes, [outcomes.c.run_pk, outcomes.c.step])),
+        conn.execute(attr.group_sums(outcomes, [outcomes.c.run_pk, outcomes.c.step, outcomes.c.variant])),
         by_step,
-        lambda r: (r.run_pk, r.step, None),
+        lambda r: (r.run_pk, r.step, r.variant, None),
     )
     reached = _reached_on(outcomes.c.run_pk, outcomes.c.customer_pk, outcomes.c.grp)
     add_groups(
         conn.execute(
-            attr.group_sums(outcomes, [outcomes.c.run_pk, outcomes.c.step, Delivery.channel]).join(Delivery, reached)
+            attr.group_sums(outcomes, [outcomes.c.run_pk, outcomes.c.step, outcomes.c.variant, Delivery.channel]).join(
+                Delivery, reached
+            )
         ),
         by_channel,
-        lambda r: (r.run_pk, r.step, r.channel),
+        lambda r: (r.run_pk, r.step, r.variant, r.channel),
     )
 
     # attributed revenue of contacted members
@@ -360,22 +377,24 @@ def _collect(conn, settings, at, run_pks, windows, runs, by_step, by_channel) ->
         exposure.c.grp == attr.TREATMENT,
     )
     scoped = attributed.c.run_pk.in_(run_pks)
-    for run_pk, step, total in conn.execute(
-        select(attributed.c.run_pk, exposure.c.step, func.sum(attributed.c.amount))
+    for run_pk, step, variant, total in conn.execute(
+        select(attributed.c.run_pk, exposure.c.step, exposure.c.variant, func.sum(attributed.c.amount))
         .join(exposure, treated)
         .where(scoped)
-        .group_by(attributed.c.run_pk, exposure.c.step)
+        .group_by(attributed.c.run_pk, exposure.c.step, exposure.c.variant)
     ):
-        by_step[(run_pk, step, None)].attributed_minor += int(total or 0)
+        by_step[(run_pk, step, variant, None)].attributed_minor += int(total or 0)
     sent_row = _reached_on(attributed.c.run_pk, attributed.c.customer_pk, literal(attr.TREATMENT))
-    for run_pk, step, channel, total in conn.execute(
-        select(attributed.c.run_pk, exposure.c.step, Delivery.channel, func.sum(attributed.c.amount))
+    for run_pk, step, variant, channel, total in conn.execute(
+        select(
+            attributed.c.run_pk, exposure.c.step, exposure.c.variant, Delivery.channel, func.sum(attributed.c.amount)
+        )
         .join(exposure, treated)
         .join(Delivery, sent_row)
         .where(scoped)
-        .group_by(attributed.c.run_pk, exposure.c.step, Delivery.channel)
+        .group_by(attributed.c.run_pk, exposure.c.step, exposure.c.variant, Delivery.channel)
     ):
-        by_channel[(run_pk, step, channel)].attributed_minor += int(total or 0)
+        by_channel[(run_pk, step, variant, channel)].attributed_minor += int(total or 0)
 
     _offers(conn, settings, at, run_pks, by_step, by_channel)
 
@@ -432,17 +451,28 @@ def _offers(conn, settings: Settings, at: datetime, run_pks: list[int], by_step,
         .where(Coupon.run_pk.in_(run_pks), Coupon.state != "void", Coupon.issued_at <= at_lit)
     )
     keys = (Coupon.run_pk, Coupon.step, Coupon.offer_kind, face, value)
+    # a coupon's variant is its deliveries' (one member, one step, one variant)
+    carried = (
+        select(Delivery.coupon_pk, func.max(Delivery.variant).label("variant"))
+        .where(Delivery.run_pk.in_(run_pks), Delivery.coupon_pk.is_not(None))
+        .group_by(Delivery.coupon_pk)
+        .subquery("coupon_variants")
+    )
     step_rows = conn.execute(
-        base.add_columns(func.count().label("issued"), func.sum(redeemed).label("redeemed")).group_by(*keys)
+        base.add_columns(carried.c.variant, func.count().label("issued"), func.sum(redeemed).label("redeemed"))
+        .outerjoin(carried, carried.c.coupon_pk == Coupon.id)
+        .group_by(*keys, carried.c.variant)
     )
     channel_rows = conn.execute(
-        base.add_columns(Delivery.channel, func.count().label("issued"), func.sum(redeemed).label("redeemed"))
+        base.add_columns(
+            Delivery.variant, Delivery.channel, func.count().label("issued"), func.sum(redeemed).label("redeemed")
+        )
         .join(Delivery, and_(Delivery.coupon_pk == Coupon.id, Delivery.state == "sent"))
-        .group_by(*keys, Delivery.channel)
+        .group_by(*keys, Delivery.variant, Delivery.channel)
     )
     for rows, tallies, key_of in (
-        (step_rows, by_step, lambda r: (r.run_pk, r.step, None)),
-        (channel_rows, by_channel, lambda r: (r.run_pk, r.step, r.channel)),
+        (step_rows, by_step, lambda r: (r.run_pk, r.step, r.variant, None)),
+        (channel_rows, by_channel, lambda r: (r.run_pk, r.step, r.variant, r.channel)),
     ):
         for row in rows:
             tally = tallies[key_of(row)]
