@@ -74,8 +74,10 @@ def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, 
         by_channel: dict[tuple, Tally] = defaultdict(Tally)
         daily: list[dict[str, Any]] = []
         if run_pks:
-            _collect(conn, settings, scope.at, run_pks, windows, runs, by_step, by_channel)
-            daily = _daily(conn, settings, scope.at, run_pks, windows, runs)
+            attr.fill_tables(conn, scope.at, run_pks, windows, settings.results.attribution.model)
+            _collect(conn, settings, scope.at, run_pks, runs, by_step, by_channel)
+            daily = _daily(conn, settings, scope.at, run_pks, runs)
+            attr.drop_tables(conn)
     results = settings.results
     total = sum(by_step.values(), Tally())
     document: dict[str, Any] = {
@@ -293,11 +295,8 @@ def _windows(conn: Connection, settings: Settings) -> attr.Windows:
     return attr.Windows(default, per_campaign)
 
 
-def _collect(conn, settings, at, run_pks, windows, runs, by_step, by_channel) -> None:
-    exposure = attr.exposures(at)
-    paid = attr.paid_orders(at)
-    outcomes = attr.member_outcomes(exposure, paid, windows, run_pks)
-    attributed = attr.attributed_orders(at, exposure, paid, windows, settings.results.attribution.model)
+def _collect(conn, settings, at, run_pks, runs, by_step, by_channel) -> None:
+    exposure, outcomes, attributed = attr.EXPOSURES, attr.OUTCOMES, attr.ATTRIBUTED
     in_scope = Delivery.run_pk.in_(run_pks)
 
     # messages and skips per (run, step, channel); the step grain adds its channels up
@@ -463,11 +462,29 @@ def _offers(conn, settings: Settings, at: datetime, run_pks: list[int], by_step,
         .outerjoin(carried, carried.c.coupon_pk == Coupon.id)
         .group_by(*keys, carried.c.variant)
     )
+    # from the runs' sent deliveries to their coupons (deliveries have no index on coupon_pk, coupons a primary key)
     channel_rows = conn.execute(
-        base.add_columns(
-            Delivery.variant, Delivery.channel, func.count().label("issued"), func.sum(redeemed).label("redeemed")
+        select(
+            Coupon.run_pk,
+            Coupon.step,
+            Coupon.offer_kind,
+            face.label("face"),
+            value.label("value"),
+            Delivery.variant,
+            Delivery.channel,
+            func.count().label("issued"),
+            func.sum(redeemed).label("redeemed"),
         )
-        .join(Delivery, and_(Delivery.coupon_pk == Coupon.id, Delivery.state == "sent"))
+        .select_from(Delivery)
+        .join(Coupon, Coupon.id == Delivery.coupon_pk)
+        .outerjoin(CouponRedemption, CouponRedemption.coupon_pk == Coupon.id)
+        .outerjoin(Order, Order.id == CouponRedemption.order_pk)
+        .where(
+            Delivery.run_pk.in_(run_pks),
+            Delivery.state == "sent",
+            Coupon.state != "void",
+            Coupon.issued_at <= at_lit,
+        )
         .group_by(*keys, Delivery.variant, Delivery.channel)
     )
     for rows, tallies, key_of in (
@@ -494,12 +511,10 @@ def _coupon_cost(settings: Settings, kind: str, face: str | None, value_minor: i
     return Decimal(0)
 
 
-def _daily(conn, settings: Settings, at: datetime, run_pks, windows, runs) -> list[dict[str, Any]]:
+def _daily(conn, settings: Settings, at: datetime, run_pks, runs) -> list[dict[str, Any]]:
     """Conversions (by the day of each member's first converting order) and window revenue per shop-local day,
     contacted against held out, from the first run's day to ``at`` or the end of the last window."""
-    exposure = attr.exposures(at)
-    paid = attr.paid_orders(at)
-    outcomes = attr.member_outcomes(exposure, paid, windows, run_pks)
+    exposure, outcomes = attr.EXPOSURES, attr.OUTCOMES
     first_day = min(r["scheduled"] for r in runs).astimezone(settings.tz).date()
     anchor = datetime.combine(first_day, time(0), settings.tz)
     day = days_between(anchor, outcomes.c.first_order)
@@ -509,17 +524,11 @@ def _daily(conn, settings: Settings, at: datetime, run_pks, windows, runs) -> li
     ):
         per_day[index][f"conversions_{grp}"] += n
     scoped = exposure.c.run_pk.in_(run_pks)
-    order_day = days_between(anchor, paid.c.ordered_at)
-    window = windows.micros_of(exposure.c.campaign_pk)
+    order_day = days_between(anchor, Order.ordered_at)
     for grp, index, total in conn.execute(
-        select(exposure.c.grp, order_day, func.sum(paid.c.amount))
-        .join(
-            paid,
-            and_(
-                paid.c.customer_pk == exposure.c.customer_pk,
-                attr.in_window(exposure.c.start, paid.c.ordered_at, window),
-            ),
-        )
+        select(exposure.c.grp, order_day, func.sum(attr.amount_minor()))
+        .select_from(exposure)
+        .join(Order, attr.paid_in_window(at, exposure))
         .where(scoped)
         .group_by(exposure.c.grp, order_day)
     ):
