@@ -8,13 +8,14 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, insert, select
 
 from orchestrator.campaign.loader import VariantPlan
-from orchestrator.db.models import Customer, Delivery
+from orchestrator.db.models import CampaignRun, Customer, Delivery, Order
 from orchestrator.variants import assign
 from tests.clitools import Cli
 from tests.test_dispatch import write_world
@@ -92,3 +93,64 @@ def test_a_variant_may_only_reword_the_steps_channels(engine: Engine, db_url: st
     result = Cli(db_url, str(config))("validate", campaign)
     assert result.exit_code == 2
     assert "campaign.yaml" in result.output and "variant 'short' names channel 'email'" in result.output
+
+
+def test_the_winner_rule_sends_the_clear_winner_to_everyone_once_judged(engine: Engine, db_url: str, tmp_path: Path):
+    config, campaign = write_world(tmp_path, engine, 80, None, "  linger_seconds: 0\n")
+    campaign.write_text(
+        CAMPAIGN.replace("    variants:\n", "    winner: {metric: conversion, after: 3d}\n    variants:\n")
+    )
+    cli = Cli(db_url, str(config))
+    first = json.loads(cli("run", campaign, "--at", "2026-11-02T10:00:00+08:00", "--json").output)
+    assert "winners" not in first
+    # every member who got the warm message orders the next day; nobody who got the short one does
+    with engine.begin() as conn:
+        warm = (
+            conn.execute(select(Delivery.customer_pk).where(Delivery.variant == "warm", Delivery.state == "sent"))
+            .scalars()
+            .all()
+        )
+        now = datetime(2026, 12, 1, tzinfo=UTC)
+        conn.execute(
+            insert(Order),
+            [
+                {
+                    "order_id": f"W{pk}",
+                    "customer_pk": pk,
+                    "ordered_at": datetime(2026, 11, 3, 2, tzinfo=UTC),
+                    "amount": Decimal("50.00"),
+                    "status": "paid",
+                    "created_at": now,
+                    "updated_at": now,
+                    "attributes": {},
+                }
+                for pk in warm
+            ],
+        )
+    # two days on: not yet judged (after: 3d), the variants still share the step
+    early = json.loads(cli("run", campaign, "--at", "2026-11-04T10:00:00+08:00", "--json").output)
+    assert "winners" not in early
+    # five days on: the first run is judged, warm wins clearly, and everyone of the step gets it
+    later = json.loads(cli("run", campaign, "--at", "2026-11-07T10:00:00+08:00", "--json").output)
+    decision = later["winners"]["hello"]
+    assert decision["variant"] == "warm" and decision["judged_runs"] == [first["run_id"], early["run_id"]]
+    assert decision["uplift_ci95_vs_next"][0] > 0
+    with engine.connect() as conn:
+        variants_by_run = dict(
+            conn.execute(
+                select(Delivery.run_pk, func.count(func.distinct(Delivery.variant))).group_by(Delivery.run_pk)
+            ).all()
+        )
+        summary = conn.execute(select(CampaignRun.summary).where(CampaignRun.id == later["run_id"])).scalar_one()
+        later_variants = set(conn.execute(select(Delivery.variant).where(Delivery.run_pk == later["run_id"])).scalars())
+    assert variants_by_run[first["run_id"]] == 2 and variants_by_run[early["run_id"]] == 2
+    assert later_variants == {"warm"}
+    assert summary["winners"]["hello"]["variant"] == "warm"  # the decision is recorded with the run
+
+
+def test_a_winner_rule_needs_variants(engine: Engine, db_url: str, tmp_path: Path):
+    config, campaign = write_world(tmp_path, engine, 2, None, "  linger_seconds: 0\n")
+    text = CAMPAIGN.split("    variants:\n")[0] + "    winner: {after: 3d}\n"
+    campaign.write_text(text, encoding="utf-8")
+    result = Cli(db_url, str(config))("validate", campaign)
+    assert result.exit_code == 2 and "winner: needs variants" in result.output

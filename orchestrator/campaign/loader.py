@@ -36,6 +36,7 @@ class StepPlan:
     messages: dict[str, Any]  # channel name -> CompiledMessage
     guard: Node | None = None  # the offer's guard: who may receive it (evaluated in the audience query)
     variants: list[VariantPlan] = field(default_factory=list)  # A/B variants, empty when the step has none
+    winner: Any = None  # schema.Winner: when later runs send the best variant to everyone
 
 
 @dataclass
@@ -152,7 +153,7 @@ class CampaignLoader:
             messages = self._messages(doc, step, base, bool(step.offer), problems)
             name = schema.step_name(step, index)
             variants = self._variants(doc, step, base, messages, problems)
-            steps.append(StepPlan(index, name, when, offer, messages, guard, variants))
+            steps.append(StepPlan(index, name, when, offer, messages, guard, variants, step.winner))
         problems += self._dispatch_channels(doc, campaign.dispatch)
         if problems:
             raise CampaignInvalid(doc.file, problems)

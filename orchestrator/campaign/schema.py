@@ -191,6 +191,14 @@ class Variant(_Model):
     message: Messages
 
 
+class Winner(_Model):
+    """Once a variant's conversion rate beats every other's with a 95 % interval that excludes a tie, at least
+    ``after`` after the runs that tried them, later runs send the winner to the whole step."""
+
+    metric: Literal["conversion"] = "conversion"
+    after: Duration = Field(description="how long after a run its variants are judged, e.g. 3d")
+
+
 class Step(_Model):
     name: str | None = Field(None, pattern=NAME_PATTERN)
     when: Condition | None = None
@@ -201,6 +209,13 @@ class Step(_Model):
         description="A/B variants, each member assigned one by a stable hash of campaign, step and member",
         json_schema_extra={"minItems": 2},
     )
+    winner: Winner | None = None
+
+    @model_validator(mode="after")
+    def _winner_needs_variants(self) -> Step:
+        if self.winner is not None and not self.variants:
+            raise ValueError("winner: needs variants: to choose from")
+        return self
 
     @field_validator("variants")
     @classmethod

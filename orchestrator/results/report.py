@@ -62,6 +62,7 @@ class Scope:
     campaign: str | None
     run_id: int | None
     at: datetime
+    runs_until: datetime | None = None  # only runs scheduled at or before this (default: ``at``)
 
 
 def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, Any]:
@@ -251,7 +252,7 @@ def _runs(conn: Connection, settings: Settings, scope: Scope) -> list[dict[str, 
     query = (
         select(CampaignRun.id, Campaign.name, CampaignRun.scheduled_at, CampaignRun.state, CampaignRun.summary)
         .join(Campaign, Campaign.id == CampaignRun.campaign_pk)
-        .where(CampaignRun.scheduled_at <= literal(scope.at, UTCDateTime()))
+        .where(CampaignRun.scheduled_at <= literal(scope.runs_until or scope.at, UTCDateTime()))
     )
     if scope.campaign is not None:
         if conn.execute(select(Campaign.id).where(Campaign.name == scope.campaign)).first() is None:
