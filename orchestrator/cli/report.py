@@ -13,7 +13,6 @@ from rich.table import Table
 
 from orchestrator.data.spreadsheet import spreadsheet_cell
 from orchestrator.output import console, emit_json
-from orchestrator.results.report import Scope, build_report, csv_rows
 
 #: the table's columns; the rest (incremental revenue, incremental ROI, costs) is in the money table and --json
 METRIC_COLUMNS = ("contacted/ctl", "conv.", "ctl conv.", "uplift pts", "95% CI", "attributed", "ROI")
@@ -52,6 +51,8 @@ def report(app, campaign: str | None, run_id: int | None, at_text: str | None, a
     last touch within the window); offer and send cost; ROI on attributed and on incremental revenue.
     Recomputed from the ledger, coupons, redemptions and orders every time; only orders at or before --at count.
     """
+    from orchestrator.results.report import Scope, build_report  # the results layer (and SciPy) load when asked
+
     at = app.parse_at(at_text)
     document = build_report(app.engine, app.settings, Scope(campaign, run_id, at))
     if csv_path is not None:
@@ -66,6 +67,8 @@ def report(app, campaign: str | None, run_id: int | None, at_text: str | None, a
 
 
 def write_csv(path: Path, document: dict[str, Any]) -> None:
+    from orchestrator.results.report import csv_rows
+
     rows = list(csv_rows(document))
     header = list(rows[0]) if rows else ["run_id", "campaign", "step", "variant", "channel"]
     with path.open("w", newline="", encoding="utf-8") as handle:

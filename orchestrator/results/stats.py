@@ -16,9 +16,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy.stats import norm
-from scipy.stats import t as student_t
-
 CONFIDENCE = 0.95
 
 
@@ -56,6 +53,8 @@ class GroupSums:
 
 
 def _z(confidence: float) -> float:
+    from scipy.stats import norm  # scipy.stats takes a second to import: only when a figure is computed
+
     return float(norm.ppf(0.5 + confidence / 2))
 
 
@@ -94,5 +93,7 @@ def welch_interval(a: GroupSums, b: GroupSums, confidence: float = CONFIDENCE) -
     if se2 == 0:
         return d, d
     df = se2 * se2 / (sa * sa / (a.members - 1) + sb * sb / (b.members - 1))
+    from scipy.stats import t as student_t
+
     half = float(student_t.ppf(0.5 + confidence / 2, df)) * math.sqrt(se2)
     return d - half, d + half
