@@ -20,6 +20,7 @@ $(VENV)/.installed-test: $(BIN)/python setup.py setup.cfg pyproject.toml
 	touch $@
 
 DEMO_AT ?= 2026-11-01T10:00:00+08:00
+REPORT_AT ?= 2026-11-22T10:00:00+08:00
 
 demo: $(VENV)/.installed
 	rm -rf demo && mkdir -p demo
@@ -29,6 +30,9 @@ demo: $(VENV)/.installed
 	$(ORCH) validate campaigns/*.yaml
 	for f in campaigns/*.yaml; do $(ORCH) dry-run $$f --at $(DEMO_AT) --sample 1 || exit 1; done
 	for f in campaigns/*.yaml; do $(ORCH) run $$f --at $(DEMO_AT) || exit 1; done
+	$(ORCH) demo-data --responses
+	$(ORCH) report --at $(REPORT_AT) --csv demo/report.csv
+	$(ORCH) report winback-lapsed-diners --at $(REPORT_AT)
 	$(ORCH) schedule --at $(DEMO_AT)
 	$(ORCH) scheduler --from 2026-11-02 --until 2026-11-23 --dry-run
 	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/, member-base page demo/members.html"

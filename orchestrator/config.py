@@ -13,7 +13,7 @@ import re
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -119,6 +119,28 @@ class SchedulerConfig(_Section):
     log_file: str | None = None  # one JSON line per tick and dispatch round; default stderr
 
 
+class AttributionConfig(_Section):
+    """Which orders a campaign run earned: those that redeemed its coupon, and those its contacted members placed
+    within ``window`` after the message was due (a campaign's ``attribution: {window: …}`` replaces the window).
+    Where the windows of several runs cover an order, ``last_touch`` gives it to the latest, ``first_touch`` to
+    the earliest."""
+
+    window: Duration = timedelta(days=14)
+    model: Literal["last_touch", "first_touch"] = "last_touch"
+
+
+class ResultsConfig(_Section):
+    """How ``orchestrator report`` values a campaign (see docs/domain.md, "Results")."""
+
+    attribution: AttributionConfig = AttributionConfig()
+    # the share of revenue that is profit; without it ROI is computed on revenue (margin 1), and says so
+    margin: Decimal | None = Field(None, gt=0, le=1)
+    # what one redeemed coupon of a kind costs the shop, where its face value does not say (e.g. a gift's cost)
+    offer_cost: dict[Literal["amount_off", "percent_off", "free_item", "gift"], Decimal] = Field(default_factory=dict)
+    # fewer members than this in the contacted or the control group: too small a sample to judge
+    min_group_size: int = Field(10, ge=2)
+
+
 class TierRule(_Section):
     name: str
     min_spend: Decimal = Decimal("0")
@@ -167,6 +189,7 @@ class Settings(_Section):
     policies: PoliciesConfig = PoliciesConfig()
     dispatch: DispatchConfig = DispatchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    results: ResultsConfig = ResultsConfig()
 
     # where the file was read from; relative paths in it resolve against its folder (the working
     # directory when there is no file)
@@ -257,6 +280,8 @@ _VOCABULARY = sorted(
             BreakerConfig,
             RateLimitConfig,
             SchedulerConfig,
+            AttributionConfig,
+            ResultsConfig,
         )
         for name in model.model_fields
     }

@@ -65,6 +65,7 @@ class IntendedDelivery:
     deferred_until: datetime | None = None  # quiet hours: when the message may go
     message: RenderedMessage | None = None  # what will be sent; stored with the row until it is final
     error: str | None = None  # why a row written as failed failed (e.g. its template hit a limit)
+    variant: str | None = None  # the step's A/B variant (held-out members too: the one they would have had)
 
 
 def encode_payload(message: RenderedMessage) -> bytes:
@@ -183,6 +184,7 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
             "customer_pk": d.customer_pk,
             "channel": d.channel,
             "step": d.step,
+            "variant": d.variant,
             "state": d.state,
             "reason": d.reason,
             "contact": d.contact,

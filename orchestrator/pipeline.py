@@ -25,8 +25,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from orchestrator import ledger, policies
-from orchestrator.campaign.loader import CampaignPlan, StepPlan
+from orchestrator import ledger, policies, variants
+from orchestrator.campaign.loader import CampaignPlan, StepPlan, VariantPlan
 from orchestrator.channels.base import Channel, RenderedMessage
 from orchestrator.config import Settings
 from orchestrator.coupons.offer import give_back_unsent
@@ -86,6 +86,7 @@ class RunResult:
     timezone: tzinfo | None = None  # the shop's, for times shown to people
     run_id: int | None = None
     resumed: bool = False
+    winners: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> the A/B winner rule's decision
     state: str | None = None  # the run's state afterwards: done, or waiting (messages left for `dispatch`)
     dispatch: DrainReport | None = None
 
@@ -142,6 +143,8 @@ class RunResult:
             "currency": self.currency,
             "samples": self.samples,
         }
+        if self.winners:
+            data["winners"] = self.winners
         if not self.dry_run:
             data.update(run_id=self.run_id, resumed=self.resumed, outcomes=dict(self.outcomes), state=self.state)
             if self.dispatch is not None and (self.dispatch.open or self.dispatch.paused):
@@ -159,6 +162,15 @@ class Candidate:
     grant: Grant | None = None
     deferred_until: datetime | None = None  # set when quiet hours defer this member
     render_failed: bool = False  # a message of this member failed to render (that row carries no offer)
+    variant: VariantPlan | None = None  # the step's A/B variant of this member, when the step has variants
+
+    @property
+    def messages(self) -> Mapping[str, Any]:
+        return self.variant.messages if self.variant is not None else self.step.messages
+
+    @property
+    def variant_name(self) -> str | None:
+        return self.variant.name if self.variant is not None else None
 
 
 class CampaignRunner:
@@ -185,6 +197,7 @@ class CampaignRunner:
         cap_setting = dispatch.frequency_cap if dispatch.frequency_cap is not None else defaults.frequency_cap
         self.caps = [] if transactional else policies.caps_of(cap_setting)
         self.quiet = None if transactional else policies.QuietHours.parse(dispatch.quiet_hours or defaults.quiet_hours)
+        self.winning: dict[str, VariantPlan] = {}  # step -> the variant its winner rule chose, for this run
 
     # -- the stages -------------------------------------------------------------------------------------------
     def _contact(self, candidate: Candidate, lookups: policies.BatchLookups) -> policies.ContactPlan:
@@ -206,9 +219,24 @@ class CampaignRunner:
         kind = next(iter(offer_block))
         return self.offers[(candidate.step.index, kind)].grant(conn, candidate.customer, run, dry)
 
+    def _winning_variants(self, at: datetime, result: RunResult) -> dict[str, VariantPlan]:
+        """Steps whose ``winner:`` rule has chosen a variant from earlier runs: that variant for all their members."""
+        if not any(step.winner is not None for step in self.plan.steps):
+            return {}
+        from orchestrator.results.winner import decide  # the results layer loads only for a winner rule
+
+        decisions = decide(self.engine, self.settings, self.plan.name, self.plan.steps, at)
+        winning: dict[str, VariantPlan] = {}
+        for step in self.plan.steps:
+            decision = decisions.get(step.name)
+            if decision is not None:
+                winning[step.name] = next(v for v in step.variants if v.name == decision.variant)
+                result.winners[step.name] = decision.to_dict()
+        return winning
+
     def _render(self, candidate: Candidate, channel_name: str, at: datetime) -> RenderedMessage:
         context = self.build_context(candidate.customer, candidate.step, channel_name, candidate.grant, at)
-        return self.channels[channel_name].render(candidate.step.messages[channel_name], context)
+        return self.channels[channel_name].render(candidate.messages[channel_name], context)
 
     # -- a run ------------------------------------------------------------------------------------------------
     def execute(self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True) -> RunResult:
@@ -225,6 +253,7 @@ class CampaignRunner:
             timezone=self.settings.tz,
         )
         result.steps = [StepResult(step.name) for step in self.plan.steps]
+        self.winning = self._winning_variants(at, result)
         result.conditions = audience.funnel()
         run: dict[str, Any] = {"campaign": self.plan.name, "at": at}
         dispatcher = None
@@ -347,11 +376,23 @@ class CampaignRunner:
             result.skipped[plan.reason] += 1
             intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", plan.reason))
             return
+        if step.variants:  # decided before the control group, so held-out members are recorded with theirs too
+            candidate.variant = self.winning.get(step.name) or variants.assign(
+                self.plan.name, step.name, customer["customer_id"], step.variants
+            )
         if policies.in_control_group(self.plan.name, customer["customer_id"], self.plan.campaign.control_group):
             result.control += 1
             for name, contact in plan.channels:
                 intended.append(
-                    ledger.IntendedDelivery(customer["pk"], name, step.name, "held_out", policies.CONTROL, contact)
+                    ledger.IntendedDelivery(
+                        customer["pk"],
+                        name,
+                        step.name,
+                        "held_out",
+                        policies.CONTROL,
+                        contact,
+                        variant=candidate.variant_name,
+                    )
                 )
             return
         outcome = self._offer(conn, candidate, run, dry_run)
@@ -375,7 +416,14 @@ class CampaignRunner:
                 candidate.render_failed = True
                 intended.append(
                     ledger.IntendedDelivery(
-                        customer["pk"], name, step.name, "failed", RENDER_FAILED, contact, error=_located(exc)
+                        customer["pk"],
+                        name,
+                        step.name,
+                        "failed",
+                        RENDER_FAILED,
+                        contact,
+                        error=_located(exc),
+                        variant=candidate.variant_name,
                     )
                 )
                 continue
@@ -399,6 +447,7 @@ class CampaignRunner:
                     coupon_pk=candidate.grant.coupon_pk if candidate.grant else None,
                     deferred_until=candidate.deferred_until,
                     message=rendered,
+                    variant=candidate.variant_name,
                 )
             )
 

@@ -35,6 +35,17 @@ class StepPlan:
     offer: dict[str, Any] | None  # {offer kind: validated terms}
     messages: dict[str, Any]  # channel name -> CompiledMessage
     guard: Node | None = None  # the offer's guard: who may receive it (evaluated in the audience query)
+    variants: list[VariantPlan] = field(default_factory=list)  # A/B variants, empty when the step has none
+    winner: Any = None  # schema.Winner: when later runs send the best variant to everyone
+
+
+@dataclass
+class VariantPlan:
+    """A step's A/B variant: its messages are the step's with the variant's channels replaced."""
+
+    name: str
+    weight: Any  # Decimal
+    messages: dict[str, Any]  # channel name -> CompiledMessage
 
 
 @dataclass
@@ -141,7 +152,8 @@ class CampaignLoader:
             # problem is reported once, not again as "offer is None" in every template
             messages = self._messages(doc, step, base, bool(step.offer), problems)
             name = schema.step_name(step, index)
-            steps.append(StepPlan(index, name, when, offer, messages, guard))
+            variants = self._variants(doc, step, base, messages, problems)
+            steps.append(StepPlan(index, name, when, offer, messages, guard, variants, step.winner))
         problems += self._dispatch_channels(doc, campaign.dispatch)
         if problems:
             raise CampaignInvalid(doc.file, problems)
@@ -227,6 +239,25 @@ class CampaignLoader:
         found = offer_class.check(validated, self.settings) if self.settings is not None else []
         problems.extend(doc.error((*path, kind, *where), message) for where, message in found)
         return None if found else {kind: validated}
+
+    def _variants(self, doc: YamlDocument, step, base: tuple, messages: dict, problems: list) -> list[VariantPlan]:
+        """Each variant's messages: the step's, with the channels the variant names compiled from its own block.
+        A variant may only reword a channel the step uses: which channels reach a member is the step's choice."""
+        plans: list[VariantPlan] = []
+        for j, variant in enumerate(step.variants or []):
+            path = (*base, "variants", j)
+            extra = [c for c in variant.message if c not in step.message]
+            for channel in extra:
+                problems.append(
+                    doc.error(
+                        (*path, "message", channel),
+                        f"variant {variant.name!r} names channel {channel!r}, which the step's message does not",
+                        hint=f"a variant rewords the step's channels: {', '.join(step.message)}",
+                    )
+                )
+            own = self._messages(doc, variant, path, bool(step.offer), problems)
+            plans.append(VariantPlan(variant.name, variant.weight, {**messages, **own}))
+        return plans
 
     def _messages(self, doc: YamlDocument, step, base: tuple, has_offer: bool, problems: list) -> dict[str, Any]:
         compiled: dict[str, Any] = {}

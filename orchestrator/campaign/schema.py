@@ -179,11 +179,56 @@ Offer = Annotated[dict[str, dict[str, Any]], WithJsonSchema(OFFER_MARK)]
 Messages = Annotated[dict[str, dict[str, Any]], WithJsonSchema(MESSAGES_MARK)]
 
 
+class Attribution(_Model):
+    window: Duration = Field(description="orders a contacted member places this long after the message was due count")
+
+
+class Variant(_Model):
+    """An A/B variant of a step: its message replaces the step's for the channels it names."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    weight: Decimal = Field(Decimal(1), gt=0, le=1_000_000, description="relative share of the step's members")
+    message: Messages
+
+
+class Winner(_Model):
+    """Once a variant's conversion rate beats every other's with a 95 % interval that excludes a tie, at least
+    ``after`` after the runs that tried them, later runs send the winner to the whole step."""
+
+    metric: Literal["conversion"] = "conversion"
+    after: Duration = Field(description="how long after a run its variants are judged, e.g. 3d")
+
+
 class Step(_Model):
     name: str | None = Field(None, pattern=NAME_PATTERN)
     when: Condition | None = None
     offer: Offer | None = None
     message: Messages
+    variants: list[Variant] | None = Field(
+        None,
+        description="A/B variants, each member assigned one by a stable hash of campaign, step and member",
+        json_schema_extra={"minItems": 2},
+    )
+    winner: Winner | None = None
+
+    @model_validator(mode="after")
+    def _winner_needs_variants(self) -> Step:
+        if self.winner is not None and not self.variants:
+            raise ValueError("winner: needs variants: to choose from")
+        return self
+
+    @field_validator("variants")
+    @classmethod
+    def _two_named_variants(cls, variants: list[Variant] | None) -> list[Variant] | None:
+        if variants is None:
+            return None
+        if len(variants) < 2:
+            raise ValueError("list at least two variants (or none)")
+        names = [v.name for v in variants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate variant name {duplicates[0]!r}: variant names must be unique")
+        return variants
 
 
 def _percent(value: Any) -> Any:
@@ -225,6 +270,7 @@ class Campaign(_Model):
     offer: Offer | None = None
     message: Messages | None = None
     dispatch: DispatchSettings = DispatchSettings()
+    attribution: Attribution | None = Field(None, description="results: the attribution window (config default 14d)")
 
     @model_validator(mode="after")
     def _steps_or_message(self) -> Campaign:

@@ -24,6 +24,7 @@ from orchestrator.cli import deliveries as delivery_commands
 from orchestrator.cli import demo as demo_commands
 from orchestrator.cli import dispatch as dispatch_commands
 from orchestrator.cli import plugins as plugin_commands
+from orchestrator.cli import report as report_commands
 from orchestrator.cli import runs as run_listing_commands
 from orchestrator.cli import scheduler as scheduler_commands
 from orchestrator.cli import setup as setup_commands
@@ -116,6 +117,7 @@ for family in (
     coupon_commands,
     delivery_commands,
     run_listing_commands,
+    report_commands,
     plugin_commands,
 ):
     family.register(cli)

@@ -44,6 +44,12 @@ def register(cli: click.Group) -> None:
     help="Write customers.csv and orders.csv here and keep them (default: a temporary folder).",
 )
 @click.option("--csv-only", is_flag=True, help="Only write the CSV files (needs --csv-dir); load nothing.")
+@click.option(
+    "--responses",
+    is_flag=True,
+    help="Instead of the shop: add the members' answers to the campaigns already run (orders, coupon "
+    "redemptions, a few refunds), from a seeded response model with a lift over the control group.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.pass_obj
 def demo_data(
@@ -54,6 +60,7 @@ def demo_data(
     at_text: str | None,
     csv_dir: Path | None,
     csv_only: bool,
+    responses: bool,
     as_json: bool,
 ) -> None:
     """Generate the demo shop's members and orders and import them.
@@ -65,6 +72,9 @@ def demo_data(
     """
     if csv_only and csv_dir is None:
         raise click.UsageError("--csv-only needs --csv-dir (where to keep the files)")
+    if responses:
+        _responses(app, seed, csv_dir, as_json)
+        return
     at = _reference_time(app, at_text)
     engine = None if csv_only else app.engine  # fail on an uninitialised database before generating anything
     shop = SeedShop(seed=seed, scale=scale, at=at)
@@ -92,6 +102,29 @@ def demo_data(
     else:
         _print_summary(result)
     _fail_on_rejects(result, kept=csv_dir is not None)
+
+
+def _responses(app, seed: int, csv_dir: Path | None, as_json: bool) -> None:
+    """Orders and redemptions answering the runs in the database (``orchestrator.demo.responses``)."""
+    from orchestrator.data.importing import import_orders
+    from orchestrator.demo.responses import write_responses
+
+    engine = app.engine
+    with tempfile.TemporaryDirectory(prefix="orchestrator-responses-") as scratch:
+        folder = csv_dir if csv_dir is not None else Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        paid_csv, refunds_csv, written, refunded = write_responses(engine, app.settings, folder, seed)
+        paid = import_orders(engine, app.settings, paid_csv).to_dict()
+        refunds = import_orders(engine, app.settings, refunds_csv).to_dict()
+    result = {"seed": seed, "orders": written, "refunded": refunded, "paid_import": paid, "refund_import": refunds}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(
+            f"responses (seed {seed}): {written:,} orders, {paid['coupons_redeemed']:,} coupons redeemed "
+            f"({paid['coupon_refusals']:,} refused), {refunded:,} refunded since"
+        )
+    _fail_on_rejects({"customers": paid, "orders": refunds}, kept=csv_dir is not None)
 
 
 def _reference_time(app, text: str | None) -> datetime:
