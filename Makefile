@@ -32,10 +32,10 @@ demo: $(VENV)/.installed
 	for f in campaigns/*.yaml; do $(ORCH) run $$f --at $(DEMO_AT) || exit 1; done
 	$(ORCH) demo-data --responses
 	$(ORCH) report --at $(REPORT_AT) --csv demo/report.csv
-	$(ORCH) report winback-lapsed-diners --at $(REPORT_AT)
+	$(ORCH) report winback-lapsed-diners --at $(REPORT_AT) --html demo/report.html
 	$(ORCH) schedule --at $(DEMO_AT)
 	$(ORCH) scheduler --from 2026-11-02 --until 2026-11-23 --dry-run
-	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/, member-base page demo/members.html"
+	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/, pages demo/members.html and demo/report.html"
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest

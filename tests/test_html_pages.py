@@ -276,3 +276,32 @@ def test_analyze_html_into_a_missing_folder_is_refused(seed_shop: Cli, tmp_path:
     assert result.exit_code == 2
     assert "the folder" in result.output and "does not exist" in result.output
     assert not page_file.parent.exists()
+
+
+# --- the page of a real report -----------------------------------------------------------------------------------
+
+
+def test_report_html_from_the_results_of_runs(browser, run_cli, engine, tmp_path: Path):  # noqa: F811
+    """``report --html`` writes the page of the very document ``--json`` prints, built from a ledger."""
+    from tests.test_results_report import AT, build_case, load
+
+    load(engine, *build_case())
+    page_file = tmp_path / "spring.html"
+    result = run_cli("report", "spring", "--at", AT.isoformat(), "--json", "--html", page_file)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert page_file.stat().st_mode & 0o077 == 0
+    page_visit = visit(browser, page_file)
+
+    assert_clean_load(page_visit)
+    found = {s["title"]: s for s in sections(page_visit)}
+    assert_charts_drawn(list(found.values()), ["Funnel 漏斗", "By step 按步骤"])
+    assert page_visit.page.locator(".verdict").inner_text() == document["verdict"]
+    assert f"{document['targeted']:,}" in page_visit.page.locator(".figures").inner_text()
+
+
+def test_report_html_into_a_missing_folder_is_refused(run_cli, tmp_path: Path):
+    page_file = tmp_path / "missing" / "report.html"
+    result = run_cli("report", "--html", page_file)
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and not page_file.parent.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.analysis import MemberReport, member_report
-from orchestrator.errors import InputError
-from orchestrator.output import console, emit_json, to_json, warn
+from orchestrator.cli.pages import HTML_OPTION, check_page_path, write_page
+from orchestrator.output import console, emit_json
 
 TOP_PROVINCES = 10
 
@@ -29,13 +28,7 @@ def register(cli: click.Group) -> None:
     help="Evaluate as of this ISO 8601 time (no offset: the configured time zone). Default: now.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-@click.option(
-    "--html",
-    "html_path",
-    metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the report as a self-contained HTML page with charts (viewable offline).",
-)
+@HTML_OPTION
 @click.pass_obj
 def analyze(app, at_text: str | None, as_json: bool, html_path: Path | None) -> None:
     """The member-base report: members, buyers, frequency, AOV, dormancy, big spenders, provinces, RFM.
@@ -55,27 +48,11 @@ def analyze(app, at_text: str | None, as_json: bool, html_path: Path | None) -> 
         render(report, console())
 
 
-def check_page_path(path: Path) -> None:
-    """Refuse, before any work, a page path that cannot be written: its folder missing or not a folder."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise InputError(
-            f"cannot write the HTML page {path}: the folder {folder} does not exist",
-            hint="create the folder first, or give a path in an existing folder",
-        )
-
-
 def write_html(report: MemberReport, path: Path) -> None:
     # the charting library loads only when a page is asked for: it takes longer to import than the report takes
     from orchestrator.charts import write_analysis_page
 
-    # the page reads the same values as --json prints (Decimals to floats, times to ISO text)
-    document = json.loads(to_json(report.to_dict()))
-    try:
-        write_analysis_page(document, path)
-    except OSError as exc:
-        raise InputError(f"cannot write the HTML page {path}: {exc.strerror or exc}") from exc
-    warn(f"wrote the member-base page to {path}")
+    write_page(write_analysis_page, report.to_dict(), path, "member-base")
 
 
 # --- tables ---------------------------------------------------------------------------------------------------

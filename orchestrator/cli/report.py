@@ -11,6 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.pages import HTML_OPTION, check_page_path, write_page
 from orchestrator.data.spreadsheet import spreadsheet_cell
 from orchestrator.output import console, emit_json
 
@@ -41,8 +42,17 @@ def register(cli: click.Group) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write flat rows, one per run × step × variant × channel, to this CSV file.",
 )
+@HTML_OPTION
 @click.pass_obj
-def report(app, campaign: str | None, run_id: int | None, at_text: str | None, as_json: bool, csv_path: Path | None):
+def report(
+    app,
+    campaign: str | None,
+    run_id: int | None,
+    at_text: str | None,
+    as_json: bool,
+    csv_path: Path | None,
+    html_path: Path | None,
+):
     """What CAMPAIGN's runs (or every campaign's) earned, measured against the held-out control group.
 
     \b
@@ -54,9 +64,15 @@ def report(app, campaign: str | None, run_id: int | None, at_text: str | None, a
     from orchestrator.results.report import Scope, build_report  # the results layer (and SciPy) load when asked
 
     at = app.parse_at(at_text)
+    if html_path is not None:
+        check_page_path(html_path)
     document = build_report(app.engine, app.settings, Scope(campaign, run_id, at))
     if csv_path is not None:
         write_csv(csv_path, document)
+    if html_path is not None:
+        from orchestrator.charts import write_report_page  # matplotlib loads only when a page is asked for
+
+        write_page(write_report_page, document, html_path, "campaign results")
     if as_json:
         emit_json(document)
     else:
