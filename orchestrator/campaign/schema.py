@@ -61,7 +61,9 @@ class Schedule(_Model):
         json_schema_extra={"pattern": r"^\s*(0*[1-9]\d*\s*[dwhm]|0*([6-9]\d|[1-9]\d{2,})\s*s)\s*$"},
     )
     at: datetime | None = Field(None, description="a single date-time")
-    relative_to: str | None = Field(None, description="customer date field, e.g. birthday")
+    relative_to: Literal["birthday", "signup_at"] | None = Field(
+        None, description="the member's date the tick is relative to: birthday, or signup_at (membership anniversary)"
+    )
     days_before: int | None = Field(None, ge=0, le=366)
     at_time: str | None = Field(
         None,
@@ -70,7 +72,9 @@ class Schedule(_Model):
         json_schema_extra={"pattern": r"^\s*([01]?\d|2[0-3]):[0-5]\d\s*$"},
     )
     on: Literal["order_paid", "member_joined"] | None = Field(None, description="an event trigger")
-    within: Duration | None = None
+    within: Duration | None = Field(
+        None, description="on: only events at most this old at the check's time count (default 1d)"
+    )
     timezone: str = "Asia/Shanghai"
     check_every: Duration | None = Field(
         None, description="how often an on: trigger looks for new events, on a fixed grid (default 1m)"
@@ -161,6 +165,23 @@ def check_day_of_week(expression: str) -> None:
         )
 
 
+class RecontactAfter(_Model):
+    after: Duration = Field(description="a member contacted by this campaign may be contacted again after this")
+
+
+RECONTACT_WORDS = ("never", "always")
+
+
+def _recontact(value: Any) -> Any:
+    """``never``, ``always`` or ``{after: DURATION}``; anything else is explained here rather than as pydantic's
+    union of types."""
+    if isinstance(value, str) and value.strip() in RECONTACT_WORDS:
+        return value.strip()
+    if isinstance(value, Mapping) and set(value) == {"after"}:
+        return value
+    raise ValueError(f"{value!r}: write recontact: never, always, or {{after: DURATION}} such as {{after: 30d}}")
+
+
 class Budget(_Model):
     max_issued: int | None = Field(None, ge=1, le=1_000_000_000)
     max_face_value: Decimal | None = Field(None, gt=0, le=MAX_AMOUNT)
@@ -225,6 +246,15 @@ class Campaign(_Model):
     offer: Offer | None = None
     message: Messages | None = None
     dispatch: DispatchSettings = DispatchSettings()
+    recontact: Annotated[
+        Literal["never", "always"] | RecontactAfter | None,
+        BeforeValidator(lambda v: v if v is None else _recontact(v)),
+    ] = Field(
+        None,
+        description="whether a member this campaign already contacted may be contacted by a later run: never, "
+        "always, or {after: DURATION}; default never for cron/every/at, once per occurrence for relative_to, once "
+        "per triggering order or sign-up for on:",
+    )
 
     @model_validator(mode="after")
     def _steps_or_message(self) -> Campaign:
