@@ -9,12 +9,13 @@ restart, computes the same ticks and therefore the same run keys.
 Modules, one job each:
 
 * ``triggers`` - the APScheduler trigger of a schedule, ``ticks(schedule, start, end)`` and the schedule in words;
+* ``audiences`` - whose tick it is: birthdays and membership anniversaries on the tick's date, paid orders and
+  sign-ups that no earlier check of the campaign answered (the ledger is the events' watermark);
 * ``misfire`` - which missed ticks still fire (``misfire: skip | latest | catch_up`` and ``misfire_grace``);
 * ``campaign_files`` - every campaign file of the campaigns folder, loaded or with its problems;
 * ``replay`` - fire every tick of every enabled campaign in a time range, in time order (backtesting);
 * ``listing`` - each campaign's schedule, next fire times and last run (``orchestrator schedule``);
 * ``lease`` - one leader among several scheduler processes on one database (a lease row renewed by heartbeat).
 
-Not here yet: the long-running loop that waits for the next tick (with reload, using the lease), and
-``on:`` event triggers (their ticks are computed, but replay does not fire them).
+Not here yet: the long-running loop that waits for the next tick (with reload, using the lease).
 """
