@@ -383,3 +383,11 @@ def test_a_bad_recontact_is_an_input_error_with_its_line(shop: Shop, value: str,
     assert result.exit_code == 2
     output = result.output + result.stderr
     assert "weekly.yaml:4" in output and message in output, output
+
+
+def test_an_event_window_shorter_than_its_checks_is_an_input_error(shop: Shop):
+    shop.campaign("after-purchase", '{"on": order_paid, within: 5m, check_every: 10m}')
+    result = shop.cli("validate", str(shop.folder / "after-purchase.yaml"))
+    output = result.output + result.stderr
+    assert result.exit_code == 2 and "after-purchase.yaml:2" in output, output
+    assert "within (5m) is shorter than check_every (10m)" in output

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.durations import format_duration
 from orchestrator.money import MAX_AMOUNT
 from orchestrator.policy_types import Duration, FrequencyCap, QuietHours
 from orchestrator.timeutil import check_run_time, parse_clock, zone
@@ -129,6 +130,13 @@ class Schedule(_Model):
             raise ValueError("relative_to needs days_before (0 for the day itself)")
         if self.check_every is not None and self.check_every < timedelta(minutes=1):
             raise ValueError("check_every: the interval must be at least 1m")
+        # an event between two checks would be older than within at the next one, and never fire
+        check_every = self.check_every or timedelta(minutes=1)
+        if self.on is not None and self.within is not None and self.within < check_every:
+            raise ValueError(
+                f"within ({format_duration(self.within)}) is shorter than check_every ({format_duration(check_every)}):"
+                " an event between two checks would never fire; make within at least check_every"
+            )
         self._bounds()
         if self.catch_up is not None:  # the former boolean: true is misfire: catch_up
             if "misfire" in self.model_fields_set and self.misfire != ("catch_up" if self.catch_up else self.misfire):
