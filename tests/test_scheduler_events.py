@@ -391,3 +391,40 @@ def test_an_event_window_shorter_than_its_checks_is_an_input_error(shop: Shop):
     output = result.output + result.stderr
     assert result.exit_code == 2 and "after-purchase.yaml:2" in output, output
     assert "within (5m) is shorter than check_every (10m)" in output
+
+
+def test_firing_every_check_of_the_grid_gives_what_replay_gives(shop: Shop, engine: Engine, tmp_path: Path):
+    """A live loop asks every check (``fire`` on each grid tick, as replay's building blocks); replay asks only
+    those that can find an event. Both give the same messages, and the empty checks open no run."""
+    from orchestrator.config import load_settings
+    from orchestrator.scheduler.campaign_files import load_all
+    from orchestrator.scheduler.replay import EMPTY, due_ticks, fire
+    from orchestrator.service import Orchestrator
+
+    for member in ("A", "B", "C"):
+        shop.member(member, signup_at=local("2025-01-01T00:00"))
+    for i, (member, time) in enumerate([("A", "10:02"), ("B", "10:29"), ("C", "10:30"), ("A", "10:31")]):
+        shop.order(f"o{i}", member, local(f"2025-06-02T{time}"))
+    every, replayed = tmp_path / "every", tmp_path / "replayed"
+    for folder, name in ((every, "every"), (replayed, "replayed")):
+        folder.mkdir()
+        shop.campaign(name, AFTER_PURCHASE)
+        (shop.folder / f"{name}.yaml").rename(folder / f"{name}.yaml")
+    shop.replay("2025-06-02T10:00", "2025-06-02T11:00", "--campaigns", str(replayed))
+
+    service = Orchestrator(load_settings(shop.cli.config), engine)
+    start, end = local("2025-06-02T10:00"), local("2025-06-02T11:00")
+    checks = due_ticks(load_all(service, every), start, end)
+    assert len(checks) == 12  # every 5 minutes, without asking the database
+    states = [fire(service, check, dry_run=False)["state"] for check in checks]
+    assert states.count(EMPTY) == 9
+    assert (
+        shop.run_times("every")
+        == shop.run_times("replayed")
+        == [
+            at("2025-06-02T10:05"),
+            at("2025-06-02T10:30"),
+            at("2025-06-02T10:35"),
+        ]
+    )
+    assert shop.messages("every") == shop.messages("replayed")
