@@ -428,3 +428,15 @@ def test_firing_every_check_of_the_grid_gives_what_replay_gives(shop: Shop, engi
         ]
     )
     assert shop.messages("every") == shop.messages("replayed")
+
+
+def test_an_event_trigger_without_within_takes_a_day(shop: Shop):
+    from orchestrator.campaign.schema import Schedule
+    from orchestrator.scheduler.triggers import describe
+
+    assert describe(Schedule(on="member_joined")).startswith("on member_joined within 1d, checked every 1m")
+    shop.member("A", signup_at=local("2025-06-01T10:05"))  # 23h55m before the check of 10:00 the next day
+    shop.member("B", signup_at=local("2025-06-01T09:55"))  # a day and 5 minutes: too old
+    shop.campaign("welcome", '{"on": member_joined}')
+    [tick] = shop.replay("2025-06-02T10:00", "2025-06-02T10:01")
+    assert tick["audience"] == 1 and shop.messages() == [(at("2025-06-02T10:00"), "A")]

@@ -35,10 +35,9 @@ from orchestrator.campaign.schema import Schedule
 from orchestrator.db.models import Campaign, CampaignRun, Delivery
 from orchestrator.durations import format_duration
 from orchestrator.facts import customers, orders
-from orchestrator.scheduler.triggers import DEFAULT_CHECK_EVERY, ticks
+from orchestrator.scheduler.triggers import DEFAULT_CHECK_EVERY, DEFAULT_WITHIN, ticks
 from orchestrator.timeutil import zone
 
-DEFAULT_WITHIN = timedelta(days=1)
 FIRST_SIGNUP_YEAR = 1970  # the first year whose sign-ups have anniversaries (the product's earliest date)
 
 
