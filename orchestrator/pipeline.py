@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from orchestrator import ledger, policies, variants
+from orchestrator import ledger, policies, recontact, variants
 from orchestrator.campaign.loader import CampaignPlan, StepPlan, VariantPlan
 from orchestrator.channels.base import Channel, RenderedMessage
 from orchestrator.config import Settings
@@ -198,6 +198,7 @@ class CampaignRunner:
         self.caps = [] if transactional else policies.caps_of(cap_setting)
         self.quiet = None if transactional else policies.QuietHours.parse(dispatch.quiet_hours or defaults.quiet_hours)
         self.winning: dict[str, VariantPlan] = {}  # step -> the variant its winner rule chose, for this run
+        self.recontact = recontact.rule_of(plan.campaign)  # transactional or not: it is the campaign's own rule
 
     # -- the stages -------------------------------------------------------------------------------------------
     def _contact(self, candidate: Candidate, lookups: policies.BatchLookups) -> policies.ContactPlan:
@@ -323,8 +324,9 @@ class CampaignRunner:
                 at,
                 policies.not_messages(self.registry.channels, self.settings.channels),
             )
+            held = recontact.held_back(conn, self.plan.name, at, [c.customer["pk"] for c in fresh], self.recontact)
             for (index, _kind), offer in self.offers.items():
-                members = [c.customer for c in fresh if c.step.index == index]
+                members = [c.customer for c in fresh if c.step.index == index and c.customer["pk"] not in held]
                 if members:
                     offer.prepare(conn, members, run, dry_run)
             intended: list[ledger.IntendedDelivery] = []
@@ -333,7 +335,7 @@ class CampaignRunner:
                 if rows is not None:
                     self._replay(conn, candidate, rows, result)
                 else:
-                    self._decide(conn, candidate, lookups, result, run, dry_run, intended, sample)
+                    self._decide(conn, candidate, lookups, result, run, dry_run, intended, sample, held)
             if not dry_run:
                 ledger.record_intended(conn, run["run_pk"], intended)
                 # a coupon exists only with its delivery: one whose messages all failed to render travels with
@@ -367,10 +369,20 @@ class CampaignRunner:
             if row.state != "pending":  # pending ones are the dispatcher's to send and count
                 result.outcomes["already_" + row.state] += 1
 
-    def _decide(self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended, sample) -> None:
-        """Policies, control group, offer and rendering for one customer, written to ``intended``."""
+    def _decide(
+        self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended, sample, held=frozenset()
+    ) -> None:
+        """Policies, control group, offer and rendering for one customer, written to ``intended``. ``held``: the
+        batch's members the campaign's recontact rule holds back (decided first: already contacted by this
+        campaign is the reason that explains the skip, whatever else holds)."""
         customer, step = candidate.customer, candidate.step
         first_channel = next(iter(step.messages))
+        if customer["pk"] in held:
+            result.skipped[recontact.RECONTACT] += 1
+            intended.append(
+                ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", recontact.RECONTACT)
+            )
+            return
         candidate.plan = plan = self._contact(candidate, lookups)
         if plan.reason:
             result.skipped[plan.reason] += 1

@@ -36,7 +36,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from orchestrator.campaign.catalog import FactSpec
-from orchestrator.campaign.conditions import All, Any_, Compare, Node, Not, Tags
+from orchestrator.campaign.conditions import All, Any_, Compare, Node, Not, Predicate, Tags
 from orchestrator.config import Settings
 from orchestrator.db.models import Coupon, CustomerConsent, CustomerTag
 from orchestrator.db.types import Money
@@ -181,6 +181,8 @@ class SegmentCompiler:
             return not_(or_(false(), *(self.compile(n) for n in node.items)))
         if isinstance(node, Tags):
             return self._tags(node)
+        if isinstance(node, Predicate):
+            return node.build()
         return self._compare(node)
 
     def _tags(self, node: Tags) -> ColumnElement[bool]:

@@ -218,7 +218,8 @@ def campaign(
     control: int = 0,
     batch_size: int | None = None,
 ) -> dict:
-    data: dict[str, Any] = {"name": name, "segment": segment or BUYERS}
+    # recontact: always - later runs reach the same members, so that offer limits across runs are what is tested
+    data: dict[str, Any] = {"name": name, "segment": segment or BUYERS, "recontact": "always"}
     if control:
         data["control_group"] = f"{control}%"
     if steps is not None:

@@ -48,6 +48,7 @@ segment:
   not:
     - tag: complained
 control_group: 20%
+recontact: always  # the same members again in a later run: this file compares each run with its own audience
 steps:
   - name: regulars
     when: {{frequency: {{gte: 2}}}}

@@ -19,7 +19,8 @@ from sqlalchemy import Engine, func, select, update
 from orchestrator.db.models import Campaign, CampaignRun, Delivery
 from tests.test_runs_cli import AT, QUIET, one_line, sent_files, world
 
-CAPPED = QUIET + 'dispatch: {quiet_hours: "21:00-09:00", frequency_cap: {max: 1, per: 7d}}\n'
+# recontact: always - the second run must be stopped by the cap, which is what this file tests
+CAPPED = QUIET + 'recontact: always\ndispatch: {quiet_hours: "21:00-09:00", frequency_cap: {max: 1, per: 7d}}\n'
 MORNING = "2026-11-03T09:00:00+08:00"
 
 
@@ -106,6 +107,6 @@ def test_run_at_an_existing_run_refuses_a_changed_campaign_file(engine: Engine, 
     campaign.write_text(original, encoding="utf-8")
     again = json.loads(cli("run", campaign, "--at", AT, "--json").stdout)
     assert again["run_id"] == first["run_id"] and again["resumed"] is True
-    campaign.write_text(original + "control_group: 50%\n", encoding="utf-8")
+    campaign.write_text(original + "control_group: 50%\nrecontact: always\n", encoding="utf-8")
     new = json.loads(cli("run", campaign, "--at", "2026-11-09T22:00:00+08:00", "--json").stdout)
     assert new["run_id"] != first["run_id"] and new["control"] > 0

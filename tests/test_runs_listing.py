@@ -23,6 +23,7 @@ CAMPAIGN = f"""\
 name: {NAME}
 segment: {{frequency: {{gte: 1}}}}
 control_group: 20%
+recontact: always
 message:
   email:
     subject: "Hi {{{{ customer.name }}}}"

@@ -35,7 +35,8 @@ def test_schedule_lists_every_file_with_next_ticks_last_run_and_errors(shop, eng
     paused = entries["paused.yaml"]
     assert paused["enabled"] is False and paused["next"] == [] and paused["last_run"] is None
     assert entries["birthday.yaml"]["next"][0] == "2025-06-11T09:00:00+08:00"
-    assert "not fired by replay yet" in entries["event.yaml"]["note"]
+    assert entries["event.yaml"]["note"] is None  # event triggers are fired
+    assert entries["event.yaml"]["schedule"].startswith("on member_joined within 10m, checked every 1m")
     errors = entries["broken.yaml"]["errors"]
     assert any(e["line"] == 3 and "frequncy" in e["message"] for e in errors)
     assert all(e["file"].endswith("broken.yaml") for e in errors) and "campaign" not in entries["broken.yaml"]

@@ -13,7 +13,7 @@ OP is one of eq, ne, gt, gte, lt, lte, in, not_in, between. A mapping with sever
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -69,7 +69,17 @@ class Compare:
         return dict(self.params).get(name, default)
 
 
-Node = All | Any_ | Not | Tags | Compare
+@dataclass(frozen=True)
+class Predicate:
+    """A condition made in code, never written in a campaign file: the scheduler narrows a tick's audience with
+    one (the members whose anniversary or event the tick is for). ``build()`` returns its SQL, a boolean
+    expression over ``customers``; ``label`` names it in the funnel."""
+
+    label: str
+    build: Callable[[], Any]
+
+
+Node = All | Any_ | Not | Tags | Compare | Predicate
 
 
 class ConditionParser:

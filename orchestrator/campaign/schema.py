@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.durations import format_duration
 from orchestrator.money import MAX_AMOUNT
 from orchestrator.policy_types import Duration, FrequencyCap, QuietHours
 from orchestrator.timeutil import check_run_time, parse_clock, zone
@@ -61,7 +62,9 @@ class Schedule(_Model):
         json_schema_extra={"pattern": r"^\s*(0*[1-9]\d*\s*[dwhm]|0*([6-9]\d|[1-9]\d{2,})\s*s)\s*$"},
     )
     at: datetime | None = Field(None, description="a single date-time")
-    relative_to: str | None = Field(None, description="customer date field, e.g. birthday")
+    relative_to: Literal["birthday", "signup_at"] | None = Field(
+        None, description="the member's date the tick is relative to: birthday, or signup_at (membership anniversary)"
+    )
     days_before: int | None = Field(None, ge=0, le=366)
     at_time: str | None = Field(
         None,
@@ -70,7 +73,9 @@ class Schedule(_Model):
         json_schema_extra={"pattern": r"^\s*([01]?\d|2[0-3]):[0-5]\d\s*$"},
     )
     on: Literal["order_paid", "member_joined"] | None = Field(None, description="an event trigger")
-    within: Duration | None = None
+    within: Duration | None = Field(
+        None, description="on: only events at most this old at the check's time count (default 1d)"
+    )
     timezone: str = "Asia/Shanghai"
     check_every: Duration | None = Field(
         None, description="how often an on: trigger looks for new events, on a fixed grid (default 1m)"
@@ -125,6 +130,13 @@ class Schedule(_Model):
             raise ValueError("relative_to needs days_before (0 for the day itself)")
         if self.check_every is not None and self.check_every < timedelta(minutes=1):
             raise ValueError("check_every: the interval must be at least 1m")
+        # an event between two checks would be older than within at the next one, and never fire
+        check_every = self.check_every or timedelta(minutes=1)
+        if self.on is not None and self.within is not None and self.within < check_every:
+            raise ValueError(
+                f"within ({format_duration(self.within)}) is shorter than check_every ({format_duration(check_every)}):"
+                " an event between two checks would never fire; make within at least check_every"
+            )
         self._bounds()
         if self.catch_up is not None:  # the former boolean: true is misfire: catch_up
             if "misfire" in self.model_fields_set and self.misfire != ("catch_up" if self.catch_up else self.misfire):
@@ -159,6 +171,23 @@ def check_day_of_week(expression: str) -> None:
             f"day of week {fields[4]!r}: write day names (MON-FRI, SUN), not numbers (0 is Sunday in crontab, "
             "Monday in other cron dialects)"
         )
+
+
+class RecontactAfter(_Model):
+    after: Duration = Field(description="a member contacted by this campaign may be contacted again after this")
+
+
+RECONTACT_WORDS = ("never", "always")
+
+
+def _recontact(value: Any) -> Any:
+    """``never``, ``always`` or ``{after: DURATION}``; anything else is explained here rather than as pydantic's
+    union of types."""
+    if isinstance(value, str) and value.strip() in RECONTACT_WORDS:
+        return value.strip()
+    if isinstance(value, Mapping) and set(value) == {"after"}:
+        return value
+    raise ValueError(f"{value!r}: write recontact: never, always, or {{after: DURATION}} such as {{after: 30d}}")
 
 
 class Budget(_Model):
@@ -271,6 +300,15 @@ class Campaign(_Model):
     message: Messages | None = None
     dispatch: DispatchSettings = DispatchSettings()
     attribution: Attribution | None = Field(None, description="results: the attribution window (config default 14d)")
+    recontact: Annotated[
+        Literal["never", "always"] | RecontactAfter | None,
+        BeforeValidator(lambda v: v if v is None else _recontact(v)),
+    ] = Field(
+        None,
+        description="whether a member this campaign already contacted may be contacted by a later run: never, "
+        "always, or {after: DURATION}; default never for cron/every/at, once per occurrence for relative_to, once "
+        "per triggering order or sign-up for on:",
+    )
 
     @model_validator(mode="after")
     def _steps_or_message(self) -> Campaign:

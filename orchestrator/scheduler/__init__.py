@@ -9,6 +9,8 @@ restart, computes the same ticks and therefore the same run keys.
 Modules, one job each:
 
 * ``triggers`` - the APScheduler trigger of a schedule, ``ticks(schedule, start, end)`` and the schedule in words;
+* ``audiences`` - whose tick it is: birthdays and membership anniversaries on the tick's date, paid orders and
+  sign-ups that no earlier check of the campaign answered (the ledger is the events' watermark);
 * ``misfire`` - which missed ticks still fire (``misfire: skip | latest | catch_up`` and ``misfire_grace``);
 * ``campaign_files`` - every campaign file of the campaigns folder, loaded or with its problems;
 * ``replay`` - fire every tick of every enabled campaign in a time range, in time order (backtesting);
@@ -17,6 +19,4 @@ Modules, one job each:
 * ``reload`` - the campaigns folder polled by content hash, keeping the last valid version of an invalid file;
 * ``service`` - the long-running loop (``orchestrator scheduler``): fires due ticks while it holds the lease,
   applies the misfire rule after downtime, dispatches what is due, reloads (docs/scheduler.md).
-
-Not here yet: ``on:`` event triggers (their ticks are computed, but neither replay nor the service fires them).
 """

@@ -6,40 +6,40 @@ the same range fires nothing twice - a tick whose run is done is reported, not r
 is continued. After each tick, what is due at that time (quiet-hours deferrals, retries) is dispatched, as
 ``orchestrator dispatch --at <tick>`` would. A dry run writes and sends nothing.
 
-``relative_to: birthday`` fires daily; the tick's audience is the segment and members whose birthday falls
-``days_before`` days after the tick's local date (29 February is celebrated on 28 February in other years).
-Not fired yet: ``on:`` event triggers and ``relative_to`` other than birthday (``unsupported`` says why).
+Relative dates (``relative_to: birthday | signup_at``) fire daily and event triggers (``on: order_paid |
+member_joined``) every ``check_every``; ``tick_plan`` narrows each tick's audience to the members whose date or
+event it is (``orchestrator.scheduler.audiences``). An event check that finds nobody creates no run (``fire``
+reports it as ``empty``; replay leaves it out of its rows), and replay only asks the checks that can find
+something: the first of the range and the first one at or after each event (by ``ordered_at`` / ``signup_at``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from orchestrator.campaign.conditions import All, Compare
 from orchestrator.campaign.loader import CampaignPlan
 from orchestrator.campaign.schema import Schedule
 from orchestrator.db.models import Campaign, CampaignRun
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
 from orchestrator.open_runs import check_new_run, dispatch_run, find_runs
+from orchestrator.scheduler.audiences import event_ticks, narrowed, tick_condition
 from orchestrator.scheduler.campaign_files import CampaignFile
 from orchestrator.scheduler.triggers import ticks
 from orchestrator.service import Orchestrator
-from orchestrator.timeutil import zone
 
-RELATIVE_FIELDS = ("birthday",)
+RELATIVE_FIELDS = ("birthday", "signup_at")
+EMPTY = "empty"  # the state of an event check that found nobody: no run was created
 
 
 def unsupported(schedule: Schedule) -> str | None:
-    """Why replay does not fire this schedule, or None."""
-    if schedule.on is not None:
-        return "on: event triggers are not fired by replay yet"
+    """Why replay does not fire this schedule, or None (every kind the schema accepts is fired)."""
     if schedule.relative_to is not None and schedule.relative_to not in RELATIVE_FIELDS:
-        return f"relative_to: {schedule.relative_to} is not fired yet (only {', '.join(RELATIVE_FIELDS)})"
+        return f"relative_to: {schedule.relative_to} is not fired (only {', '.join(RELATIVE_FIELDS)})"
     return None
 
 
@@ -49,32 +49,33 @@ class Tick:
     plan: CampaignPlan
 
 
-def due_ticks(files: list[CampaignFile], start: datetime, end: datetime) -> list[Tick]:
-    """The ticks of every firing campaign in [start, end), by time then campaign name."""
-    found = [
-        Tick(at, f.plan)
-        for f in files
-        if f.fires and unsupported(f.plan.campaign.schedule) is None
-        for at in ticks(f.plan.campaign.schedule, start, end)
-    ]
+def due_ticks(
+    files: list[CampaignFile], start: datetime, end: datetime, service: Orchestrator | None = None
+) -> list[Tick]:
+    """The ticks of every firing campaign in [start, end), by time then campaign name. With ``service``, an event
+    trigger's checks are only those that can find an event in the database (``audiences.event_ticks``); without,
+    every check of its grid."""
+    found: list[Tick] = []
+    for f in files:
+        if not f.fires or unsupported(f.plan.campaign.schedule) is not None:
+            continue
+        schedule = f.plan.campaign.schedule
+        if schedule.on is not None and service is not None:
+            with service.engine.connect() as conn:
+                found += [Tick(at, f.plan) for at in event_ticks(conn, schedule, start, end)]
+        else:
+            found += [Tick(at, f.plan) for at in ticks(schedule, start, end)]
     return sorted(found, key=lambda t: (t.at, t.plan.name))
 
 
-def tick_plan(plan: CampaignPlan, at: datetime, shop_tz) -> CampaignPlan:
-    """The plan a tick runs: for ``relative_to: birthday``, the segment and the birthday ``days_before`` days
-    after the tick's local date (in the schedule's zone; the fact counts from the shop's date, hence the shift)."""
+def tick_plan(plan: CampaignPlan, at: datetime, shop_tz, *, dry_run: bool = False) -> CampaignPlan:
+    """The plan a tick runs: for a relative date or an event trigger, the segment narrowed to the members whose
+    date or event the tick at ``at`` is for (``audiences.tick_condition``); other plans as they are."""
     schedule = plan.campaign.schedule
-    if schedule is None or schedule.relative_to is None:
+    if schedule is None or (schedule.relative_to is None and schedule.on is None):
         return plan
-    local_day = at.astimezone(zone(schedule.timezone)).date()
-    shift = (local_day - at.astimezone(shop_tz).date()).days
-    days = schedule.days_before + shift
-    condition = Compare("days_to_birthday", (("eq", days),))
-    return replace(
-        plan,
-        segment=All((plan.segment, condition)),
-        conditions=[*plan.conditions, (f"days_to_birthday = {days} (relative_to)", condition)],
-    )
+    label, condition = tick_condition(plan, at, shop_tz, dry_run=dry_run)
+    return narrowed(plan, label, condition)
 
 
 def _recorded_run(service: Orchestrator, name: str, at: datetime) -> tuple[int, str, dict] | None:
@@ -90,6 +91,7 @@ def _recorded_run(service: Orchestrator, name: str, at: datetime) -> tuple[int, 
 def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
     """One tick, as ``run --at`` (or ``dry-run --at``) does it; a done run is reported, not run again."""
     row: dict[str, Any] = {"campaign": tick.plan.name, "at": tick.at, "run_id": None}
+    recorded = None
     if not dry_run:
         recorded = _recorded_run(service, tick.plan.name, tick.at)
         if recorded is not None and recorded[1] == "done":
@@ -103,13 +105,18 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
                 "state": "done",
                 "fired": False,
             }
+    plan = tick_plan(tick.plan, tick.at, service.settings.tz, dry_run=dry_run)
+    schedule = tick.plan.campaign.schedule
+    is_event = schedule is not None and schedule.on is not None
+    if is_event and (dry_run or recorded is None) and _audience_size(service, plan, tick.at) == 0:
+        return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
+    if not dry_run:
         try:
             check_new_run(service, tick.plan, tick.at, at_given=True)
         except InputError as exc:
             return row | {"audience": 0, "messages": 0, "skipped": {}, "state": "refused", "error": exc.message}
     # each tick gets its own channel instances: a runner closes its channels when the run is done
     runner_service = Orchestrator(service.settings, service.engine, service.registry)
-    plan = tick_plan(tick.plan, tick.at, service.settings.tz)
     result = runner_service.runner(plan, dry_run=dry_run).execute(tick.at, dry_run=dry_run, sample=0)
     return row | {
         "run_id": result.run_id,
@@ -119,6 +126,13 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
         "state": "dry-run" if dry_run else result.state,
         "fired": True,
     }
+
+
+def _audience_size(service: Orchestrator, plan: CampaignPlan, at: datetime) -> int:
+    """How many members the tick would be for: one count, so that an event check finding nobody opens no run."""
+    from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
+
+    return Audience(service.engine, service.settings, plan, at, service.registry.facts).count()
 
 
 def dispatch_due(service: Orchestrator, at: datetime) -> dict[int, str]:
@@ -139,8 +153,10 @@ def replay(
 ) -> list[dict[str, Any]]:
     """Fire every tick in [start, end) in time order; one row per tick."""
     rows: list[dict[str, Any]] = []
-    for tick in due_ticks(files, start, end):
+    for tick in due_ticks(files, start, end, service):
         row = fire(service, tick, dry_run=dry_run)
+        if row["state"] == EMPTY:
+            continue
         rows.append(row)
         if not dry_run:
             states = dispatch_due(service, tick.at)

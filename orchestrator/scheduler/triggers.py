@@ -29,6 +29,7 @@ from orchestrator.campaign.schema import Schedule
 from orchestrator.timeutil import parse_clock, zone
 
 DEFAULT_CHECK_EVERY = timedelta(minutes=1)
+DEFAULT_WITHIN = timedelta(days=1)  # how old an event may be at a check, when on: has no within
 DEFAULT_RELATIVE_TIME = "10:00"
 _EPOCH = datetime(2000, 1, 1)  # the grid's anchor, in the schedule's zone, when the schedule has no start
 _STEP = timedelta(microseconds=1)
@@ -104,7 +105,7 @@ def describe(schedule: Schedule) -> str:
         days = "on the day" if schedule.days_before == 0 else f"{schedule.days_before} days before"
         what = f"daily at {schedule.at_time or DEFAULT_RELATIVE_TIME}: members {days} their {schedule.relative_to}"
     else:
-        within = f" within {_duration(schedule.within)}" if schedule.within else ""
+        within = f" within {_duration(schedule.within or DEFAULT_WITHIN)}"
         check = _duration(schedule.check_every or DEFAULT_CHECK_EVERY)
         what = f"on {schedule.on}{within}, checked every {check}"
     bounds = "".join(
