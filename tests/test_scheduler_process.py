@@ -30,6 +30,7 @@ SPEED = 60.0
 MINUTELY = """\
 name: minutely
 schedule: {every: 1m, timezone: Asia/Shanghai, misfire: catch_up}
+recontact: always  # every tick is for every member: one message each per tick
 segment: {frequency: {gte: 1}}
 message:
   email: {subject: "Hi {{ customer.name }}", text: "Hello"}

@@ -28,6 +28,7 @@ def hourly(name: str = "hourly", misfire: str = "latest", subject: str = "Hi") -
     return f"""\
 name: {name}
 schedule: {{every: 1h, start: "2026-03-01T00:00:00+08:00", timezone: Asia/Shanghai, misfire: {misfire}}}
+recontact: always
 segment: {{frequency: {{gte: 1}}}}
 message:
   email: {{subject: "{subject} {{{{ customer.name }}}}", text: "Hello"}}
@@ -107,6 +108,7 @@ def test_ticks_fire_on_time_once_each_and_each_member_gets_one_message_per_tick(
     sent = sent_per_member_and_run(engine)
     assert sent and set(sent.values()) == {1}
     assert sum(sent.values()) == sum(t["messages"] for t in loop.fired)
+    assert loop.fired[1]["messages"] == first["messages"]  # recontact: always - every member, every tick
 
     restarted = start(service, folder)  # a restart finds both ticks done: nothing fires again
     assert step(restarted, T0 + HOUR + timedelta(seconds=30)) == []
@@ -182,7 +184,7 @@ def test_reload_of_a_changed_invalid_deleted_and_new_file(shop, engine: Engine, 
     assert step(loop, T0 + 2 * HOUR) == [T0 + 2 * HOUR]  # invalid: the last valid version still fires
     [logged] = problems_logged(caplog)
     assert logged["file"] == str(path) and logged["campaign"] == "hourly"
-    assert logged["problems"][0]["line"] == 3 and "frequncy" in logged["problems"][0]["message"]
+    assert logged["problems"][0]["line"] == 4 and "frequncy" in logged["problems"][0]["message"]
     with engine.connect() as conn:
         last_hash = conn.execute(select(CampaignRun.content_hash).order_by(CampaignRun.scheduled_at.desc())).scalar()
     assert last_hash == hashes[1]

@@ -25,6 +25,7 @@ MEMBERS = [f"M{i:05d}" for i in range(4000)]
 
 CAMPAIGN = """name: ab-test
 segment: {consent_email: true}
+recontact: always  # later runs reach the same members: the winner rule sends them the winner
 control_group: 20%
 steps:
   - name: hello
