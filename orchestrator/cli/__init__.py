@@ -26,6 +26,7 @@ from orchestrator.cli import dispatch as dispatch_commands
 from orchestrator.cli import plugins as plugin_commands
 from orchestrator.cli import runs as run_listing_commands
 from orchestrator.cli import scheduler as scheduler_commands
+from orchestrator.cli import serve as serve_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
@@ -113,6 +114,7 @@ for family in (
     campaign_commands,
     dispatch_commands,
     scheduler_commands,
+    serve_commands,
     coupon_commands,
     delivery_commands,
     run_listing_commands,
