@@ -85,7 +85,8 @@ def revoke(conn: Connection, name: str, now: datetime | None = None) -> None:
 
 
 def listing(conn: Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(select(ApiKey).order_by(ApiKey.name)).scalars()
+    columns = (ApiKey.name, ApiKey.prefix, ApiKey.scopes, ApiKey.created_at, ApiKey.last_used_at, ApiKey.revoked_at)
+    rows = conn.execute(select(*columns).order_by(ApiKey.name))
     return [
         {
             "name": row.name,
