@@ -31,7 +31,8 @@ demo: $(VENV)/.installed
 	for f in campaigns/*.yaml; do $(ORCH) run $$f --at $(DEMO_AT) || exit 1; done
 	$(ORCH) schedule --at $(DEMO_AT)
 	$(ORCH) scheduler --from 2026-11-02 --until 2026-11-23 --dry-run
-	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/, member-base page demo/members.html"
+	$(BIN)/python -m orchestrator.demo.serve_walkthrough --config config/orchestrator.yaml --db sqlite:///demo/orchestrator.db
+	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/, member-base page demo/members.html, service log demo/serve.log"
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest
