@@ -121,6 +121,6 @@ def test_the_service_role_is_enough_and_no_more(
             "UPDATE coupons SET value = 0",
             "DROP TABLE orders",
         ):
-            with pytest.raises(ProgrammingError, match="permission denied|must be owner"):
+            with pytest.raises(ProgrammingError, match=r"permission denied|must be owner"):
                 conn.execute(text(statement))
             conn.rollback()
