@@ -202,3 +202,13 @@ def test_a_shop_template_replaces_the_page(shop: Shop, tmp_path: Path):
     with running(load_settings(shop.config), shop.engine) as url:
         page = httpx.get(f"{url}/u/{sign(KEY, 'C01', 'sms')}")
     assert page.status_code == 200 and page.text == "<p>短信 / &lt;b&gt;</p>"
+
+
+def test_an_explicit_unsubscribe_url_still_wins_over_the_service(shop: Shop):
+    shop.config.write_text(
+        shop.config.read_text() + "unsubscribe_url: https://www.shop.example.com/leave\n", encoding="utf-8"
+    )
+    shop.run()
+    [path, *_] = sorted(shop.outbox.rglob("*.eml"))
+    header = " ".join(str(email.message_from_bytes(path.read_bytes())["List-Unsubscribe"]).split())
+    assert "<https://www.shop.example.com/leave?token=" in header and "/u/" not in header
