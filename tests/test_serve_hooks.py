@@ -261,3 +261,43 @@ def test_healthz_and_metrics(shop, tmp_path: Path):
         answer = httpx.get(f"{bare}/healthz")
     empty.dispose()
     assert answer.status_code == 503 and answer.json() == {"status": "unavailable", "database": "out_of_date"}
+
+
+def test_an_unexpected_failure_is_a_bare_500_and_a_masked_log_line(tmp_path: Path, caplog):
+    """A database without the tables: every lookup fails inside the endpoint. The client learns nothing; the log has
+    the error without the statement's parameters (which could be a member's contact)."""
+    broken = create_db_engine(f"sqlite:///{tmp_path / 'broken.db'}")
+    with running(load_settings(None), broken) as url, caplog.at_level("ERROR", logger="orchestrator.serve"):
+        answer = httpx.post(
+            f"{url}/api/coupons/ABCD/check",
+            json={"order_id": "x"},
+            headers={"Authorization": "Bearer ok_AAAAAAAA_" + "a" * 43},
+        )
+    broken.dispose()
+    assert answer.status_code == 500 and answer.json()["error"] == "internal"
+    assert "Traceback" not in answer.text and "sqlite" not in answer.text.lower()
+    [record] = [r for r in caplog.records if r.getMessage() == "request failed"]
+    assert "no such table" in record.fields["error"] and "parameters" not in record.fields["error"]
+    assert "127.0.0.1" not in record.fields["error"]  # the rate-limit key, a bound parameter
+
+
+def test_metrics_show_the_scheduler_lag_where_a_scheduler_runs(shop):
+    from datetime import timedelta
+
+    from orchestrator.db.models import SchedulerLease
+    from orchestrator.timeutil import utcnow
+
+    now = utcnow()
+    with shop["engine"].begin() as conn:
+        conn.execute(
+            SchedulerLease.__table__.insert().values(
+                name="scheduler",
+                holder="h",
+                acquired_at=now,
+                renewed_at=now - timedelta(seconds=12),
+                expires_at=now + timedelta(seconds=20),
+            )
+        )
+    text = httpx.get(f"{shop['url']}/metrics").text
+    [line] = [x for x in text.splitlines() if x.startswith("orchestrator_scheduler_lag_seconds ")]
+    assert 11 <= float(line.split()[1]) < 60

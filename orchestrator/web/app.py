@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.cli import describe_unexpected
 from orchestrator.cli.context import AppContext
 from orchestrator.config import Settings
 from orchestrator.plugin_manager import build_registry, manager
@@ -76,7 +77,8 @@ class RequestLog:
             status = 500
             log.error(
                 "request failed",
-                extra={"fields": {"endpoint": group, "error": f"{type(exc).__name__}: {exc}"}},
+                # a database error is described without its parameters (members' data), as the command line does
+                extra={"fields": {"endpoint": group, "error": describe_unexpected(exc)}},
             )
             if not response_started:
                 body = {"error": "internal", "message": {"en": "internal error", "zh": "服务器内部错误"}}
