@@ -75,13 +75,16 @@ def serve_command(app, host: str | None, port: int | None, workers: int | None, 
 
 
 def worker_app():
-    """One worker process's application (``uvicorn --factory``), logging as its parent does."""
-    from orchestrator.web.app import app_from_environment
+    """One worker process's application (``uvicorn --factory``): the config and database its parent was given
+    (``ORCHESTRATOR_CONFIG``, ``ORCHESTRATOR_DATABASE_URL``), logging where its parent does."""
+    from orchestrator.cli.context import AppContext
+    from orchestrator.web.app import create_app
 
     handler = configure_json_logging(os.environ.get(LOG_ENV) or None)
     logging.getLogger("uvicorn").addHandler(handler)
     os.umask(0o077)
-    return app_from_environment()
+    context = AppContext()
+    return create_app(context.settings, context.engine)
 
 
 # --- api-keys --------------------------------------------------------------------------------------------------

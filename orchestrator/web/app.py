@@ -6,9 +6,8 @@
 2. ``PerAddressLimit``: the per-address rate limit (429);
 3. ``BodyLimit``: bodies over ``serve.limits.max_body_bytes`` get 413.
 
-``create_app`` builds it for a settings object and an engine (tests, the single-process server);
-``app_from_environment`` is the factory each uvicorn worker process calls, reading the same config and database
-as the command line (``ORCHESTRATOR_CONFIG``, ``ORCHESTRATOR_DATABASE_URL``).
+``create_app`` builds it for a settings object and an engine: ``orchestrator serve`` calls it once, or once in
+each worker process (``cli/serve.py``), and the tests call it for a server in a thread.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.cli import describe_unexpected
-from orchestrator.cli.context import AppContext
 from orchestrator.config import Settings
+from orchestrator.masking import describe_unexpected
 from orchestrator.plugin_manager import build_registry, manager
 from orchestrator.web import coupons_api, health, hooks_email, hooks_sms, unsubscribe
 from orchestrator.web.bodies import BodyLimit
@@ -134,9 +132,3 @@ def create_app(settings: Settings, engine: Engine) -> Starlette:
     app.add_middleware(PerAddressLimit, limiter=app.state.limiter)
     app.add_middleware(RequestLog)
     return app
-
-
-def app_from_environment() -> Starlette:
-    """uvicorn's factory in each worker process: the config and database the command line was given."""
-    context = AppContext()
-    return create_app(context.settings, context.engine)

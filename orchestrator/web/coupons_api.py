@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Connection, select, update
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -219,8 +220,6 @@ async def redeem_endpoint(request: Request) -> JSONResponse:
 
 
 async def _answer(request: Request, *, commit: bool) -> JSONResponse:
-    from starlette.concurrency import run_in_threadpool
-
     raw = await request.body()
     code = request.path_params["code"]
     if len(code) > 64:
