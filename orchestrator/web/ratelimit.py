@@ -40,7 +40,7 @@ class RateLimiter:
         self.settings = settings
 
     def _take(self, key: str, config: RateLimitConfig) -> None:
-        granted, wait = Quota(self.engine, key[:128], config, self.settings.tz).acquire(1)
+        granted, wait = Quota(self.engine, key[:128], config, self.settings.tz, durable=False).acquire(1)
         if not granted:
             raise _refusal(wait)
 
