@@ -35,7 +35,8 @@ demo: $(VENV)/.installed
 	$(ORCH) report winback-lapsed-diners --at $(REPORT_AT) --html demo/report.html
 	$(ORCH) schedule --at $(DEMO_AT)
 	$(ORCH) scheduler --from 2026-11-02 --until 2026-11-23 --dry-run
-	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/, pages demo/members.html and demo/report.html"
+	$(BIN)/python -m orchestrator.demo.serve_walkthrough --config config/orchestrator.yaml --db sqlite:///demo/orchestrator.db
+	@echo "demo: database demo/orchestrator.db, messages in demo/outbox/, pages demo/members.html and demo/report.html, service log demo/serve.log"
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest
@@ -52,6 +53,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_segments.py
 	$(BIN)/python benchmarks/bench_import_analyze.py
 	$(BIN)/python benchmarks/bench_email.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf demo benchmarks/output .pytest_cache .ruff_cache

@@ -141,6 +141,56 @@ class ResultsConfig(_Section):
     min_group_size: int = Field(10, ge=2)
 
 
+class SmsHookConfig(_Section):
+    """One SMS provider's inbound replies (``POST /hooks/sms/<provider>``): how the request is verified and which
+    of its fields hold the number, the text and the time (form or JSON body alike)."""
+
+    secret: str = Field(min_length=16)  # from the environment: ${SMS_HOOK_SECRET}
+    verify: Literal["hmac", "shared_secret"] = "hmac"
+    signature_header: str = "X-Signature"  # hmac: hex HMAC-SHA256 of "<timestamp>.<body>"
+    timestamp_header: str = "X-Timestamp"  # hmac: Unix seconds; also sent with a shared secret
+    secret_header: str = "X-Hook-Secret"  # shared_secret: the secret itself
+    phone_field: str = "phone"
+    text_field: str = "text"
+    received_at_field: str | None = "received_at"  # absent or empty: the time the request arrived
+
+
+class EmailHookConfig(_Section):
+    """One e-mail provider's delivery events (``POST /hooks/email/<provider>``): ``generic`` (our JSON, signed like
+    the SMS hooks) or ``mailgun`` (Mailgun's webhook signature with its signing key)."""
+
+    format: Literal["generic", "mailgun"] = "generic"
+    secret: str = Field(min_length=16)
+
+
+class ServeLimitsConfig(_Section):
+    """Requests per second (GCRA, shared through the database as provider quotas are) per client address and
+    per API key, and the largest request body."""
+
+    per_ip: RateLimitConfig = RateLimitConfig(per_second=20, burst=40)
+    per_key: RateLimitConfig = RateLimitConfig(per_second=50, burst=100)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=10 * 1024 * 1024)
+
+
+class ServeConfig(_Section):
+    """The web service, ``orchestrator serve`` (see docs/serve.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    # where the service is reached from outside (behind the proxy); unsubscribe links point at <public_url>/u/…
+    # unless unsubscribe_url is set explicitly
+    public_url: str | None = None
+    # the proxies whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips)
+    forwarded_allow_ips: str = "127.0.0.1"
+    unsubscribe_template: str | None = None  # a Jinja2 file replacing the built-in unsubscribe page
+    timestamp_tolerance_seconds: int = Field(300, ge=1, le=86_400)  # signed webhooks older than this are refused
+    limits: ServeLimitsConfig = ServeLimitsConfig()
+    sms_hooks: dict[str, SmsHookConfig] = Field(default_factory=dict)
+    email_hooks: dict[str, EmailHookConfig] = Field(default_factory=dict)
+    log_file: str | None = None  # one JSON line per request; default stderr
+
+
 class TierRule(_Section):
     name: str
     min_spend: Decimal = Decimal("0")
@@ -190,6 +240,7 @@ class Settings(_Section):
     dispatch: DispatchConfig = DispatchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     results: ResultsConfig = ResultsConfig()
+    serve: ServeConfig = ServeConfig()
 
     # where the file was read from; relative paths in it resolve against its folder (the working
     # directory when there is no file)
@@ -282,6 +333,10 @@ _VOCABULARY = sorted(
             SchedulerConfig,
             AttributionConfig,
             ResultsConfig,
+            ServeConfig,
+            ServeLimitsConfig,
+            SmsHookConfig,
+            EmailHookConfig,
         )
         for name in model.model_fields
     }

@@ -63,3 +63,15 @@ def register_offers():
     Each class's ``name`` is the key campaign files use under ``offer:`` (e.g. ``coupon``); its
     ``options_model`` validates the terms written there.
     """
+
+
+@hookspec(firstresult=True)
+def handle_inbound_sms(conn, settings, phone, text, received_at):
+    """Decide one inbound SMS reply that the service received (``POST /hooks/sms/<provider>``).
+
+    ``conn`` is an open transaction, ``phone`` the sender as the provider gave it, ``text`` the reply,
+    ``received_at`` an aware time. Return ``"suppressed"`` (a new opt-out), ``"unchanged"`` (already opted out)
+    or ``"ignored"`` (not an opt-out); None leaves it to the next plugin. The built-in SMS plugin implements it
+    with the same keywords and suppression as ``import sms-replies``. Raise ``InputError`` for a number that
+    does not parse.
+    """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import phonenumbers
+from sqlalchemy.exc import StatementError
 
 _EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"
 # ISO dates and times first, so that their digits are not read as a phone number
@@ -69,3 +70,18 @@ def mask_url(text: str) -> str:
     """A database URL (or anything that looks like one) with its password replaced by ``***``."""
     text = _URL_PASSWORD.sub(lambda m: f"{m.group('user')}***@", text)
     return _QUERY_PASSWORD.sub(lambda m: f"{m.group('key')}***", text)
+
+
+def describe_unexpected(exc: Exception) -> str:
+    """One line for an unexpected error, with personal data masked. A database error is described by the
+    driver's message and the statement, never the statement's parameters (customers' names, e-mails, phones)."""
+    if isinstance(exc, StatementError):
+        cause = exc.orig if exc.orig is not None else exc
+        message = str(cause).strip()
+        statement = " ".join((exc.statement or "").split())
+        if len(statement) > 200:
+            statement = statement[:200] + " …"
+        text = f"{type(cause).__name__}: {message}" + (f" [SQL: {statement}]" if statement else "")
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return mask_url(mask_text(text))

@@ -20,7 +20,7 @@ from orchestrator.plugin_manager import Registry, registry
 from orchestrator.rendering import TemplateLoader
 from orchestrator.shared_values import SharedValues
 from orchestrator.template_context import synthetic_context
-from orchestrator.unsubscribe import key_path, load_keys, unsubscribe_url
+from orchestrator.unsubscribe import key_path, load_keys, service_url, unsubscribe_url
 
 
 class Orchestrator:
@@ -87,6 +87,8 @@ class Orchestrator:
                 offers[(step.index, kind)] = self.registry.offers[kind](options, self.settings, step)
         key = self._signing_key(dry_run)
         base_url = self.settings.unsubscribe_url
+        # the service's own page once it has a public address, unless the shop named another page explicitly
+        public_url = self.settings.serve.public_url if "unsubscribe_url" not in self.settings.model_fields_set else None
 
         def build_context(
             customer: dict[str, Any], step: StepPlan, channel: str, grant: Grant | None, at: datetime
@@ -98,7 +100,11 @@ class Orchestrator:
                 "campaign": {"name": plan.name, "description": plan.campaign.description or ""},
                 "step": {"name": step.name},
                 "now": at,
-                "unsubscribe_url": unsubscribe_url(base_url, key, customer["customer_id"], channel),
+                "unsubscribe_url": (
+                    service_url(public_url, key, customer["customer_id"], channel)
+                    if public_url
+                    else unsubscribe_url(base_url, key, customer["customer_id"], channel)
+                ),
             }
 
         return CampaignRunner(self.engine, self.settings, plan, channels, offers, build_context, self.registry)

@@ -33,7 +33,7 @@ from orchestrator.db.models import SUPPRESSION_REASONS, Customer, Suppression
 from orchestrator.errors import InputError
 from orchestrator.masking import mask_contact
 from orchestrator.timeutil import utcnow
-from orchestrator.unsubscribe import load_keys, verify
+from orchestrator.unsubscribe import Token, load_keys, verify
 from orchestrator.yamlfile import suggest
 
 DEFAULT_REASON = "do_not_contact"
@@ -243,9 +243,17 @@ def _as_entry(row) -> dict[str, Any]:
 
 
 def unsubscribe(conn: Connection, settings: Settings, link: str, *, now: datetime | None = None) -> AddResult:
-    """Honour a signed unsubscribe token, or the whole link carrying it: an ``unsubscribed`` entry for its
+    """Honour an unsubscribe token, or the whole link carrying it: an ``unsubscribed`` entry for its
     customer and channel (``all``: every channel)."""
-    token = verify(load_keys(settings.base_dir), token_of(link))
+    token = genuine_token(settings, token_of(link), now=now)
+    channel = token_channel(token)
+    return add(conn, token_target(conn, token), channel=channel, reason="unsubscribed", source=UNSUBSCRIBE_SOURCE)
+
+
+def genuine_token(settings: Settings, text: str, *, now: datetime | None = None) -> Token:
+    """The token's content when it is genuine and not expired; otherwise an ``InputError`` saying which.
+    The command line and the web service (``orchestrator.web.unsubscribe``) both decide through here."""
+    token = verify(load_keys(settings.base_dir), text)
     if token is None:
         raise InputError("the unsubscribe token is not genuine (forged, truncated or signed with another key)")
     if token.issued is not None:
@@ -257,15 +265,22 @@ def unsubscribe(conn: Connection, settings: Settings, link: str, *, now: datetim
                 hint=f"to honour it anyway: orchestrator suppress add --customer {token.customer_id} "
                 f"--channel {token.channel} --reason unsubscribed",
             )
+    return token
+
+
+def token_channel(token: Token) -> str | None:
+    """The channel a token names (None: every channel)."""
     try:
-        channel = parse_channel(token.channel)
+        return parse_channel(token.channel)
     except ValueError as exc:
         raise InputError(f"the unsubscribe token names no channel: {exc}") from None
+
+
+def token_target(conn: Connection, token: Token) -> Target:
     pk = conn.execute(select(Customer.id).where(Customer.customer_id == token.customer_id)).scalar_one_or_none()
     if pk is None:
         raise InputError(f"the unsubscribe token names customer {token.customer_id!r}, who is not in the database")
-    target = Target(customer_pk=pk, customer_id=token.customer_id)
-    return add(conn, target, channel=channel, reason="unsubscribed", source=UNSUBSCRIBE_SOURCE)
+    return Target(customer_pk=pk, customer_id=token.customer_id)
 
 
 def token_of(link: str) -> str:

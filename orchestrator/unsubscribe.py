@@ -214,3 +214,8 @@ def verify(keys: SigningKeys, token: str) -> Token | None:
 def unsubscribe_url(base_url: str, key: bytes, customer_id: str, channel: str) -> str:
     separator = "&" if "?" in base_url else "?"
     return f"{base_url}{separator}{urlencode({'token': sign(key, customer_id, channel)})}"
+
+
+def service_url(public_url: str, key: bytes, customer_id: str, channel: str) -> str:
+    """The link to the service's own unsubscribe page, ``<public_url>/u/<token>`` (``orchestrator serve``)."""
+    return f"{public_url.rstrip('/')}/u/{sign(key, customer_id, channel)}"

@@ -58,7 +58,11 @@ def test_the_installed_wheel_runs_the_product_outside_the_tree(tmp_path):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert source_packages() <= {name.rsplit("/", 1)[0] for name in names}
-    assert {"orchestrator/default_config.yaml", "orchestrator/db/migrations/script.py.mako"} <= set(names)
+    assert {
+        "orchestrator/default_config.yaml",
+        "orchestrator/db/migrations/script.py.mako",
+        "orchestrator/web/templates/unsubscribe.html",
+    } <= set(names)
 
     venv = tmp_path / "venv"
     assert run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path).returncode == 0

@@ -13,7 +13,6 @@ import os
 import sys
 
 import click
-from sqlalchemy.exc import StatementError
 
 from orchestrator import __version__
 from orchestrator.cli import analyze as analyze_commands
@@ -27,10 +26,11 @@ from orchestrator.cli import plugins as plugin_commands
 from orchestrator.cli import report as report_commands
 from orchestrator.cli import runs as run_listing_commands
 from orchestrator.cli import scheduler as scheduler_commands
+from orchestrator.cli import serve as serve_commands
 from orchestrator.cli import setup as setup_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
-from orchestrator.masking import mask_text, mask_url
+from orchestrator.masking import describe_unexpected
 from orchestrator.output import BROKEN_PIPE_EXIT, silence_stdout
 
 PRIVATE_UMASK = 0o077
@@ -57,21 +57,6 @@ class OrchestratorGroup(click.Group):
             click.echo(f"error: {describe_unexpected(exc)}", err=True)
             click.echo("  hint: set ORCHESTRATOR_DEBUG=1 to see the traceback", err=True)
             ctx.exit(1)
-
-
-def describe_unexpected(exc: Exception) -> str:
-    """One line for an unexpected error, with personal data masked. A database error is described by the
-    driver's message and the statement, never the statement's parameters (customers' names, e-mails, phones)."""
-    if isinstance(exc, StatementError):
-        cause = exc.orig if exc.orig is not None else exc
-        message = str(cause).strip()
-        statement = " ".join((exc.statement or "").split())
-        if len(statement) > 200:
-            statement = statement[:200] + " …"
-        text = f"{type(cause).__name__}: {message}" + (f" [SQL: {statement}]" if statement else "")
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return mask_url(mask_text(text))
 
 
 @click.group(cls=OrchestratorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,6 +99,7 @@ for family in (
     campaign_commands,
     dispatch_commands,
     scheduler_commands,
+    serve_commands,
     coupon_commands,
     delivery_commands,
     run_listing_commands,

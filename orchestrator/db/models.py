@@ -56,7 +56,7 @@ GENDERS = ("female", "male", "other")  # the stored words; import normalises 女
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime, Decimal: Money}
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: UTCDateTime, Decimal: Money}
 
 
 class Customer(Base):
@@ -265,6 +265,22 @@ class SchedulerLease(Base):
     acquired_at: Mapped[datetime]
     renewed_at: Mapped[datetime]  # the holder's last heartbeat
     expires_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """A key a point of sale sends as ``Authorization: Bearer``: only its SHA-256 is stored (the key is random,
+    256 bits, so a plain hash cannot be reversed by guessing); ``prefix`` finds the row without scanning."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
 
 
 class Coupon(Base):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import phonenumbers
 from orchestrator_plugins.sms.config import load_config
 from orchestrator_plugins.sms.gateway import GatewaySender, SmsRequest
 from orchestrator_plugins.sms.gateway import load_config as load_gateway_config
+from orchestrator_plugins.sms.replies import apply_reply
 from orchestrator_plugins.sms.replies import register as register_reply_commands
 from orchestrator_plugins.sms.text import (
     count_segments,
@@ -157,6 +159,12 @@ def _write(folder: Path, message: OutgoingMessage) -> SendResult:
 @hookimpl
 def register_channels() -> list[type[Channel]]:
     return [SmsChannel]
+
+
+@hookimpl
+def handle_inbound_sms(conn: Any, settings: Any, phone: str, text: str, received_at: datetime) -> str:
+    """The service's inbound replies take the same path as ``import sms-replies``."""
+    return apply_reply(conn, settings, phone, text, received_at)
 
 
 @hookimpl

@@ -62,6 +62,11 @@ def handle_reply(conn: Connection, settings: Any, phone: str, text: str, receive
     return _apply(conn, settings, phone, text, received_at, opt_out_keywords(settings)) != "ignored"
 
 
+def apply_reply(conn: Connection, settings: Any, phone: str, text: str, received_at: datetime) -> str:
+    """One reply, as the service receives it: "suppressed", "unchanged" or "ignored" (see ``_apply``)."""
+    return _apply(conn, settings, phone, text, received_at, opt_out_keywords(settings))
+
+
 def _apply(conn: Connection, settings: Any, phone: str, text: str, received_at: datetime, keywords) -> str:
     """ "suppressed" (a new entry), "unchanged" (already suppressed) or "ignored" (not an opt-out)."""
     if not is_opt_out(text, keywords):

@@ -1,0 +1,31 @@
+"""Answers to bad requests: a status, a stable machine-readable ``error`` code and a message in English and Chinese.
+
+Raised anywhere inside an endpoint; ``app`` turns it into JSON (or plain text for the unsubscribe pages). An
+unexpected exception becomes a 500 with no detail: a traceback never reaches a client, it goes to the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, en: str, zh: str, *, headers: dict[str, str] | None = None):
+        super().__init__(en)
+        self.status = status
+        self.code = code
+        self.en = en
+        self.zh = zh
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": {"en": self.en, "zh": self.zh}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def bad_request(en: str, zh: str, code: str = "bad_request") -> ApiError:
+    return ApiError(400, code, en, zh)
