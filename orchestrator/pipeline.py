@@ -373,20 +373,19 @@ class CampaignRunner:
         self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended, sample, held=frozenset()
     ) -> None:
         """Policies, control group, offer and rendering for one customer, written to ``intended``. ``held``: the
-        batch's members the campaign's recontact rule holds back (decided first: already contacted by this
-        campaign is the reason that explains the skip, whatever else holds)."""
+        batch's members the campaign's recontact rule holds back. Whether the member may be reached at all (a
+        contact, consent, not suppressed) is decided before it, so an unsubscribed member is reported as
+        ``suppressed`` whatever else holds; then the recontact rule; then frequency caps."""
         customer, step = candidate.customer, candidate.step
         first_channel = next(iter(step.messages))
-        if customer["pk"] in held:
-            result.skipped[recontact.RECONTACT] += 1
-            intended.append(
-                ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", recontact.RECONTACT)
-            )
-            return
         candidate.plan = plan = self._contact(candidate, lookups)
-        if plan.reason:
-            result.skipped[plan.reason] += 1
-            intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", plan.reason))
+        reason = plan.reason if plan.reason in policies.UNREACHABLE else None
+        if reason is None and customer["pk"] in held:
+            reason = recontact.RECONTACT
+        reason = reason or plan.reason
+        if reason:
+            result.skipped[reason] += 1
+            intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", reason))
             return
         if step.variants:  # decided before the control group, so held-out members are recorded with theirs too
             candidate.variant = self.winning.get(step.name) or variants.assign(

@@ -53,6 +53,8 @@ SUPPRESSED = "suppressed"
 CONTROL = "control_group"
 NO_STEP = "no_step"
 FREQUENCY_CAP = "frequency_cap"
+# the member may not be reached at all: reported before any other reason (a campaign's recontact rule, caps)
+UNREACHABLE = frozenset({NO_CONTACT, NO_CONSENT, SUPPRESSED})
 
 
 def in_control_group(campaign: str, customer_id: str, percent: Decimal) -> bool:
