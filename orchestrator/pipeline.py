@@ -370,11 +370,23 @@ class CampaignRunner:
                 result.outcomes["already_" + row.state] += 1
 
     def _decide(
-        self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended, sample, held=frozenset()
+        self,
+        conn,
+        candidate: Candidate,
+        lookups,
+        result: RunResult,
+        run,
+        dry_run,
+        intended,
+        sample,
+        held=frozenset(),
+        control: bool | None = None,
     ) -> None:
         """Policies, control group, offer and rendering for one customer, written to ``intended``. ``held``: the
         batch's members the campaign's recontact rule holds back (decided first: already contacted by this
-        campaign is the reason that explains the skip, whatever else holds)."""
+        campaign is the reason that explains the skip, whatever else holds). ``control``: whether the member is
+        in the control group when that is already decided (a follow-up follows the run's decision); None draws
+        it."""
         customer, step = candidate.customer, candidate.step
         first_channel = next(iter(step.messages))
         if customer["pk"] in held:
@@ -392,7 +404,10 @@ class CampaignRunner:
             candidate.variant = self.winning.get(step.name) or variants.assign(
                 self.plan.name, step.name, customer["customer_id"], step.variants
             )
-        if policies.in_control_group(self.plan.name, customer["customer_id"], self.plan.campaign.control_group):
+        if control is None:
+            percent = self.plan.campaign.control_group
+            control = policies.in_control_group(self.plan.name, customer["customer_id"], percent)
+        if control:
             result.control += 1
             for name, contact in plan.channels:
                 intended.append(

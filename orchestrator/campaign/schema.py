@@ -260,6 +260,37 @@ class Step(_Model):
         return variants
 
 
+class FollowUp(_Model):
+    """A later message of the same run to the members an earlier message reached, ``after`` from when that
+    message was due; ``when`` / ``unless`` are evaluated at the follow-up's own due time."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="unique in the campaign, among steps and follow-ups")
+    after: Duration = Field(description="how long after the member's earlier message of the run was due, e.g. 3d")
+    steps: list[str] | None = Field(
+        None,
+        description="the steps whose recipients it follows (default: every step)",
+        json_schema_extra={"minItems": 1},
+    )
+    when: Condition | None = None
+    unless: Condition | None = None
+    offer: Offer | None = None
+    message: Messages
+
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("after: give a positive duration such as 3d or 36h")
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _some_steps(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("is empty: name at least one step, or leave steps: out to follow every step")
+        return value
+
+
 def _percent(value: Any) -> Any:
     if isinstance(value, str) and value.strip().endswith("%"):
         return value.strip()[:-1]
@@ -300,6 +331,10 @@ class Campaign(_Model):
     message: Messages | None = None
     dispatch: DispatchSettings = DispatchSettings()
     attribution: Attribution | None = Field(None, description="results: the attribution window (config default 14d)")
+    follow_ups: list[FollowUp] | None = Field(
+        None,
+        description="later messages of each run to the members it reached, each after a delay, with exit conditions",
+    )
     recontact: Annotated[
         Literal["never", "always"] | RecontactAfter | None,
         BeforeValidator(lambda v: v if v is None else _recontact(v)),

@@ -43,6 +43,7 @@ from orchestrator.campaign.loader import CampaignPlan
 from orchestrator.db.models import Campaign, CampaignRun
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
+from orchestrator.followups import plan_due
 from orchestrator.open_runs import dispatch_run, find_runs
 from orchestrator.scheduler.lease import Lease
 from orchestrator.scheduler.misfire import to_fire
@@ -205,6 +206,7 @@ class SchedulerLoop:
             self._fire(tick)
         if self.stop.is_set() or not self.lease.held:
             return None
+        self._follow_ups(plans, self.clock.now())
         self._dispatch(self.clock.now())
         return self._next_wake(plans, now)
 
@@ -257,6 +259,19 @@ class SchedulerLoop:
             fields["error"] = row["error"]
         self.fired.append(fields)
         log.info("tick", extra={"fields": fields})
+
+    def _follow_ups(self, plans: dict[str, CampaignPlan], at: datetime) -> None:
+        """Plan the follow-ups due by ``at`` (the dispatch round that follows sends them); one log line each."""
+        for plan in plans.values():
+            if not plan.follow_ups:
+                continue
+            try:
+                results = plan_due(self.service, plan, at)
+            except Exception as exc:  # the next pass tries again: nothing of a failed batch was written
+                log.error("follow-ups failed", extra={"fields": {"campaign": plan.name, "error": _describe(exc)}})
+                continue
+            for result in results:
+                log.info("follow-up", extra={"fields": {**result.to_dict(), "leader": self.lease.holder}})
 
     def _dispatch(self, at: datetime) -> None:
         began = time.monotonic()
