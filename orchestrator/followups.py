@@ -36,6 +36,7 @@ from orchestrator.campaign.conditions import Compare
 from orchestrator.campaign.loader import CampaignPlan, FollowUpPlan
 from orchestrator.coupons.offer import give_back_unsent
 from orchestrator.db.models import Campaign, CampaignRun, Coupon, Delivery
+from orchestrator.durations import format_duration
 from orchestrator.facts import FactContext, customers, orders
 from orchestrator.recontact import CONTACTED_STATES
 from orchestrator.segments import Audience, SegmentCompiler, apply_operator, customer_columns
@@ -77,10 +78,11 @@ class FollowUpResult:
 class FollowUpCompiler(SegmentCompiler):
     """Conditions as of a follow-up's due time, with the facts about the member's part in the run followed."""
 
-    def __init__(self, ctx: FactContext, catalog, run_pk: int, since: datetime):
+    def __init__(self, ctx: FactContext, catalog, run_pk: int | None, since: datetime, steps=None):
         super().__init__(ctx, catalog)
-        self.run_pk = run_pk
+        self.run_pk = run_pk  # None: a dry run, which has no run (nothing issued, called or followed up yet)
         self.since = since  # when the member's first message of the run was due
+        self.steps = steps  # a dry run: (the member's step index column, {step name: index})
         self._predicates.update(
             ordered_since_contact=self._ordered_since_contact,
             redeemed_offer=self._redeemed_offer,
@@ -103,6 +105,8 @@ class FollowUpCompiler(SegmentCompiler):
         return self._as_bool(found, node)
 
     def _redeemed_offer(self, node: Compare) -> ColumnElement[bool]:
+        if self.run_pk is None:
+            return self._as_bool(false(), node)
         found = exists().where(
             Coupon.customer_pk == customers.c.id,
             Coupon.run_pk == self.run_pk,
@@ -113,6 +117,9 @@ class FollowUpCompiler(SegmentCompiler):
 
     def _contacted_by(self, node: Compare) -> ColumnElement[bool]:
         step, follow_up = node.param("step"), node.param("follow_up")
+        if self.run_pk is None:  # a dry run: the member's step says whether it would contact them
+            column, indices = self.steps
+            return self._as_bool(column == indices[step] if step else false(), node)
         which = Delivery.follow_up == follow_up if follow_up else and_(Delivery.follow_up == "", Delivery.step == step)
         found = exists().where(
             Delivery.run_pk == self.run_pk,
@@ -123,6 +130,8 @@ class FollowUpCompiler(SegmentCompiler):
         return self._as_bool(found, node)
 
     def _outcome(self, node: Compare) -> ColumnElement[bool]:
+        if self.run_pk is None:
+            return false()
         return exists().where(
             Delivery.run_pk == self.run_pk,
             Delivery.customer_pk == customers.c.id,
@@ -337,3 +346,69 @@ def _decide_group(service, runner, plan, follow_up: FollowUpPlan, campaign_pk: i
     outcome.deferred = tally.deferred
     outcome.skipped.update(tally.skipped)
     return outcome
+
+
+def recorded_plans(service, names: list[str] | None = None) -> tuple[list[CampaignPlan], list[str]]:
+    """The campaigns with runs on record that have follow-ups, loaded from their files as they are now (what
+    ``orchestrator dispatch`` plans), and a note for each file that could not be loaded."""
+    from orchestrator.errors import InputError
+
+    query = select(Campaign.name, Campaign.source_path).where(Campaign.source_path.is_not(None))
+    if names is not None:
+        query = query.where(Campaign.name.in_(names))
+    with service.engine.connect() as conn:
+        recorded = conn.execute(query.order_by(Campaign.name)).all()
+    plans: list[CampaignPlan] = []
+    notes: list[str] = []
+    for name, path in recorded:
+        try:
+            plan = service.load(path)
+        except InputError as exc:  # a campaign file gone or broken leaves its follow-ups waiting, not the rest
+            notes.append(f"{name}: follow-ups not planned: {exc.render()}")
+            continue
+        if plan.follow_ups and plan.name == name:
+            plans.append(plan)
+    return plans, notes
+
+
+def expected_audience(engine, settings, plan: CampaignPlan, follow_up: FollowUpPlan, at: datetime, catalog) -> int:
+    """A dry run's estimate of a follow-up's audience for a run at ``at``: the run's audience in the steps it
+    follows (control members too: they are followed as control) who satisfy ``when`` / ``unless`` at
+    ``at + after``, before the contact policies. Nothing is on record for a dry run: no coupon was redeemed and
+    no call answered, and ``contacted_by`` a step is being in that step."""
+    base = Audience(engine, settings, plan, at, catalog).statement().subquery()
+    indices = {s.name: s.index for s in plan.steps}
+    follows = [indices[name] for name in follow_up.follows] if follow_up.follows else list(indices.values())
+    compiler = FollowUpCompiler(
+        FactContext(at=at + follow_up.after, settings=settings), catalog, None, at, (base.c.step_index, indices)
+    )
+    conditions = [base.c.step_index.in_(follows)]
+    if follow_up.when is not None:
+        conditions.append(compiler.compile(follow_up.when))
+    if follow_up.unless is not None:
+        conditions.append(~compiler.compile(follow_up.unless))
+    statement = (
+        select(func.count())
+        .select_from(compiler.facts.from_clause().join(base, base.c.pk == customers.c.id))
+        .where(*conditions)
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(statement).scalar_one())
+
+
+def run_summary(engine, settings, plan: CampaignPlan, at: datetime, catalog, *, dry_run: bool, now: datetime):
+    """What ``run`` / ``dry-run`` say about the campaign's follow-ups: each one's first due time, and whether it
+    is due yet (``pending`` until then); a dry run whose follow-up is due by now (a backtest) also estimates its
+    audience (``expected_audience``)."""
+    summary = []
+    for follow_up in plan.follow_ups:
+        due = at + follow_up.after
+        entry: dict[str, Any] = {"name": follow_up.name, "after": format_duration(follow_up.after), "due": due}
+        if due > now:
+            entry["audience"] = PENDING
+        elif dry_run:
+            entry["audience"] = expected_audience(engine, settings, plan, follow_up, at, catalog)
+        else:
+            entry["audience"] = "due"
+        summary.append(entry)
+    return summary

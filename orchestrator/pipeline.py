@@ -36,6 +36,7 @@ from orchestrator.masking import mask_contact, mask_text
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
 from orchestrator.rendering import TemplateRenderError
+from orchestrator.timeutil import utcnow
 
 RENDER_FAILED = "render_failed"  # a delivery whose template failed on this customer's data (reason; outcome count)
 OFFER_SKIP = "offer_"  # a member withheld by the offer is skipped with reason offer_<why>, e.g. offer_budget
@@ -88,6 +89,7 @@ class RunResult:
     resumed: bool = False
     winners: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> the A/B winner rule's decision
     state: str | None = None  # the run's state afterwards: done, or waiting (messages left for `dispatch`)
+    follow_ups: list[dict[str, Any]] = field(default_factory=list)  # each follow-up: when due, and whether yet
     dispatch: DrainReport | None = None
 
     def cost(self) -> dict[str, Decimal]:
@@ -145,6 +147,8 @@ class RunResult:
         }
         if self.winners:
             data["winners"] = self.winners
+        if self.follow_ups:
+            data["follow_ups"] = self.follow_ups
         if not self.dry_run:
             data.update(run_id=self.run_id, resumed=self.resumed, outcomes=dict(self.outcomes), state=self.state)
             if self.dispatch is not None and (self.dispatch.open or self.dispatch.paused):
@@ -289,6 +293,12 @@ class CampaignRunner:
             with self.engine.connect() as conn:  # the run's deferred rows, also those an earlier invocation wrote
                 result.deferred_window = _deferred_window(conn, result.run_id)
             result.state = ledger.finish_run(self.engine, result.run_id, _json_summary(result))
+        if self.plan.follow_ups:
+            from orchestrator.followups import run_summary  # loads only for a campaign with follow-ups
+
+            result.follow_ups = run_summary(
+                self.engine, self.settings, self.plan, at, self.registry.facts, dry_run=dry_run, now=utcnow()
+            )
         return result
 
     def _batch(self, batch: list[dict[str, Any]], result: RunResult, run, at, dry_run: bool, sample: int) -> None:

@@ -305,3 +305,44 @@ def test_validate_reports_every_follow_up_problem_at_its_line(shop):
     path.write_text(BAD.split("follow_ups:")[0].replace("{frequency: {gte: 1}}", "{redeemed_offer: true}"))
     result = cli("validate", str(path))
     assert result.exit_code == 2 and "redeemed_offer" in result.stderr
+
+
+def test_dry_run_estimates_a_due_follow_up_and_says_pending_for_one_not_yet_due(shop):
+    cli, folder, _ = shop
+    path = folder / "remind.yaml"
+    path.write_text(REMIND, encoding="utf-8")
+    result = cli("dry-run", str(path), "--at", "2025-06-02T10:00:00+08:00", "--json")
+    assert result.exit_code == 0, result.output
+    [follow_up] = json.loads(result.stdout)["follow_ups"]
+    expected = sum(1 for i in range(MEMBERS) if not ordered_between(i, RUN_AT, DUE))  # control members too
+    assert follow_up["name"] == "reminder" and follow_up["audience"] == expected
+    assert datetime.fromisoformat(follow_up["due"]) == DUE
+
+    later = datetime.now(UTC) + timedelta(days=1)
+    result = cli("dry-run", str(path), "--at", later.isoformat(timespec="seconds"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["follow_ups"][0]["audience"] == "pending"
+
+
+def test_run_says_its_follow_ups_wait_and_dispatch_plans_and_sends_them(shop, engine: Engine):
+    cli, folder, _ = shop
+    path = folder / "remind.yaml"
+    path.write_text(REMIND, encoding="utf-8")
+    result = cli("run", str(path), "--at", "2025-06-02T10:00:00+08:00")
+    assert result.exit_code == 0, result.output
+    assert "follow-up reminder" in result.stdout and "orchestrator dispatch" in result.stdout
+
+    early = cli("dispatch", "--at", "2025-06-05T09:59:59+08:00", "--json")
+    assert early.exit_code == 0, early.output
+    assert json.loads(early.stdout)["follow_ups"] == [] and not follow_up_rows(engine, "reminder")
+
+    result = cli("dispatch", "--at", "2025-06-05T10:00:00+08:00", "--json")
+    assert result.exit_code == 0, result.output
+    [planned] = json.loads(result.stdout)["follow_ups"]
+    assert planned["follow_up"] == "reminder" and planned["audience"] == MEMBERS
+    decided = follow_up_rows(engine, "reminder")
+    sent = {pk for pk, rows in decided.items() if rows[0][0] == "sent"}
+    assert len(sent) == planned["messages"] > 0
+    again = cli("dispatch", "--at", "2025-06-06T10:00:00+08:00", "--json")
+    assert json.loads(again.stdout)["follow_ups"] == []
+    assert follow_up_rows(engine, "reminder") == decided
