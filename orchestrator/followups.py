@@ -328,7 +328,7 @@ def _decide_group(service, runner, plan, follow_up: FollowUpPlan, campaign_pk: i
                         0,
                         control=bool(candidate.customer["control"]),
                     )
-            rows = [dataclasses.replace(d, follow_up=follow_up.name) for d in intended]
+            rows = [dataclasses.replace(d, follow_up=follow_up.name, due_at=due) for d in intended]
             ledger.record_intended(conn, group.run_pk, rows)
             # a coupon travels only with a message: one whose messages all failed to render is given back
             unsent = [c.grant.coupon_pk for c in candidates if c.render_failed and c.grant and c.grant.coupon_pk]

@@ -67,6 +67,7 @@ class IntendedDelivery:
     error: str | None = None  # why a row written as failed failed (e.g. its template hit a limit)
     variant: str | None = None  # the step's A/B variant (held-out members too: the one they would have had)
     follow_up: str = ""  # the follow-up this row decides, '' for the run's own messages
+    due_at: datetime | None = None  # a follow-up's due time
 
 
 def encode_payload(message: RenderedMessage) -> bytes:
@@ -195,6 +196,7 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
             "step": d.step,
             "variant": d.variant,
             "follow_up": d.follow_up,
+            "due_at": d.due_at,
             "state": d.state,
             "reason": d.reason,
             "contact": d.contact,

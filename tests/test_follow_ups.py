@@ -163,6 +163,7 @@ def test_the_follow_up_audience_is_who_satisfies_its_conditions_at_its_due_time(
         if not ordered_between(i, RUN_AT, DUE) and not in_control_group("remind", customer_id(i), Decimal(25))
     )
     assert row["messages"] == expected_sent > 0
+    sent_indices = {i for i in range(MEMBERS) if decided[keys[customer_id(i)]][0][0] == "sent"}
     assert row["control"] > 0
 
     # control members were never contacted: no sent row of theirs, in the run or its follow-up
@@ -172,6 +173,20 @@ def test_the_follow_up_audience_is_who_satisfies_its_conditions_at_its_due_time(
         )
     controls = {keys[customer_id(i)] for i in range(MEMBERS) if in_control_group("remind", customer_id(i), 25)}
     assert controls and not contacted & controls
+
+    # the report shows the follow-up beside the step, with its own control comparison from its due time
+    report = cli("report", "remind", "--at", "2025-07-01", "--json")
+    assert report.exit_code == 0, report.output
+    document = json.loads(report.stdout)
+    [step] = [s for s in document["by_step"] if s["step"] == "reminder"]
+    held = [i for i in range(MEMBERS) if not ordered_between(i, RUN_AT, DUE) and i not in sent_indices]
+    assert step["follow_up"] is True and step["targeted"] == MEMBERS
+    assert (step["contacted"], step["control"]) == (len(sent_indices), len(held))
+    # only the order a second after the due time falls in the follow-up's window (14 days from DUE)
+    later = [i for i in range(MEMBERS) if ORDER_OFFSETS[i % len(ORDER_OFFSETS)] == AFTER + timedelta(seconds=1)]
+    assert step["conversions"]["treatment"] == len([i for i in later if i in sent_indices])
+    assert step["conversions"]["control"] == len([i for i in later if i in held])
+    assert document["targeted"] == MEMBERS  # the run's members, not counted again for the follow-up
 
     # replaying again decides nothing twice
     again = replay(cli, "2025-06-01", "2025-06-10")

@@ -59,7 +59,7 @@ def dispatch_command(app, run_ids: tuple[int, ...], at_text: str | None, linger:
     on record). Any number of processes may dispatch the same runs at once."""
     at = app.parse_at(at_text)
     service = Orchestrator(app.settings, app.engine)
-    follow_ups = _plan_follow_ups(service, find_runs(service, list(run_ids)) if run_ids else None, at)
+    following, follow_ups = _plan_follow_ups(service, find_runs(service, list(run_ids)) if run_ids else None, at)
     runs = find_runs(service, list(run_ids))
     dispatcher = Dispatcher(service.engine, service.settings, service.channel)
     try:
@@ -67,7 +67,9 @@ def dispatch_command(app, run_ids: tuple[int, ...], at_text: str | None, linger:
     finally:
         dispatcher.close()
     if as_json:
-        emit_json({"runs": reports, "follow_ups": [r.to_dict() for r in follow_ups]})
+        # follow_ups: what was planned, present when some campaign on record has follow-ups
+        extra = {"follow_ups": [r.to_dict() for r in follow_ups]} if following else {}
+        emit_json({"runs": reports, **extra})
         return
     for r in follow_ups:
         skipped = ", ".join(f"{k} {v}" for k, v in r.skipped.items()) or "none"
@@ -79,14 +81,15 @@ def dispatch_command(app, run_ids: tuple[int, ...], at_text: str | None, linger:
     _print_dispatch(reports, app.settings.tz)
 
 
-def _plan_follow_ups(service: Orchestrator, runs, at: datetime | None) -> list[FollowUpResult]:
-    """Decide the follow-ups due by ``at`` (now) of the campaigns on record (those of ``runs`` when given)."""
+def _plan_follow_ups(service: Orchestrator, runs, at: datetime | None) -> tuple[bool, list[FollowUpResult]]:
+    """Decide the follow-ups due by ``at`` (now) of the campaigns on record (those of ``runs`` when given):
+    whether any of them has follow-ups, and what was decided."""
     names = None if runs is None else sorted({r.campaign for r in runs})
     plans, notes = recorded_plans(service, names)
     for note in notes:
         warn(note)
     now = at or utcnow()
-    return [result for plan in plans for result in plan_due(service, plan, now)]
+    return bool(plans), [result for plan in plans for result in plan_due(service, plan, now)]
 
 
 def _print_dispatch(reports: list[dict], tz: tzinfo) -> None:

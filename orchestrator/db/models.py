@@ -193,6 +193,8 @@ class Delivery(Base):
     channel: Mapped[str] = mapped_column(String(32))
     step: Mapped[str | None] = mapped_column(String(128))
     follow_up: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # a follow-up's due time (the member's earlier message's, plus after): where its results window starts
+    due_at: Mapped[datetime | None]
     variant: Mapped[str | None] = mapped_column(String(64))  # the step's A/B variant the member was assigned
     state: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(String(64))

@@ -1,5 +1,5 @@
-"""deliveries.follow_up: a follow-up's decisions live in the run they follow, one per (run, customer, channel,
-follow-up); the run's own messages keep '' there
+"""deliveries.follow_up, deliveries.due_at: a follow-up's decisions live in the run they follow, one per (run,
+customer, channel, follow-up), with the time the follow-up was due; the run's own messages keep '' there
 
 Revision ID: 0014
 Revises: 0009
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from orchestrator.db.types import UTCDateTime
+
 revision: str = "0014"
 down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
@@ -22,6 +24,7 @@ def upgrade() -> None:
     # batch mode: SQLite changes a unique key by copying the table
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("follow_up", sa.String(length=128), nullable=False, server_default=""))
+        batch.add_column(sa.Column("due_at", UTCDateTime(), nullable=True))
         batch.drop_constraint("uq_deliveries_run_pk_customer_pk_channel", type_="unique")
         batch.create_unique_constraint(
             "uq_deliveries_run_pk_customer_pk_channel_follow_up", ["run_pk", "customer_pk", "channel", "follow_up"]
@@ -34,4 +37,5 @@ def downgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_constraint("uq_deliveries_run_pk_customer_pk_channel_follow_up", type_="unique")
         batch.create_unique_constraint("uq_deliveries_run_pk_customer_pk_channel", ["run_pk", "customer_pk", "channel"])
+        batch.drop_column("due_at")
         batch.drop_column("follow_up")
