@@ -31,11 +31,13 @@ from orchestrator.timeutil import check_run_time, parse_clock, zone
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 # placeholders that ``json_schema`` replaces by a $ref to a definition built from the loaded plugins and facts
 CONDITION_MARK = {"x-ref": "Condition"}
+FOLLOW_UP_CONDITION_MARK = {"x-ref": "FollowUpCondition"}  # a condition with the follow-up facts too
 MESSAGES_MARK = {"x-ref": "Messages"}
 OFFER_MARK = {"x-ref": "Offer"}
 CHANNEL_MARK = {"x-ref": "ChannelName"}
 
 Condition = Annotated[dict[str, Any] | list[Any], WithJsonSchema(CONDITION_MARK)]
+FollowUpCondition = Annotated[dict[str, Any] | list[Any], WithJsonSchema(FOLLOW_UP_CONDITION_MARK)]
 ChannelName = Annotated[str, WithJsonSchema(CHANNEL_MARK)]
 #: the kinds of schedule, exactly one of which a schedule names
 SCHEDULE_KINDS = ("cron", "every", "at", "relative_to", "on")
@@ -271,8 +273,8 @@ class FollowUp(_Model):
         description="the steps whose recipients it follows (default: every step)",
         json_schema_extra={"minItems": 1},
     )
-    when: Condition | None = None
-    unless: Condition | None = None
+    when: FollowUpCondition | None = None
+    unless: FollowUpCondition | None = None
     offer: Offer | None = None
     message: Messages
 
@@ -401,12 +403,15 @@ def json_schema(
     condition_schema: dict[str, Any],
     channels: Mapping[str, Any] | None = None,
     offers: Mapping[str, Any] | None = None,
+    follow_up_condition_schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The campaign file's JSON Schema; with ``channels`` and ``offers`` (the loaded plugins), message and offer
-    blocks are typed by each plugin's options model and channel names are an enum."""
+    blocks are typed by each plugin's options model and channel names are an enum. ``follow_up_condition_schema``:
+    a follow-up's ``when`` / ``unless`` (the facts plus the follow-up facts; default: as other conditions)."""
     schema = _link(Campaign.model_json_schema(by_alias=True))
     defs = schema.setdefault("$defs", {})
     defs["Condition"] = condition_schema
+    defs["FollowUpCondition"] = follow_up_condition_schema or {"$ref": "#/$defs/Condition"}
     messages = {n: _options_schema(c.options_model, f"channel.{n}.", defs) for n, c in sorted((channels or {}).items())}
     terms = {n: _options_schema(o.options_model, f"offer.{n}.", defs) for n, o in sorted((offers or {}).items())}
     defs["Messages"] = _one_of_each(messages, "per channel, its message: {email: {subject: ..., template: ...}}")
