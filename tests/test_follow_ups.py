@@ -358,6 +358,14 @@ def test_run_says_its_follow_ups_wait_and_dispatch_plans_and_sends_them(shop, en
     decided = follow_up_rows(engine, "reminder")
     sent = {pk for pk, rows in decided.items() if rows[0][0] == "sent"}
     assert len(sent) == planned["messages"] > 0
+    # a member's timeline: the step, then the follow-up, each with its state and reason
+    skipped_member = next(customer_id(i) for i in range(MEMBERS) if ordered_between(i, RUN_AT, DUE))
+    timeline = cli("deliveries", "--customer", skipped_member, "--json")
+    rows = json.loads(timeline.stdout)
+    assert [(r["step"], r["follow_up"], r["state"], r["reason"]) for r in rows] == [
+        ("reminder", "reminder", "skipped", "unless"),
+        ("main", None, "sent", None),
+    ]
     again = cli("dispatch", "--at", "2025-06-06T10:00:00+08:00", "--json")
     assert json.loads(again.stdout)["follow_ups"] == []
     assert follow_up_rows(engine, "reminder") == decided

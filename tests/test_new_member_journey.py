@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from orchestrator.db.models import CampaignRun, Customer, CustomerTag, Delivery, Order
+from orchestrator.db.models import CampaignRun, Coupon, Customer, CustomerTag, Delivery, Order
 from tests.clitools import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +115,9 @@ def test_a_60_day_replay_of_the_journey_matches_an_independent_count_of_each_sta
 
     nudge = stage("nudge-7d", timedelta(days=7), lambda pk, since, at: any(since <= o <= at for o in paid[pk]))
     offer = stage("second-order-30d", timedelta(days=30), lambda pk, since, at: sum(o <= at for o in paid[pk]) >= 2)
+    with engine.connect() as conn:
+        coupons = conn.execute(select(func.count()).where(Coupon.step == "second-order-30d")).scalar_one()
+    assert coupons == offer["contacted"]  # one coupon with each second-order message, none without
     print(f"\nwelcomed {len(expected_welcomed)}, nudge {nudge}, offer {offer}")
     assert nudge["followed"] > offer["followed"] > 0
     assert 0 < nudge["unless"] < nudge["followed"] and 0 < offer["unless"] < offer["followed"]
