@@ -1,5 +1,6 @@
-"""Crash safety of follow-ups: ``orchestrator dispatch`` killed with SIGKILL at seeded random moments while it plans
-and sends a follow-up, restarted each time; a last one completes.
+"""Crash safety of follow-ups: ``orchestrator dispatch`` killed with SIGKILL while it plans and sends a follow-up,
+restarted each time; a last one completes. Every other kill falls at a seeded random moment (mostly while the
+follow-up is planned), the others once a seeded random number of further messages has arrived (while sending).
 
 Every member the run reached gets exactly one follow-up delivery row, ``sent``; every follow-up message (its
 Message-ID derived from the delivery's idempotency key) arrived, and a message sent again on restart is one whose
@@ -49,6 +50,7 @@ follow_ups:
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 def test_dispatch_killed_during_a_follow_up_sends_it_once(engine: Engine, db_url: str, tmp_path: Path):
+    rng = random.Random(SEED)
     base = tmp_path / "work"
     base.mkdir()
     customers_csv = base / "customers.csv"
@@ -74,12 +76,17 @@ def test_dispatch_killed_during_a_follow_up_sends_it_once(engine: Engine, db_url
         assert first.returncode == 0, first.stderr
         assert len(received(log)) == MEMBERS
         dispatch = [*cli, "dispatch", "--at", DUE]
-        rng = random.Random(SEED)
         kills: list[tuple[float, int]] = []
-        for _ in range(KILLS):
-            delay = rng.uniform(0.8, 2.5)
+        for k in range(KILLS):
             child = subprocess.Popen(dispatch, cwd=base, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(delay)
+            began = time.monotonic()
+            if k % 2 == 0:  # at a random moment, mostly while the follow-up is being planned
+                time.sleep(rng.uniform(0.3, 2.0))
+            else:  # once a random number more follow-up messages arrived: while sending, on any engine's speed
+                target = len(received(log)) + rng.randint(1, 400)
+                while len(received(log)) < target and child.poll() is None and time.monotonic() - began < 60:
+                    time.sleep(0.01)
+            delay = time.monotonic() - began
             if child.poll() is not None:
                 error = child.stderr.read().decode(errors="replace")
                 pytest.fail(f"dispatch ended before kill {len(kills) + 1} (exit {child.returncode}): {error}")
