@@ -353,14 +353,16 @@ def recorded_plans(service, names: list[str] | None = None) -> tuple[list[Campai
     ``orchestrator dispatch`` plans), and a note for each file that could not be loaded."""
     from orchestrator.errors import InputError
 
-    query = select(Campaign.name, Campaign.source_path).where(Campaign.source_path.is_not(None))
+    query = select(Campaign.name, Campaign.source_path, Campaign.definition).where(Campaign.source_path.is_not(None))
     if names is not None:
         query = query.where(Campaign.name.in_(names))
     with service.engine.connect() as conn:
         recorded = conn.execute(query.order_by(Campaign.name)).all()
     plans: list[CampaignPlan] = []
     notes: list[str] = []
-    for name, path in recorded:
+    for name, path, definition in recorded:
+        if not (definition or {}).get("follow_ups"):  # as last run: a campaign without follow-ups is not loaded
+            continue
         try:
             plan = service.load(path)
         except InputError as exc:  # a campaign file gone or broken leaves its follow-ups waiting, not the rest

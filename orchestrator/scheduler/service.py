@@ -55,6 +55,7 @@ from orchestrator.service import Orchestrator
 log = logging.getLogger("orchestrator.scheduler")
 
 _STEP = timedelta(microseconds=1)
+FOLLOW_UP_EVERY = timedelta(minutes=1)  # how often the loop looks for follow-ups come due
 TEST_CLOCK_ENV = "ORCHESTRATOR_SCHEDULER_TEST_CLOCK"
 
 
@@ -131,6 +132,7 @@ class SchedulerLoop:
         self.stop = stop or threading.Event()
         self.cursors: dict[str, datetime] = {}  # campaign -> ticks at or before this time have been dealt with
         self.fired: list[dict[str, Any]] = []  # every tick this process fired (tests and the final summary read it)
+        self._follow_ups_at: datetime | None = None  # when follow-ups were last planned
         # true until the first pass of a leadership term: only then are missed ticks counted from the runs table
         self._new_term = True
         self._heartbeat: Heartbeat | None = None
@@ -142,6 +144,7 @@ class SchedulerLoop:
         ``running``, and from the next ``step`` count missed ticks from the runs table."""
         self.cursors = {}
         self._new_term = True
+        self._follow_ups_at = None
         self._reload()
         self._heartbeat = Heartbeat(self.lease)
         self._heartbeat.start()
@@ -261,7 +264,12 @@ class SchedulerLoop:
         log.info("tick", extra={"fields": fields})
 
     def _follow_ups(self, plans: dict[str, CampaignPlan], at: datetime) -> None:
-        """Plan the follow-ups due by ``at`` (the dispatch round that follows sends them); one log line each."""
+        """Plan the follow-ups due by ``at`` (the dispatch round that follows sends them); one log line each. At
+        most once a minute: finding who is due reads every run of a campaign with follow-ups, and a follow-up's
+        minute of delay matters less than the database's load (a poll is every few seconds)."""
+        if self._follow_ups_at is not None and at - self._follow_ups_at < FOLLOW_UP_EVERY:
+            return
+        self._follow_ups_at = at
         for plan in plans.values():
             if not plan.follow_ups:
                 continue
