@@ -187,6 +187,12 @@ def test_the_follow_up_audience_is_who_satisfies_its_conditions_at_its_due_time(
     assert step["conversions"]["treatment"] == len([i for i in later if i in sent_indices])
     assert step["conversions"]["control"] == len([i for i in later if i in held])
     assert document["targeted"] == MEMBERS  # the run's members, not counted again for the follow-up
+    [channel_row] = [r for r in document["rows"] if r["step"] == "reminder"]
+    assert (channel_row["channel"], channel_row["contacted"], channel_row["control"]) == (
+        "email",
+        len(sent_indices),
+        len(held),
+    )
 
     # replaying again decides nothing twice
     again = replay(cli, "2025-06-01", "2025-06-10")

@@ -74,11 +74,13 @@ def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, 
         by_step: dict[tuple, Tally] = defaultdict(Tally)
         by_channel: dict[tuple, Tally] = defaultdict(Tally)
         daily: list[dict[str, Any]] = []
-        follow_ups: dict[tuple[int, str], Tally] = {}
+        follow_ups: dict[tuple, Tally] = {}
+        follow_up_channels: dict[tuple, Tally] = {}
         if run_pks:
             attr.fill_tables(conn, scope.at, run_pks, windows, settings.results.attribution.model)
             _collect(conn, settings, scope.at, run_pks, runs, by_step, by_channel)
             follow_ups = _follow_up_members(conn, scope.at, run_pks, windows)
+            follow_up_channels = _follow_up_members(conn, scope.at, run_pks, windows, by_channel=True)
             daily = _daily(conn, settings, scope.at, run_pks, runs)
             attr.drop_tables(conn)
     results = settings.results
@@ -135,7 +137,8 @@ def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, 
             "step": key[1],
             "variant": key[2],
             "channel": key[3],
-            **metrics(tally, settings),
+            # a follow-up's row: its members and control comparison on that channel, added here only
+            **metrics(tally + follow_up_channels.get((key[0], key[1], key[3]), Tally()), settings),
         }
         for runs_by_pk in [{r["pk"]: r for r in runs}]
         for key, tally in sorted(by_channel.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), str(kv[0][2]), kv[0][3]))
@@ -410,22 +413,22 @@ def _collect(conn, settings, at, run_pks, runs, by_step, by_channel) -> None:
     _offers(conn, settings, at, run_pks, by_step, by_channel)
 
 
-def _follow_up_members(conn, at, run_pks, windows) -> dict[tuple[int, str], Tally]:
-    """Per (run, follow-up): the members it decided about and its own control comparison. Kept apart from the
-    steps' tallies: its members are the run's members again, so they must not add to the run's totals."""
-    found: dict[tuple[int, str], Tally] = defaultdict(Tally)
+def _follow_up_members(conn, at, run_pks, windows, *, by_channel: bool = False) -> dict[tuple, Tally]:
+    """Per (run, follow-up) - and channel, ``by_channel`` - the members it decided about and its own control
+    comparison. Kept apart from the steps' tallies: its members are the run's members again, so they must not add
+    to the run's totals, nor to a channel's."""
+    found: dict[tuple, Tally] = defaultdict(Tally)
     members = func.count(func.distinct(Delivery.customer_pk))
-    for run_pk, name, n in conn.execute(
-        select(Delivery.run_pk, Delivery.follow_up, members)
-        .where(Delivery.run_pk.in_(run_pks), Delivery.follow_up != "")
-        .group_by(Delivery.run_pk, Delivery.follow_up)
+    keys = [Delivery.run_pk, Delivery.follow_up] + ([Delivery.channel] if by_channel else [])
+    for *key, n in conn.execute(
+        select(*keys, members).where(Delivery.run_pk.in_(run_pks), Delivery.follow_up != "").group_by(*keys)
     ):
-        found[(run_pk, name)].targeted += n
-    for row in conn.execute(attr.follow_up_groups(conn, at, run_pks, windows)):
+        found[tuple(key)].targeted += n
+    for row in conn.execute(attr.follow_up_groups(at, run_pks, windows, by_channel=by_channel)):
         sums = GroupSums(
             int(row.members), int(row.converted or 0), float(row.revenue or 0), float(row.revenue_squares or 0)
         )
-        tally = found[(row.run_pk, row.follow_up)]
+        tally = found[(row.run_pk, row.follow_up, row.channel) if by_channel else (row.run_pk, row.follow_up)]
         if row.grp == attr.TREATMENT:
             tally.treatment = tally.treatment + sums
         else:
