@@ -192,7 +192,7 @@ class Delivery(Base):
     customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(32))
     step: Mapped[str | None] = mapped_column(String(128))
-    follow_up: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    follow_up: Mapped[str] = mapped_column(String(128), server_default="")  # a row naming none is the run's own
     # a follow-up's due time (the member's earlier message's, plus after): where its results window starts
     due_at: Mapped[datetime | None]
     variant: Mapped[str | None] = mapped_column(String(64))  # the step's A/B variant the member was assigned
