@@ -21,16 +21,19 @@ $(VENV)/.installed-test: $(BIN)/python setup.py setup.cfg pyproject.toml
 
 DEMO_AT ?= 2026-11-01T10:00:00+08:00
 REPORT_AT ?= 2026-11-22T10:00:00+08:00
+FOLLOW_UP_AT ?= 2026-11-04T10:00:00+08:00
 
 demo: $(VENV)/.installed
 	rm -rf demo && mkdir -p demo
 	$(ORCH) init
 	$(ORCH) demo-data --preset seed-shop
 	$(ORCH) analyze --at $(DEMO_AT) --html demo/members.html
-	$(ORCH) validate campaigns/*.yaml
+	$(ORCH) validate campaigns/*.yaml campaigns/journeys/*.yaml
 	for f in campaigns/*.yaml; do $(ORCH) dry-run $$f --at $(DEMO_AT) --sample 1 || exit 1; done
 	for f in campaigns/*.yaml; do $(ORCH) run $$f --at $(DEMO_AT) || exit 1; done
 	$(ORCH) demo-data --responses
+	$(ORCH) dispatch --at $(FOLLOW_UP_AT)
+	$(ORCH) scheduler --campaigns campaigns/journeys --from 2026-09-01 --until 2026-11-01
 	$(ORCH) report --at $(REPORT_AT) --csv demo/report.csv
 	$(ORCH) report winback-lapsed-diners --at $(REPORT_AT) --html demo/report.html
 	$(ORCH) schedule --at $(DEMO_AT)

@@ -66,6 +66,8 @@ class IntendedDelivery:
     message: RenderedMessage | None = None  # what will be sent; stored with the row until it is final
     error: str | None = None  # why a row written as failed failed (e.g. its template hit a limit)
     variant: str | None = None  # the step's A/B variant (held-out members too: the one they would have had)
+    follow_up: str = ""  # the follow-up this row decides, '' for the run's own messages
+    due_at: datetime | None = None  # a follow-up's due time
 
 
 def encode_payload(message: RenderedMessage) -> bytes:
@@ -86,8 +88,11 @@ class RecordedDelivery:
     coupon_pk: int | None
 
 
-def recorded_for(conn: Connection, run_pk: int, customer_pks: Sequence[int]) -> dict[int, list[RecordedDelivery]]:
-    """The delivery rows this run already holds for these customers, by customer."""
+def recorded_for(
+    conn: Connection, run_pk: int, customer_pks: Sequence[int], follow_up: str = ""
+) -> dict[int, list[RecordedDelivery]]:
+    """The delivery rows this run already holds for these customers, by customer: its own messages, or with
+    ``follow_up`` that follow-up's."""
     found: dict[int, list[RecordedDelivery]] = {}
     if not customer_pks:
         return found
@@ -101,7 +106,7 @@ def recorded_for(conn: Connection, run_pk: int, customer_pks: Sequence[int]) -> 
             Delivery.contact,
             Delivery.coupon_pk,
         )
-        .where(Delivery.run_pk == run_pk, Delivery.customer_pk.in_(customer_pks))
+        .where(Delivery.run_pk == run_pk, Delivery.customer_pk.in_(customer_pks), Delivery.follow_up == follow_up)
         .order_by(Delivery.id)
     )
     for row in rows:
@@ -175,9 +180,14 @@ def open_run(engine: Engine, campaign_pk: int, scheduled_at: datetime, content_h
 
 
 def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[IntendedDelivery]) -> dict:
-    """Write delivery rows (existing ones are kept as they are) and return {(customer, channel): (id, state)}."""
+    """Write delivery rows (existing ones are kept as they are) and return {(customer, channel): (id, state)}.
+    One call writes rows of one stage: the run's own messages, or one follow-up's."""
     now = utcnow()
     intended = list(deliveries)
+    stages = {d.follow_up for d in intended}
+    if len(stages) > 1:
+        raise ValueError(f"record_intended writes one follow-up at a time, got {sorted(stages)}")
+    follow_up = next(iter(stages), "")
     rows = [
         {
             "run_pk": run_pk,
@@ -185,6 +195,8 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
             "channel": d.channel,
             "step": d.step,
             "variant": d.variant,
+            "follow_up": d.follow_up,
+            "due_at": d.due_at,
             "state": d.state,
             "reason": d.reason,
             "contact": d.contact,
@@ -197,13 +209,13 @@ def record_intended(conn: Connection, run_pk: int, deliveries: Iterable[Intended
         }
         for d in intended
     ]
-    insert_ignoring_duplicates(conn, Delivery.__table__, rows, ["run_pk", "customer_pk", "channel"])
+    insert_ignoring_duplicates(conn, Delivery.__table__, rows, ["run_pk", "customer_pk", "channel", "follow_up"])
     pks = list({r["customer_pk"] for r in rows})
     if not pks:
         return {}
     found = conn.execute(
         select(Delivery.id, Delivery.customer_pk, Delivery.channel, Delivery.state).where(
-            Delivery.run_pk == run_pk, Delivery.customer_pk.in_(pks)
+            Delivery.run_pk == run_pk, Delivery.customer_pk.in_(pks), Delivery.follow_up == follow_up
         )
     )
     written = {(r.customer_pk, r.channel): (r.id, r.state) for r in found}

@@ -36,6 +36,7 @@ from orchestrator.masking import mask_contact, mask_text
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
 from orchestrator.rendering import TemplateRenderError
+from orchestrator.timeutil import utcnow
 
 RENDER_FAILED = "render_failed"  # a delivery whose template failed on this customer's data (reason; outcome count)
 OFFER_SKIP = "offer_"  # a member withheld by the offer is skipped with reason offer_<why>, e.g. offer_budget
@@ -88,6 +89,7 @@ class RunResult:
     resumed: bool = False
     winners: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> the A/B winner rule's decision
     state: str | None = None  # the run's state afterwards: done, or waiting (messages left for `dispatch`)
+    follow_ups: list[dict[str, Any]] = field(default_factory=list)  # each follow-up: when due, and whether yet
     dispatch: DrainReport | None = None
 
     def cost(self) -> dict[str, Decimal]:
@@ -145,6 +147,8 @@ class RunResult:
         }
         if self.winners:
             data["winners"] = self.winners
+        if self.follow_ups:
+            data["follow_ups"] = self.follow_ups
         if not self.dry_run:
             data.update(run_id=self.run_id, resumed=self.resumed, outcomes=dict(self.outcomes), state=self.state)
             if self.dispatch is not None and (self.dispatch.open or self.dispatch.paused):
@@ -289,6 +293,12 @@ class CampaignRunner:
             with self.engine.connect() as conn:  # the run's deferred rows, also those an earlier invocation wrote
                 result.deferred_window = _deferred_window(conn, result.run_id)
             result.state = ledger.finish_run(self.engine, result.run_id, _json_summary(result))
+        if self.plan.follow_ups:
+            from orchestrator.followups import run_summary  # loads only for a campaign with follow-ups
+
+            result.follow_ups = run_summary(
+                self.engine, self.settings, self.plan, at, self.registry.facts, dry_run=dry_run, now=utcnow()
+            )
         return result
 
     def _batch(self, batch: list[dict[str, Any]], result: RunResult, run, at, dry_run: bool, sample: int) -> None:
@@ -370,12 +380,24 @@ class CampaignRunner:
                 result.outcomes["already_" + row.state] += 1
 
     def _decide(
-        self, conn, candidate: Candidate, lookups, result: RunResult, run, dry_run, intended, sample, held=frozenset()
+        self,
+        conn,
+        candidate: Candidate,
+        lookups,
+        result: RunResult,
+        run,
+        dry_run,
+        intended,
+        sample,
+        held=frozenset(),
+        control: bool | None = None,
     ) -> None:
         """Policies, control group, offer and rendering for one customer, written to ``intended``. ``held``: the
         batch's members the campaign's recontact rule holds back. Whether the member may be reached at all (a
         contact, consent, not suppressed) is decided before it, so an unsubscribed member is reported as
-        ``suppressed`` whatever else holds; then the recontact rule; then frequency caps."""
+        ``suppressed`` whatever else holds; then the recontact rule; then frequency caps. ``control``: whether the
+        member is in the control group when that is already decided (a follow-up follows the run's decision);
+        None draws it."""
         customer, step = candidate.customer, candidate.step
         first_channel = next(iter(step.messages))
         candidate.plan = plan = self._contact(candidate, lookups)
@@ -391,7 +413,10 @@ class CampaignRunner:
             candidate.variant = self.winning.get(step.name) or variants.assign(
                 self.plan.name, step.name, customer["customer_id"], step.variants
             )
-        if policies.in_control_group(self.plan.name, customer["customer_id"], self.plan.campaign.control_group):
+        if control is None:
+            percent = self.plan.campaign.control_group
+            control = policies.in_control_group(self.plan.name, customer["customer_id"], percent)
+        if control:
             result.control += 1
             for name, contact in plan.channels:
                 intended.append(

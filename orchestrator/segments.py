@@ -426,6 +426,28 @@ CUSTOMER_FIELDS = (
 )
 
 
+def customer_columns(facts: CustomerFacts) -> list[Any]:
+    """What a member's row carries to the offer, the policies and the templates: the customer and their facts."""
+    return [
+        customers.c.id.label("pk"),
+        *(getattr(customers.c, name) for name in CUSTOMER_FIELDS),
+        facts.recency_days.label("recency_days"),
+        facts.frequency.label("frequency"),
+        facts.monetary.label("monetary"),
+        facts.aov.label("aov"),
+        facts.first_order_days.label("first_order_days"),
+        facts.orders_above_store_aov.label("orders_above_store_aov"),
+        facts.r_score.label("rfm_r"),
+        facts.f_score.label("rfm_f"),
+        facts.m_score.label("rfm_m"),
+        facts.rfm_segment.label("rfm_segment"),
+        facts.lifecycle_stage.label("lifecycle"),
+        facts.tier.label("tier"),
+        facts.clv.label("clv"),
+        facts.tenure_days.label("signup_days"),
+    ]
+
+
 class Audience:
     """A campaign's audience as of ``at``: counts, the per-condition funnel, and batches of customers with the
     facts templates use and the index of the step each belongs to (the first whose ``when`` holds)."""
@@ -477,23 +499,8 @@ class Audience:
         steps = [(compiler.compile(s.when) if s.when is not None else true(), s.index) for s in self.plan.steps]
         step_index = case(*steps, else_=None)
         columns = [
-            customers.c.id.label("pk"),
-            *(getattr(customers.c, name) for name in CUSTOMER_FIELDS),
+            *customer_columns(facts),
             step_index.label("step_index"),
-            facts.recency_days.label("recency_days"),
-            facts.frequency.label("frequency"),
-            facts.monetary.label("monetary"),
-            facts.aov.label("aov"),
-            facts.first_order_days.label("first_order_days"),
-            facts.orders_above_store_aov.label("orders_above_store_aov"),
-            facts.r_score.label("rfm_r"),
-            facts.f_score.label("rfm_f"),
-            facts.m_score.label("rfm_m"),
-            facts.rfm_segment.label("rfm_segment"),
-            facts.lifecycle_stage.label("lifecycle"),
-            facts.tier.label("tier"),
-            facts.clv.label("clv"),
-            facts.tenure_days.label("signup_days"),
         ]
         # an offer guard per step: whether the member may receive that step's offer
         columns += [

@@ -80,9 +80,10 @@ class Orchestrator:
         return secrets.token_bytes(32)
 
     def runner(self, plan: CampaignPlan, *, dry_run: bool = False) -> CampaignRunner:
-        channels = {name: self.channel(name) for step in plan.steps for name in step.messages}
+        stages = [*plan.steps, *(f.step for f in plan.follow_ups)]  # a follow-up is decided like a step
+        channels = {name: self.channel(name) for step in stages for name in step.messages}
         offers: dict[tuple[int, str], OfferKind] = {}
-        for step in plan.steps:
+        for step in stages:
             for kind, options in (step.offer or {}).items():
                 offers[(step.index, kind)] = self.registry.offers[kind](options, self.settings, step)
         key = self._signing_key(dry_run)

@@ -33,6 +33,7 @@ ROW_KEYS = {
     "customer_id",
     "channel",
     "step",
+    "follow_up",
     "state",
     "reason",
     "contact",

@@ -250,3 +250,45 @@ def test_a_campaign_enabled_again_while_running_starts_without_a_backlog(shop, e
     path.write_text(hourly(misfire="catch_up"), encoding="utf-8")
     assert step(loop, T0 + 3 * HOUR + timedelta(minutes=30)) == []  # not the ticks at 2h and 3h it was disabled for
     assert step(loop, T0 + 4 * HOUR) == [T0 + 4 * HOUR]
+
+
+ONCE_WITH_FOLLOW_UP = """\
+name: once
+schedule: {at: "2026-03-02T10:00:00+08:00", timezone: Asia/Shanghai}
+segment: {frequency: {gte: 1}}
+message:
+  email: {subject: "Hi {{ customer.name }}", text: "Hello"}
+dispatch: {frequency_cap: {max: 5, per: 7d}}
+follow_ups:
+  - name: later
+    after: 2h
+    message:
+      email: {subject: "Again {{ customer.name }}", text: "Hello again"}
+"""
+
+
+def test_the_loop_plans_follow_ups_when_due_and_sends_them_once(shop, engine: Engine, caplog):
+    service, folder = shop
+    (folder / "once.yaml").write_text(ONCE_WITH_FOLLOW_UP, encoding="utf-8")
+    loop = start(service, folder)
+    assert step(loop, T0) == [T0]
+    step(loop, T0 + HOUR)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).where(Delivery.follow_up == "later")).scalar_one() == 0
+    with caplog.at_level(logging.INFO, logger="orchestrator"):
+        step(loop, T0 + 2 * HOUR + timedelta(seconds=1))
+    with engine.connect() as conn:
+        first = conn.execute(
+            select(Delivery.customer_pk).where(Delivery.state == "sent", Delivery.follow_up == "")
+        ).all()
+        later = conn.execute(
+            select(Delivery.customer_pk).where(Delivery.state == "sent", Delivery.follow_up == "later")
+        ).all()
+    assert first and sorted(later) == sorted(first)  # everyone the run reached, once
+    assert any(r.getMessage() == "follow-up" for r in caplog.records)
+    restarted = start(service, folder)
+    step(restarted, T0 + 3 * HOUR)
+    with engine.connect() as conn:
+        again = conn.execute(select(func.count()).where(Delivery.follow_up == "later")).scalar_one()
+    assert again == len(later)
+    assert runs(engine) == [("once", T0, "done")]

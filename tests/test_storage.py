@@ -33,7 +33,7 @@ def test_tables_and_indexes_exist(engine):
     order_indexes = {i["name"] for i in inspector.get_indexes("orders")}
     assert "ix_orders_customer_status_time" in order_indexes
     delivery_uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("deliveries")}
-    assert ("run_pk", "customer_pk", "channel") in delivery_uniques
+    assert ("run_pk", "customer_pk", "channel", "follow_up") in delivery_uniques
 
 
 def test_money_is_exact_and_times_are_aware(engine):

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "campaigns"
 INVALID = sorted((CORPUS / "invalid").glob("*.yaml"))
 VALID = sorted((CORPUS / "valid").glob("*.yaml"))
-EXAMPLES = sorted((REPO / "campaigns").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "campaigns").glob("*.yaml")) + sorted((REPO / "campaigns" / "journeys").glob("*.yaml"))
 EXAMPLE_CONFIG = REPO / "config" / "orchestrator.yaml"
 # yaml.safe_load reads YAML 1.1, where a bare `on:` key is the boolean true: not something a JSON Schema can judge
 SCHEMA_VALID = [p for p in VALID if p.stem != "event_trigger_bare_on"]

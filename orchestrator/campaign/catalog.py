@@ -88,3 +88,26 @@ BUILTIN_FACTS: tuple[FactSpec, ...] = (
         params=(FactParam("category", "string", required=True), WITHIN),
     ),
 )
+
+#: the outcomes a call centre reports for a call list's rows (``orchestrator.data.call_outcomes``)
+CALL_OUTCOMES = ("reached", "no_answer", "declined", "converted", "do_not_call")
+
+#: facts only a follow-up's ``when`` / ``unless`` may use: they are about the member's part in the run followed
+FOLLOW_UP_FACTS: tuple[FactSpec, ...] = (
+    FactSpec(
+        "ordered_since_contact",
+        "bool",
+        "a paid order between the member's first message of this run (when it was due) and the follow-up's due time",
+    ),
+    FactSpec("redeemed_offer", "bool", "a coupon this run issued to the member was redeemed by the follow-up's time"),
+    FactSpec(
+        "contacted_by",
+        "bool",
+        "this run contacted the member (or held them out as control) with a step or an earlier follow-up",
+        params=(
+            FactParam("step", "string", doc="a step of the campaign"),
+            FactParam("follow_up", "string", doc="an earlier follow-up of the campaign"),
+        ),
+    ),
+    FactSpec("outcome", "string", "a call centre's outcome of this run's call to the member", choices=CALL_OUTCOMES),
+)

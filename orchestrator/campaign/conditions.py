@@ -396,9 +396,10 @@ def _fact_schema(spec: FactSpec) -> dict[str, Any]:
     return {"description": spec.doc, "anyOf": [scalar, mapping] if not required else [mapping]}
 
 
-def condition_json_schema(facts: Mapping[str, FactSpec]) -> dict[str, Any]:
-    """The JSON Schema of a condition, built from the fact catalog (so editors know every fact)."""
-    ref = {"$ref": "#/$defs/Condition"}
+def condition_json_schema(facts: Mapping[str, FactSpec], name: str = "Condition") -> dict[str, Any]:
+    """The JSON Schema of a condition, built from the fact catalog (so editors know every fact), as the
+    definition ``name`` (its nested conditions refer to it)."""
+    ref = {"$ref": f"#/$defs/{name}"}
     cond_list = {"anyOf": [{"type": "array", "items": ref, "minItems": 1}, ref]}
     properties: dict[str, Any] = {
         "all": cond_list,

@@ -49,6 +49,22 @@ class VariantPlan:
 
 
 @dataclass
+class FollowUpPlan:
+    """A follow-up: a step (its messages, offer and guard; ``step.index`` after the campaign's steps, so the
+    runner's per-step tallies and offers cover it) decided per member ``after`` the run's earlier message."""
+
+    step: StepPlan
+    after: Any  # timedelta
+    follows: tuple[str, ...] | None  # the steps whose recipients it follows; None: every step
+    when: Node | None
+    unless: Node | None
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+
+@dataclass
 class CampaignPlan:
     file: str
     campaign: schema.Campaign
@@ -56,6 +72,7 @@ class CampaignPlan:
     steps: list[StepPlan]
     content_hash: str
     conditions: list[tuple[str, Node]] = field(default_factory=list)  # top-level conditions for the funnel
+    follow_ups: list[FollowUpPlan] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -89,6 +106,7 @@ _VOCABULARY = sorted(
             schema.DispatchSettings,
             schema.FrequencyCap,
             schema.Budget,
+            schema.FollowUp,
         )
         for name, f in model.model_fields.items()
     }
@@ -154,6 +172,7 @@ class CampaignLoader:
             name = schema.step_name(step, index)
             variants = self._variants(doc, step, base, messages, problems)
             steps.append(StepPlan(index, name, when, offer, messages, guard, variants, step.winner))
+        follow_ups = self._follow_ups(doc, campaign, steps, problems)
         problems += self._dispatch_channels(doc, campaign.dispatch)
         if problems:
             raise CampaignInvalid(doc.file, problems)
@@ -167,7 +186,60 @@ class CampaignLoader:
             steps=steps,
             content_hash=hashlib.sha256(raw).hexdigest(),
             conditions=conditions,
+            follow_ups=follow_ups,
         )
+
+    def _follow_ups(
+        self, doc: YamlDocument, campaign: schema.Campaign, steps: list[StepPlan], problems: list
+    ) -> list[FollowUpPlan]:
+        """Each follow-up checked like a step (name, conditions, offer, messages), its conditions with the
+        follow-up facts too, every problem at its line."""
+        from orchestrator.campaign.catalog import FOLLOW_UP_FACTS
+
+        parser = ConditionParser(
+            doc, {**self.facts, **{f.name: f for f in FOLLOW_UP_FACTS}}, self.named_segments, self.named_segments_doc
+        )
+        step_names = [s.name for s in steps]
+        taken = set(step_names)
+        plans: list[FollowUpPlan] = []
+        for j, follow_up in enumerate(campaign.follow_ups or []):
+            base = ("follow_ups", j)
+            if follow_up.name in taken:
+                problems.append(
+                    doc.error(
+                        (*base, "name"),
+                        f"name {follow_up.name!r} is already a step's or a follow-up's",
+                        hint="follow-ups are reported beside the steps, by name: give it a name of its own",
+                    )
+                )
+            taken.add(follow_up.name)
+            for i, name in enumerate(follow_up.steps or []):
+                if name not in step_names:
+                    problems.append(
+                        doc.error(
+                            (*base, "steps", i),
+                            f"unknown step {name!r}",
+                            hint=suggest(name, step_names) or f"the campaign's steps: {', '.join(step_names)}",
+                        )
+                    )
+            raw = doc.data["follow_ups"][j]
+            conditions = {}
+            for key in ("when", "unless"):
+                if getattr(follow_up, key) is not None:
+                    node = self._condition(parser, raw[key], (*base, key), problems)
+                    if node is not None:
+                        problems.extend(_contacted_by_problems(doc, raw[key], (*base, key), step_names, campaign))
+                    conditions[key] = node
+            offer = self._offer(doc, follow_up.offer, (*base, "offer"), problems)
+            guard = None
+            if offer and getattr(next(iter(offer.values())), "guard", None) is not None:
+                kind, terms = next(iter(offer.items()))
+                guard = self._condition(parser, terms.guard, (*base, "offer", kind, "guard"), problems)
+            messages = self._messages(doc, follow_up, base, bool(follow_up.offer), problems)
+            step = StepPlan(len(steps) + j, follow_up.name, None, offer, messages, guard)
+            follows = tuple(follow_up.steps) if follow_up.steps else None
+            plans.append(FollowUpPlan(step, follow_up.after, follows, conditions.get("when"), conditions.get("unless")))
+        return plans
 
     def _conditions_anyway(self, parser: ConditionParser, data: dict, reported: set) -> list[InputError]:
         """When the schema fails, still check the conditions that can be read, so one pass lists them all."""
@@ -288,6 +360,45 @@ class CampaignLoader:
                     exc.hint = "add an offer: to the step, or leave offer.* out of its templates"
                 problems.append(exc)
         return compiled
+
+
+def _contacted_by_problems(
+    doc: YamlDocument, data: Any, path: tuple, step_names: list[str], campaign: schema.Campaign
+) -> list[InputError]:
+    """``contacted_by`` names exactly one step or follow-up of this campaign."""
+    found: list[InputError] = []
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            found += _contacted_by_problems(doc, item, (*path, i), step_names, campaign)
+        return found
+    if not isinstance(data, dict):
+        return found
+    follow_ups = [f.name for f in campaign.follow_ups or []]
+    for key, value in data.items():
+        if key in ("all", "any", "not"):
+            found += _contacted_by_problems(doc, value, (*path, key), step_names, campaign)
+        elif key == "contacted_by":
+            given = {k: v for k, v in value.items() if k in ("step", "follow_up")} if isinstance(value, dict) else {}
+            if len(given) != 1:
+                found.append(
+                    doc.error(
+                        (*path, key),
+                        "contacted_by names one step or one follow-up",
+                        hint="write contacted_by: {step: NAME} or contacted_by: {follow_up: NAME}",
+                    )
+                )
+                continue
+            kind, name = next(iter(given.items()))
+            known = step_names if kind == "step" else follow_ups
+            if str(name) not in known:
+                found.append(
+                    doc.error(
+                        (*path, key, kind),
+                        f"contacted_by: unknown {kind.replace('_', '-')} {name!r}",
+                        hint=suggest(str(name), known) or f"the campaign's: {', '.join(known) or 'none'}",
+                    )
+                )
+    return found
 
 
 def _top_level(parser: ConditionParser, data: Any) -> list[tuple[str, Node]]:

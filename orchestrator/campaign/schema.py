@@ -31,11 +31,13 @@ from orchestrator.timeutil import check_run_time, parse_clock, zone
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 # placeholders that ``json_schema`` replaces by a $ref to a definition built from the loaded plugins and facts
 CONDITION_MARK = {"x-ref": "Condition"}
+FOLLOW_UP_CONDITION_MARK = {"x-ref": "FollowUpCondition"}  # a condition with the follow-up facts too
 MESSAGES_MARK = {"x-ref": "Messages"}
 OFFER_MARK = {"x-ref": "Offer"}
 CHANNEL_MARK = {"x-ref": "ChannelName"}
 
 Condition = Annotated[dict[str, Any] | list[Any], WithJsonSchema(CONDITION_MARK)]
+FollowUpCondition = Annotated[dict[str, Any] | list[Any], WithJsonSchema(FOLLOW_UP_CONDITION_MARK)]
 ChannelName = Annotated[str, WithJsonSchema(CHANNEL_MARK)]
 #: the kinds of schedule, exactly one of which a schedule names
 SCHEDULE_KINDS = ("cron", "every", "at", "relative_to", "on")
@@ -260,6 +262,37 @@ class Step(_Model):
         return variants
 
 
+class FollowUp(_Model):
+    """A later message of the same run to the members an earlier message reached, ``after`` from when that
+    message was due; ``when`` / ``unless`` are evaluated at the follow-up's own due time."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="unique in the campaign, among steps and follow-ups")
+    after: Duration = Field(description="how long after the member's earlier message of the run was due, e.g. 3d")
+    steps: list[str] | None = Field(
+        None,
+        description="the steps whose recipients it follows (default: every step)",
+        json_schema_extra={"minItems": 1},
+    )
+    when: FollowUpCondition | None = None
+    unless: FollowUpCondition | None = None
+    offer: Offer | None = None
+    message: Messages
+
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("after: give a positive duration such as 3d or 36h")
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _some_steps(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("is empty: name at least one step, or leave steps: out to follow every step")
+        return value
+
+
 def _percent(value: Any) -> Any:
     if isinstance(value, str) and value.strip().endswith("%"):
         return value.strip()[:-1]
@@ -300,6 +333,10 @@ class Campaign(_Model):
     message: Messages | None = None
     dispatch: DispatchSettings = DispatchSettings()
     attribution: Attribution | None = Field(None, description="results: the attribution window (config default 14d)")
+    follow_ups: list[FollowUp] | None = Field(
+        None,
+        description="later messages of each run to the members it reached, each after a delay, with exit conditions",
+    )
     recontact: Annotated[
         Literal["never", "always"] | RecontactAfter | None,
         BeforeValidator(lambda v: v if v is None else _recontact(v)),
@@ -366,12 +403,15 @@ def json_schema(
     condition_schema: dict[str, Any],
     channels: Mapping[str, Any] | None = None,
     offers: Mapping[str, Any] | None = None,
+    follow_up_condition_schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The campaign file's JSON Schema; with ``channels`` and ``offers`` (the loaded plugins), message and offer
-    blocks are typed by each plugin's options model and channel names are an enum."""
+    blocks are typed by each plugin's options model and channel names are an enum. ``follow_up_condition_schema``:
+    a follow-up's ``when`` / ``unless`` (the facts plus the follow-up facts; default: as other conditions)."""
     schema = _link(Campaign.model_json_schema(by_alias=True))
     defs = schema.setdefault("$defs", {})
     defs["Condition"] = condition_schema
+    defs["FollowUpCondition"] = follow_up_condition_schema or {"$ref": "#/$defs/Condition"}
     messages = {n: _options_schema(c.options_model, f"channel.{n}.", defs) for n, c in sorted((channels or {}).items())}
     terms = {n: _options_schema(o.options_model, f"offer.{n}.", defs) for n, o in sorted((offers or {}).items())}
     defs["Messages"] = _one_of_each(messages, "per channel, its message: {email: {subject: ..., template: ...}}")

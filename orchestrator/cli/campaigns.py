@@ -6,6 +6,7 @@ import json
 
 import click
 
+from orchestrator.campaign.catalog import FOLLOW_UP_FACTS
 from orchestrator.campaign.conditions import condition_json_schema
 from orchestrator.campaign.loader import CampaignInvalid
 from orchestrator.campaign.schema import json_schema
@@ -75,7 +76,13 @@ def _problem(error: InputError) -> dict:
 def schema() -> None:
     """Print the JSON Schema of campaign files (for editors)."""
     plugins = registry()
-    document = json_schema(condition_json_schema(plugins.facts), plugins.channels, plugins.offers)
+    follow_up_facts = {**plugins.facts, **{f.name: f for f in FOLLOW_UP_FACTS}}
+    document = json_schema(
+        condition_json_schema(plugins.facts),
+        plugins.channels,
+        plugins.offers,
+        condition_json_schema(follow_up_facts, "FollowUpCondition"),
+    )
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 

@@ -300,6 +300,7 @@ def _rows_query():
             Customer.customer_id,
             Delivery.channel,
             Delivery.step,
+            Delivery.follow_up,
             Delivery.state,
             Delivery.reason,
             Delivery.contact,
@@ -322,7 +323,8 @@ def _as_row(r) -> dict[str, Any]:
         "scheduled_at": r.scheduled_at,
         "customer_id": r.customer_id,
         "channel": r.channel,
-        "step": r.step,
+        "step": r.step,  # a follow-up's rows carry its name here
+        "follow_up": r.follow_up or None,  # and here: None for the run's own messages
         "state": r.state,
         "reason": r.reason,
         "contact": mask_contact(r.contact),

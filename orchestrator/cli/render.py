@@ -48,6 +48,21 @@ def print_run(result: RunResult) -> None:
     if data["cost"]:
         costs = ", ".join(f"{channel} {amount}" for channel, amount in data["cost"].items())
         console.print(f"estimated send cost: {costs} ({data['currency']})")
+    for f in data.get("follow_ups", []):
+        due = f["due"].astimezone(result.timezone).isoformat() if result.timezone else f["due"].isoformat()
+        if f["audience"] == "pending":
+            console.print(
+                f"follow-up {f['name']}: not yet due (from {due}, {f['after']} after each message);"
+                " the scheduler or `orchestrator dispatch` sends it when due",
+                highlight=False,
+            )
+        elif f["audience"] == "due":
+            console.print(
+                f"follow-up {f['name']}: due since {due}; `orchestrator dispatch` or the scheduler plans and sends it",
+                highlight=False,
+            )
+        else:
+            console.print(f"follow-up {f['name']} (due {due}): expected audience {f['audience']}", highlight=False)
     if not result.dry_run:
         console.print("outcomes: " + (", ".join(f"{k} {v}" for k, v in data["outcomes"].items()) or "none"))
     for sample in data["samples"]:

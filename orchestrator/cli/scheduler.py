@@ -157,7 +157,7 @@ def _print_ticks(rows: list[dict], tz) -> None:
     lines = [header] + [
         (
             local_time(r["at"], tz),
-            r["campaign"],
+            r["campaign"] + (f" / {r['follow_up']}" if r.get("follow_up") else ""),
             "-" if r["run_id"] is None else str(r["run_id"]),
             str(r["audience"]),
             str(r["messages"]),

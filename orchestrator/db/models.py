@@ -181,7 +181,9 @@ class CampaignRun(Base):
 
 
 class Delivery(Base):
-    """One intended message, written before anything is sent; unique per (run, customer, channel)."""
+    """One intended message, written before anything is sent; unique per (run, customer, channel, follow-up):
+    a run's own messages have ``follow_up`` '' (not NULL, which a unique key would never compare equal), a
+    follow-up's its name (and ``step`` its name too, so that every listing and report shows it like a step)."""
 
     __tablename__ = "deliveries"
 
@@ -190,6 +192,9 @@ class Delivery(Base):
     customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(32))
     step: Mapped[str | None] = mapped_column(String(128))
+    follow_up: Mapped[str] = mapped_column(String(128), server_default="")  # a row naming none is the run's own
+    # a follow-up's due time (the member's earlier message's, plus after): where its results window starts
+    due_at: Mapped[datetime | None]
     variant: Mapped[str | None] = mapped_column(String(64))  # the step's A/B variant the member was assigned
     state: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(String(64))
@@ -211,7 +216,7 @@ class Delivery(Base):
     outcome_at: Mapped[datetime | None]
 
     __table_args__ = (
-        UniqueConstraint("run_pk", "customer_pk", "channel"),
+        UniqueConstraint("run_pk", "customer_pk", "channel", "follow_up"),
         Index("ix_deliveries_run_state", "run_pk", "state"),
         # frequency caps count a customer's recent sends across campaigns
         Index("ix_deliveries_customer_sent", "customer_pk", "sent_at"),

@@ -200,7 +200,11 @@ def _fill_exposures(conn: Connection, at: datetime, windows: Windows) -> None:
             case((func.max(case((contacted, 1), else_=0)) == 1, literal(TREATMENT)), else_=literal(CONTROL)),
         )
         .join(CampaignRun, CampaignRun.id == Delivery.run_pk)
-        .where(CampaignRun.scheduled_at <= literal(at, UTCDateTime()), or_(contacted, held_out))
+        .where(
+            CampaignRun.scheduled_at <= literal(at, UTCDateTime()),
+            or_(contacted, held_out),
+            Delivery.follow_up == "",  # a member's exposure to a run starts with its own message, not a follow-up
+        )
         .group_by(Delivery.run_pk, CampaignRun.campaign_pk, Delivery.customer_pk)
     )
     names = ["run_pk", "campaign_pk", "customer_pk", "step", "variant", "start", "window_micros", "grp"]
@@ -288,3 +292,45 @@ def group_sums(outcomes, keys: list, *, where=()) -> Select:
         .where(*where)
         .group_by(*keys, outcomes.c.grp)
     )
+
+
+def follow_up_groups(at: datetime, run_pks: list[int], windows: Windows, *, by_channel: bool = False) -> Select:
+    """Per (run, follow-up, group) - and channel, ``by_channel`` - members, converters, Σ revenue and Σ revenue²,
+    by the rule of the run's own exposures with the window starting at the follow-up's due time (its quiet-hours
+    deferral's end when it was deferred): the members it contacted against those it held out as control. By
+    channel, a member reached on two channels is in both rows, as for a run's channel rows."""
+    contacted = func.max(case((Delivery.state == "sent", 1), else_=0))
+    channel = [Delivery.channel.label("channel")] if by_channel else []
+    member = (
+        select(
+            Delivery.run_pk.label("run_pk"),
+            Delivery.follow_up.label("follow_up"),
+            *channel,
+            Delivery.customer_pk.label("customer_pk"),
+            func.min(func.coalesce(Delivery.deferred_until, Delivery.due_at)).label("start"),
+            windows.micros_of(CampaignRun.campaign_pk).label("window_micros"),
+            case((contacted == 1, literal(TREATMENT)), else_=literal(CONTROL)).label("grp"),
+        )
+        .join(CampaignRun, CampaignRun.id == Delivery.run_pk)
+        .where(
+            Delivery.run_pk.in_(run_pks),
+            Delivery.follow_up != "",
+            Delivery.state.in_(("sent", "held_out")),
+        )
+        .group_by(Delivery.run_pk, Delivery.follow_up, *channel, Delivery.customer_pk, CampaignRun.campaign_pk)
+        .subquery("follow_up_members")
+    )
+    keys = [member.c.run_pk, member.c.follow_up] + ([member.c.channel] if by_channel else [])
+    outcome = (
+        select(
+            *keys,
+            member.c.grp,
+            case((func.count(Order.id) > 0, 1), else_=0).label("converted"),
+            func.coalesce(func.sum(amount_minor()), 0).label("revenue"),
+        )
+        .select_from(member)
+        .outerjoin(Order, paid_in_window(at, member))
+        .group_by(*keys, member.c.customer_pk, member.c.grp)
+        .subquery("follow_up_outcomes")
+    )
+    return group_sums(outcome, [outcome.c[k.name] for k in keys])

@@ -74,9 +74,13 @@ def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, 
         by_step: dict[tuple, Tally] = defaultdict(Tally)
         by_channel: dict[tuple, Tally] = defaultdict(Tally)
         daily: list[dict[str, Any]] = []
+        follow_ups: dict[tuple, Tally] = {}
+        follow_up_channels: dict[tuple, Tally] = {}
         if run_pks:
             attr.fill_tables(conn, scope.at, run_pks, windows, settings.results.attribution.model)
             _collect(conn, settings, scope.at, run_pks, runs, by_step, by_channel)
+            follow_ups = _follow_up_members(conn, scope.at, run_pks, windows)
+            follow_up_channels = _follow_up_members(conn, scope.at, run_pks, windows, by_channel=True)
             daily = _daily(conn, settings, scope.at, run_pks, runs)
             attr.drop_tables(conn)
     results = settings.results
@@ -105,8 +109,16 @@ def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, 
         {"campaign": name, **metrics(tally, settings)}
         for name, tally in _roll_up(by_step, lambda k: campaign_of[k[0]]).items()
     ]
+    # a follow-up is a row of by_step like a step: its messages and coupons are in the totals above, its members
+    # (the run's members again) and its control comparison only here
+    follow_up_members = _roll_up(follow_ups, lambda k: (campaign_of[k[0]], k[1]))
     document["by_step"] = [
-        {"campaign": name, "step": step, **metrics(tally, settings)}
+        {
+            "campaign": name,
+            "step": step,
+            **({"follow_up": True} if (name, step) in follow_up_members else {}),
+            **metrics(tally + follow_up_members.get((name, step), Tally()), settings),
+        }
         for (name, step), tally in _roll_up(by_step, lambda k: (campaign_of[k[0]], k[1])).items()
     ]
     with_variant = {key: tally for key, tally in by_step.items() if key[2] is not None}
@@ -125,7 +137,8 @@ def build_report(engine: Engine, settings: Settings, scope: Scope) -> dict[str, 
             "step": key[1],
             "variant": key[2],
             "channel": key[3],
-            **metrics(tally, settings),
+            # a follow-up's row: its members and control comparison on that channel, added here only
+            **metrics(tally + follow_up_channels.get((key[0], key[1], key[3]), Tally()), settings),
         }
         for runs_by_pk in [{r["pk"]: r for r in runs}]
         for key, tally in sorted(by_channel.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), str(kv[0][2]), kv[0][3]))
@@ -327,17 +340,18 @@ def _collect(conn, settings, at, run_pks, runs, by_step, by_channel) -> None:
             by_step[(run_pk, step, variant, None)].send_cost += cost
             by_channel[(run_pk, step, variant, channel)].send_cost += cost
 
-    # members each run decided about
+    # members each run decided about (a follow-up's are the run's again: counted apart, see _follow_up_members)
     members = func.count(func.distinct(Delivery.customer_pk))
+    own = Delivery.follow_up == ""
     for run_pk, step, variant, n in conn.execute(
         select(Delivery.run_pk, Delivery.step, Delivery.variant, members)
-        .where(in_scope)
+        .where(in_scope, own)
         .group_by(Delivery.run_pk, Delivery.step, Delivery.variant)
     ):
         by_step[(run_pk, step, variant, None)].targeted += n
     for run_pk, step, variant, channel, n in conn.execute(
         select(Delivery.run_pk, Delivery.step, Delivery.variant, Delivery.channel, members)
-        .where(in_scope)
+        .where(in_scope, own)
         .group_by(Delivery.run_pk, Delivery.step, Delivery.variant, Delivery.channel)
     ):
         by_channel[(run_pk, step, variant, channel)].targeted += n
@@ -397,6 +411,29 @@ def _collect(conn, settings, at, run_pks, runs, by_step, by_channel) -> None:
         by_channel[(run_pk, step, variant, channel)].attributed_minor += int(total or 0)
 
     _offers(conn, settings, at, run_pks, by_step, by_channel)
+
+
+def _follow_up_members(conn, at, run_pks, windows, *, by_channel: bool = False) -> dict[tuple, Tally]:
+    """Per (run, follow-up) - and channel, ``by_channel`` - the members it decided about and its own control
+    comparison. Kept apart from the steps' tallies: its members are the run's members again, so they must not add
+    to the run's totals, nor to a channel's."""
+    found: dict[tuple, Tally] = defaultdict(Tally)
+    members = func.count(func.distinct(Delivery.customer_pk))
+    keys = [Delivery.run_pk, Delivery.follow_up] + ([Delivery.channel] if by_channel else [])
+    for *key, n in conn.execute(
+        select(*keys, members).where(Delivery.run_pk.in_(run_pks), Delivery.follow_up != "").group_by(*keys)
+    ):
+        found[tuple(key)].targeted += n
+    for row in conn.execute(attr.follow_up_groups(at, run_pks, windows, by_channel=by_channel)):
+        sums = GroupSums(
+            int(row.members), int(row.converted or 0), float(row.revenue or 0), float(row.revenue_squares or 0)
+        )
+        tally = found[(row.run_pk, row.follow_up, row.channel) if by_channel else (row.run_pk, row.follow_up)]
+        if row.grp == attr.TREATMENT:
+            tally.treatment = tally.treatment + sums
+        else:
+            tally.control = tally.control + sums
+    return found
 
 
 def _reached_on(run_pk, customer_pk, grp):

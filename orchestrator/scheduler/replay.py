@@ -4,7 +4,9 @@ Firing a tick is exactly ``orchestrator run FILE --at <tick>``: the same checks 
 time from a changed file is refused) and the same runner, so a run is keyed by (campaign, tick) and a replay of
 the same range fires nothing twice - a tick whose run is done is reported, not run again, and an unfinished one
 is continued. After each tick, what is due at that time (quiet-hours deferrals, retries) is dispatched, as
-``orchestrator dispatch --at <tick>`` would. A dry run writes and sends nothing.
+``orchestrator dispatch --at <tick>`` would; a real replay also stops at the end of each quiet-hours deferral
+(so a deferred message goes out when a live dispatcher would send it) and at each time a follow-up comes due
+(``orchestrator.followups``: planned there, then dispatched). A dry run writes and sends nothing.
 
 Relative dates (``relative_to: birthday | signup_at``) fire daily and event triggers (``on: order_paid |
 member_joined``) every ``check_every``; ``tick_plan`` narrows each tick's audience to the members whose date or
@@ -16,16 +18,17 @@ something: the first of the range and the first one at or after each event (by `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestrator.campaign.loader import CampaignPlan
 from orchestrator.campaign.schema import Schedule
-from orchestrator.db.models import Campaign, CampaignRun
+from orchestrator.db.models import Campaign, CampaignRun, Delivery
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
+from orchestrator.followups import next_due, plan_due
 from orchestrator.open_runs import check_new_run, dispatch_run, find_runs
 from orchestrator.scheduler.audiences import event_ticks, narrowed, tick_condition
 from orchestrator.scheduler.campaign_files import CampaignFile
@@ -151,15 +154,59 @@ def dispatch_due(service: Orchestrator, at: datetime) -> dict[int, str]:
 def replay(
     service: Orchestrator, files: list[CampaignFile], start: datetime, end: datetime, *, dry_run: bool
 ) -> list[dict[str, Any]]:
-    """Fire every tick in [start, end) in time order; one row per tick."""
+    """Fire every tick in [start, end) in time order; one row per tick. A real replay also stops at each time a
+    follow-up comes due (found in the ledger, so also those of runs the replay itself made) and plans it there,
+    one row per follow-up and run; a dry run writes no run, so it has no follow-ups to plan."""
     rows: list[dict[str, Any]] = []
-    for tick in due_ticks(files, start, end, service):
-        row = fire(service, tick, dry_run=dry_run)
-        if row["state"] == EMPTY:
-            continue
-        rows.append(row)
+    ticks_left = due_ticks(files, start, end, service)
+    following = [] if dry_run else [f.plan for f in files if f.fires and f.plan.follow_ups]
+    index = 0
+    planned_until: datetime | None = None
+    while True:
+        tick_at = ticks_left[index].at if index < len(ticks_left) else None
+        # each stop decides every follow-up due by then: the next one to stop at is due after the last stop
+        lower = planned_until if planned_until is not None else start - timedelta(microseconds=1)
+        follow_up_at = next_due(service.engine, following, lower) if following else None
+        # a message deferred by quiet hours goes out at the end of its deferral, as a live dispatcher sends it
+        deferred_at = None if dry_run else _next_deferral(service, lower)
+        stops = (tick_at, follow_up_at, deferred_at)
+        at = min((t for t in stops if t is not None and t < end), default=None)
+        if at is None:
+            break
+        while index < len(ticks_left) and ticks_left[index].at == at:
+            row = fire(service, ticks_left[index], dry_run=dry_run)
+            index += 1
+            if row["state"] != EMPTY:
+                rows.append(row)
         if not dry_run:
-            states = dispatch_due(service, tick.at)
+            for plan in following:
+                rows += [_follow_up_row(result) for result in plan_due(service, plan, at)]
+            planned_until = at
+            states = dispatch_due(service, at)
             for earlier in rows:  # a deferred message sent now may finish an earlier tick's run
-                earlier["state"] = states.get(earlier["run_id"], earlier["state"])
+                if not earlier.get("follow_up"):
+                    earlier["state"] = states.get(earlier["run_id"], earlier["state"])
     return rows
+
+
+def _next_deferral(service: Orchestrator, after: datetime) -> datetime | None:
+    with service.engine.connect() as conn:
+        return conn.execute(
+            select(func.min(Delivery.deferred_until)).where(
+                Delivery.state == "deferred", Delivery.deferred_until > after
+            )
+        ).scalar()
+
+
+def _follow_up_row(result) -> dict[str, Any]:
+    return {
+        "campaign": result.campaign,
+        "follow_up": result.follow_up,
+        "at": result.due,
+        "run_id": result.run_id,
+        "audience": result.audience,
+        "messages": result.messages,
+        "control": result.control,
+        "skipped": dict(result.skipped),
+        "state": "follow-up",
+    }

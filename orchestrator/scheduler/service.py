@@ -43,6 +43,7 @@ from orchestrator.campaign.loader import CampaignPlan
 from orchestrator.db.models import Campaign, CampaignRun
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
+from orchestrator.followups import plan_due
 from orchestrator.open_runs import dispatch_run, find_runs
 from orchestrator.scheduler.lease import Lease
 from orchestrator.scheduler.misfire import to_fire
@@ -54,6 +55,7 @@ from orchestrator.service import Orchestrator
 log = logging.getLogger("orchestrator.scheduler")
 
 _STEP = timedelta(microseconds=1)
+FOLLOW_UP_EVERY = timedelta(minutes=1)  # how often the loop looks for follow-ups come due
 TEST_CLOCK_ENV = "ORCHESTRATOR_SCHEDULER_TEST_CLOCK"
 
 
@@ -130,6 +132,7 @@ class SchedulerLoop:
         self.stop = stop or threading.Event()
         self.cursors: dict[str, datetime] = {}  # campaign -> ticks at or before this time have been dealt with
         self.fired: list[dict[str, Any]] = []  # every tick this process fired (tests and the final summary read it)
+        self._follow_ups_at: datetime | None = None  # when follow-ups were last planned
         # true until the first pass of a leadership term: only then are missed ticks counted from the runs table
         self._new_term = True
         self._heartbeat: Heartbeat | None = None
@@ -141,6 +144,7 @@ class SchedulerLoop:
         ``running``, and from the next ``step`` count missed ticks from the runs table."""
         self.cursors = {}
         self._new_term = True
+        self._follow_ups_at = None
         self._reload()
         self._heartbeat = Heartbeat(self.lease)
         self._heartbeat.start()
@@ -205,6 +209,7 @@ class SchedulerLoop:
             self._fire(tick)
         if self.stop.is_set() or not self.lease.held:
             return None
+        self._follow_ups(plans, self.clock.now())
         self._dispatch(self.clock.now())
         return self._next_wake(plans, now)
 
@@ -257,6 +262,24 @@ class SchedulerLoop:
             fields["error"] = row["error"]
         self.fired.append(fields)
         log.info("tick", extra={"fields": fields})
+
+    def _follow_ups(self, plans: dict[str, CampaignPlan], at: datetime) -> None:
+        """Plan the follow-ups due by ``at`` (the dispatch round that follows sends them); one log line each. At
+        most once a minute: finding who is due reads every run of a campaign with follow-ups, and a follow-up's
+        minute of delay matters less than the database's load (a poll is every few seconds)."""
+        if self._follow_ups_at is not None and at - self._follow_ups_at < FOLLOW_UP_EVERY:
+            return
+        self._follow_ups_at = at
+        for plan in plans.values():
+            if not plan.follow_ups:
+                continue
+            try:
+                results = plan_due(self.service, plan, at)
+            except Exception as exc:  # the next pass tries again: nothing of a failed batch was written
+                log.error("follow-ups failed", extra={"fields": {"campaign": plan.name, "error": _describe(exc)}})
+                continue
+            for result in results:
+                log.info("follow-up", extra={"fields": {**result.to_dict(), "leader": self.lease.holder}})
 
     def _dispatch(self, at: datetime) -> None:
         began = time.monotonic()
