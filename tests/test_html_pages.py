@@ -189,6 +189,15 @@ def test_no_warnings_on_a_machine_without_a_cjk_font(monkeypatch):
     assert ">vip 贵宾</text>" in html
 
 
+def test_a_report_of_a_single_day_draws_without_warnings():
+    """One run, one day of results: the date axis has a single value, and the command prints no warning."""
+    document = report(daily=REPORT["daily"][:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        html = render_report_page(document)
+    assert "Daily conversions and revenue" in html
+
+
 def test_the_page_is_self_contained():
     html = render_report_page(REPORT)
     assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/", "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,7 +17,7 @@ from sqlalchemy import insert, select
 
 from orchestrator.config import AttributionConfig, ResultsConfig, Settings
 from orchestrator.db.models import Campaign, CampaignRun, Coupon, CouponRedemption, Customer, Delivery, Order
-from orchestrator.results.report import Scope, build_report
+from orchestrator.results.report import Scope, Tally, build_report, verdict
 from orchestrator.results.stats import GroupSums, newcombe_interval, welch_interval
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -431,3 +432,12 @@ def test_report_command_json_csv_and_bad_input(case, run_cli, tmp_path):
     missing = run_cli("report", "no-such-campaign", "--at", AT.isoformat())
     assert missing.exit_code == 2 and "no campaign named" in missing.output
     assert run_cli("report", "--run", "99", "--at", AT.isoformat()).exit_code == 2
+
+
+def test_verdict_when_every_member_was_skipped():
+    """A campaign with a control group whose whole audience was skipped (caps, consent) has neither group: the
+    verdict says so instead of asking for a control group the campaign already has."""
+    tally = Tally(targeted=706, skipped=Counter({"frequency_cap": 706}))
+    sentence = verdict(tally, 10, None, None)
+    assert sentence.startswith("Nobody was contacted or held out") and "706 members skipped" in sentence
+    assert "control_group:" not in sentence

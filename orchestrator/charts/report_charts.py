@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -89,6 +89,8 @@ def daily_chart(daily: Sequence[Mapping[str, Any]]) -> str | None:
             top.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         # above the plot, where no line can run under it
         top.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False, fontsize=9)
+        if len(x) == 1:  # one day: a range of one value has no date interval to pick; show the days around it
+            bottom.set_xlim(x[0] - timedelta(days=1), x[0] + timedelta(days=1))
         locator = AutoDateLocator(maxticks=8)
         bottom.xaxis.set_major_locator(locator)
         bottom.xaxis.set_major_formatter(ConciseDateFormatter(locator))
