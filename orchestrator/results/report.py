@@ -239,6 +239,12 @@ def _points(value: float) -> str:
 def verdict(tally: Tally, min_group: int, uplift: float | None, ci: tuple[float, float] | None) -> str:
     """One plain sentence on the conversion uplift."""
     t, c = tally.treatment, tally.control
+    if not t.members and not c.members:
+        skipped = sum(tally.skipped.values())
+        return (
+            f"Nobody was contacted or held out ({skipped} members skipped, see the reasons): "
+            "there is no effect to measure."
+        )
     if not c.members:
         return "No control group: the effect cannot be measured (hold some members out with control_group:)."
     if t.members < min_group or c.members < min_group or ci is None or uplift is None:
