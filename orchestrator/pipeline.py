@@ -213,9 +213,10 @@ class CampaignRunner:
     # -- a run ------------------------------------------------------------------------------------------------
     def execute(self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True) -> RunResult:
         """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing."""
-        from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
+        from orchestrator.segments import Audience, facts_read  # the SQL layer loads only when a campaign runs
 
-        audience = Audience(self.engine, self.settings, self.plan, at, self.registry.facts)
+        facts = facts_read(self.plan, self.channels, self.offers.values())  # compute only the facts read
+        audience = Audience(self.engine, self.settings, self.plan, at, self.registry.facts, facts)
         result = RunResult(
             campaign=self.plan.name,
             at=at,

@@ -160,6 +160,7 @@ class WeChatChannel(Channel):
     name = "wechat"
     contact_field = "wechat_openid"
     consent = None  # following the account is the consent; unfollowing comes back as 43004
+    facts_through_templates = True  # render reads facts only through its templates
     options_model = WeChatOptions
 
     def __init__(self, config: Mapping[str, Any], settings: Any):

@@ -155,6 +155,7 @@ def validity(terms: CouponTerms, issued_at: datetime, tz) -> tuple[datetime, dat
 class CouponOffer(OfferKind):
     name = "coupon"
     options_model = CouponTerms
+    facts_read = frozenset()  # the member key and the guard flag only: no fact
 
     @classmethod
     def check(cls, terms: CouponTerms, settings: Any) -> list[tuple[tuple, str]]:

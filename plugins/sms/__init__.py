@@ -74,6 +74,7 @@ class SmsChannel(Channel):
     name = "sms"
     contact_field = "phone"
     consent = "sms"
+    facts_through_templates = True  # render reads facts only through its templates
     options_model = SmsOptions
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
