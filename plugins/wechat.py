@@ -166,6 +166,7 @@ class WeChatChannel(Channel):
     def __init__(self, config: Mapping[str, Any], settings: Any):
         super().__init__(config, settings)
         self.cfg = load_config(config, settings)
+        self.idempotent_by_key = not self.cfg.app_id  # the outbox file is named by key; the API does not dedupe
         self._http = KeptAliveClient(self.cfg.timeout)
         self._token: str | None = None
         self._token_valid_until = 0.0  # time.monotonic(): immune to wall-clock jumps

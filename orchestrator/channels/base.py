@@ -139,6 +139,12 @@ class Channel(ABC):
     #: templates in ``CompiledMessage.templates``: then the audience computes only the facts those templates read
     #: (see ``customer_names``). False (the default, always safe): every fact is computed for this channel.
     facts_through_templates: ClassVar[bool] = False
+    #: whether delivering one message twice is harmless because the receiving end deduplicates by its idempotency
+    #: key (a file outbox names the file after it; a provider honouring ``Idempotency-Key``). Then the dispatcher
+    #: commits this channel's sent results once per claimed batch instead of once per message: a crash resends at
+    #: most one batch, onto the same keys. False (the default): each result is committed as the provider answers.
+    #: An instance may set it from its config (the e-mail channel: True for its outbox, False over SMTP).
+    idempotent_by_key: bool = False
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
         """``config`` is ``channels.<name>`` from the config file; ``settings`` the whole ``Settings``."""

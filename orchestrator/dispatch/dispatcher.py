@@ -26,6 +26,7 @@ from orchestrator.dispatch.breaker import CircuitBreaker
 from orchestrator.dispatch.quotas import Quota
 from orchestrator.dispatch.retry import RetryPolicy
 from orchestrator.errors import InputError, RuntimeFailure
+from orchestrator.progress import SILENT, Progress
 from orchestrator.timeutil import utcnow
 
 ADDRESS_FIELDS = ("email", "phone", "wechat_openid")  # a provider's suppression follows these addresses
@@ -83,6 +84,7 @@ class Dispatcher:
         *,
         worker: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        progress: Progress = SILENT,
     ):
         self.engine = engine
         self.settings = settings
@@ -90,6 +92,7 @@ class Dispatcher:
         self.channel_for = channel_for
         self.worker = worker or claims.worker_name()
         self.sleep = sleep
+        self.progress = progress  # messages attempted, for a bar on the terminal
         self._states: dict[str, _ChannelState] = {}
 
     def state(self, name: str) -> _ChannelState:
@@ -199,19 +202,40 @@ class Dispatcher:
         if not sendable:
             return
         results = _results(state.channel, sendable)
+        # a channel whose receiving end deduplicates by key records its sent messages a claim at a time: a crash
+        # resends at most that claim, and the duplicates land on the same key (the same file, the same request)
+        batched = bool(getattr(state.channel, "idempotent_by_key", False))
+        sent: list[tuple[claims.Claimed, SendResult]] = []
         attempted = 0
         try:
             for claimed in sendable:
                 result = next(results)
                 attempted += 1
-                self._record(state, claimed, result, report)
+                if batched and result.status == SendStatus.SENT:
+                    sent.append((claimed, result))
+                    state.breaker.record(False)
+                else:
+                    self._record_sent(sent, report)
+                    sent = []
+                    self._record(state, claimed, result, report)
                 if state.breaker.allowed() == 0:
                     break  # opened mid-batch: the rest stay pending, untried
         finally:
             results.close()
+            self._record_sent(sent, report)
             if attempted < len(sendable):
                 with self.engine.begin() as conn:
                     claims.release(conn, sendable[attempted:], self.worker)
+
+    def _record_sent(self, sent: list[tuple[claims.Claimed, SendResult]], report: DrainReport) -> None:
+        """Messages sent through a channel that deduplicates by key, recorded in one transaction."""
+        if not sent:
+            return
+        with self.engine.begin() as conn:
+            claims.record_sent_many(conn, sent, self.worker, utcnow())
+        for claimed, _ in sent:
+            report.note(claimed.id, "sent")
+        self.progress.advance("sending", len(sent))
 
     def _record(self, state: _ChannelState, claimed: claims.Claimed, result: SendResult, report) -> None:
         now = utcnow()
@@ -241,6 +265,7 @@ class Dispatcher:
                     claims.record_retry(conn, claimed, self.worker, error, now, decision.retry_at)
                     report.note(claimed.id, "retrying")
         state.breaker.record(result.status == SendStatus.TRANSIENT)
+        self.progress.advance("sending")
 
 
 def _results(channel: Channel, batch: list[claims.Claimed]) -> Iterator[SendResult]:

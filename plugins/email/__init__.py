@@ -145,6 +145,8 @@ class EmailChannel(Channel):
             _check_real_sender(config, settings)
             ca_file = settings.resolve_path(smtp_config.ca_file) if smtp_config.ca_file else None
             self._smtp = SmtpSender(smtp_config, ca_file)
+        # the outbox names each file after the delivery's key (a resend overwrites it); SMTP has no such key
+        self.idempotent_by_key = self._smtp is None
         self._mailto = config.get("unsubscribe_mailto")
         if self._mailto is not None and "@" not in parseaddr(str(self._mailto))[1]:
             raise InputError(
