@@ -6,6 +6,7 @@ from datetime import datetime, tzinfo
 
 import click
 
+from orchestrator import progress
 from orchestrator.cli.render import print_run
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.open_runs import dispatch_run, find_runs, resume
@@ -36,7 +37,8 @@ def resume_command(app, run_id: int, linger: float | None, as_json: bool) -> Non
     """Continue run RUN_ID: plan the rest of its audience if it was interrupted, then send what is due."""
     service = Orchestrator(app.settings, app.engine)
     [run] = find_runs(service, [run_id])
-    outcome = resume(service, run, linger=linger)
+    with progress.bars(progress.wanted(as_json)) as service.progress:
+        outcome = resume(service, run, linger=linger)
     if isinstance(outcome, RunResult):
         emit_json(outcome.to_dict()) if as_json else print_run(outcome)
     else:
@@ -57,11 +59,12 @@ def dispatch_command(app, run_ids: tuple[int, ...], at_text: str | None, linger:
     at = app.parse_at(at_text)
     service = Orchestrator(app.settings, app.engine)
     runs = find_runs(service, list(run_ids))
-    dispatcher = Dispatcher(service.engine, service.settings, service.channel)
-    try:
-        reports = [dispatch_run(service, run, at=at, linger=linger, dispatcher=dispatcher) for run in runs]
-    finally:
-        dispatcher.close()
+    with progress.bars(progress.wanted(as_json)) as bars:
+        dispatcher = Dispatcher(service.engine, service.settings, service.channel, progress=bars)
+        try:
+            reports = [dispatch_run(service, run, at=at, linger=linger, dispatcher=dispatcher) for run in runs]
+        finally:
+            dispatcher.close()
     emit_json({"runs": reports}) if as_json else _print_dispatch(reports, app.settings.tz)
 
 

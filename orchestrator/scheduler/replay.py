@@ -142,6 +142,7 @@ def replay(
     for tick in due_ticks(files, start, end):
         row = fire(service, tick, dry_run=dry_run)
         rows.append(row)
+        service.progress.advance("ticks")
         if not dry_run:
             states = dispatch_due(service, tick.at)
             for earlier in rows:  # a deferred message sent now may finish an earlier tick's run
