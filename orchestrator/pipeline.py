@@ -252,7 +252,7 @@ class CampaignRunner:
                 self._batch(batch, result, run, at, dry_run, sample)
                 self.progress.advance("planning", len(batch), total=total)
                 if dispatcher is not None:  # send what this batch made due; retries wait for the end
-                    result.dispatch.merge(dispatcher.drain(result.run_id, linger=0))
+                    result.dispatch.merge(dispatcher.drain(result.run_id, linger=0, count_open=False))
             if dispatcher is not None:
                 result.dispatch.merge(dispatcher.drain(result.run_id))
         finally:

@@ -94,6 +94,7 @@ class Dispatcher:
         self.sleep = sleep
         self.progress = progress  # messages attempted, for a bar on the terminal
         self._states: dict[str, _ChannelState] = {}
+        self._released: set[int] = set()  # runs whose dead claims this dispatcher released
 
     def state(self, name: str) -> _ChannelState:
         if name not in self._states:
@@ -129,27 +130,44 @@ class Dispatcher:
             state.channel.close()
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    def drain(self, run_pk: int, *, linger: float | None = None, deferred_due_at: datetime | None = None):
-        """Send what is due for this run; see the module docstring for when it returns."""
+    def drain(
+        self,
+        run_pk: int,
+        *,
+        linger: float | None = None,
+        deferred_due_at: datetime | None = None,
+        count_open: bool = True,
+    ):
+        """Send what is due for this run; see the module docstring for when it returns. ``count_open=False``
+        leaves ``report.open`` empty: counting the run's open rows reads every row of it, which a run drained
+        after each batch would otherwise pay once per batch."""
         linger = self.config.linger_seconds if linger is None else linger
         report = DrainReport()
-        with self.engine.begin() as conn:
-            claims.release_dead_claims(conn, run_pk)
+        if run_pk not in self._released:  # once per run: a run drained after every batch need not look again
+            with self.engine.begin() as conn:
+                claims.release_dead_claims(conn, run_pk)
+            self._released.add(run_pk)
+        names: list[str] = []
         while True:
-            now = utcnow()
-            with self.engine.connect() as conn:
-                names = claims.due_channels(conn, run_pk, now, deferred_due_at)
+            if not names:  # looked up again only once the channels being served have nothing due
+                with self.engine.connect() as conn:
+                    names = claims.due_channels(conn, run_pk, utcnow(), deferred_due_at)
             waits: list[float] = []
             progressed = False
             held: list[str] = []  # channels that may not send now (breaker open, rate limit)
+            busy: list[str] = []
             for name in names:
                 sent, wait = self._serve(run_pk, name, deferred_due_at, report)
                 progressed |= sent
+                if sent:
+                    busy.append(name)
                 if wait is not None:
                     waits.append(wait)
                     held.append(name)
-            if progressed:
+            if progressed:  # keep serving these, round-robin; a channel whose claim came back empty drops out
+                names = [name for name in names if name in busy or name in held]
                 continue
+            names = []
             with self.engine.connect() as conn:
                 wake = claims.next_wake(conn, run_pk, deferred_due_at, excluding=held)
             if wake is not None:
@@ -157,8 +175,9 @@ class Dispatcher:
             if not waits or min(waits) > linger:
                 break
             self.sleep(max(min(waits), 0.01))
-        with self.engine.connect() as conn:
-            report.open = ledger.open_counts(conn, run_pk)
+        if count_open:
+            with self.engine.connect() as conn:
+                report.open = ledger.open_counts(conn, run_pk)
         return report
 
     def _serve(self, run_pk: int, name: str, deferred_due_at, report: DrainReport) -> tuple[bool, float | None]:
