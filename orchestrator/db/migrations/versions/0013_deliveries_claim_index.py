@@ -1,7 +1,8 @@
 """deliveries: an index that serves a claim in id order, so that claiming 50 rows reads about 50 rows
 
 Without it a claim (``run_pk, channel, state = 'pending' … ORDER BY id LIMIT n``) sorted every pending row of the
-run each time: quadratic in the size of a run (100,000 messages took 2.5x the time of 50,000).
+run each time: quadratic in the size of a run (a 100,000-message run on PostgreSQL had not finished planning and
+dispatching after 290 s; with the index and the drain's fewer look-ups it took 116 s).
 
 Revision ID: 0013
 Revises: 0008
