@@ -51,13 +51,16 @@ class DrainReport:
         self.settled |= other.settled
         self.count_retrying()
 
-    def note(self, delivery_id: int, outcome: str) -> None:
+    def note(self, delivery_id: int, outcome: str, *, retried: bool = True) -> None:
+        """``retried=False`` for a message settled at its first attempt: never retrying, so it need not be kept
+        in ``settled`` (a set that would otherwise hold every id of a million-message run)."""
         if outcome == "retrying":
             self.retrying.add(delivery_id)
         else:
             self.outcomes[outcome] += 1
             self.retrying.discard(delivery_id)
-            self.settled.add(delivery_id)
+            if retried:
+                self.settled.add(delivery_id)
         self.count_retrying()
 
     def count_retrying(self) -> None:
@@ -253,7 +256,7 @@ class Dispatcher:
         with self.engine.begin() as conn:
             claims.record_sent_many(conn, sent, self.worker, utcnow())
         for claimed, _ in sent:
-            report.note(claimed.id, "sent")
+            report.note(claimed.id, "sent", retried=claimed.attempts > 0)
         self.progress.advance("sending", len(sent))
 
     def _record(self, state: _ChannelState, claimed: claims.Claimed, result: SendResult, report) -> None:
@@ -262,7 +265,7 @@ class Dispatcher:
         with self.engine.begin() as conn:
             if result.status == SendStatus.SENT:
                 claims.record_sent(conn, claimed, self.worker, result, now)
-                report.note(claimed.id, "sent")
+                report.note(claimed.id, "sent", retried=claimed.attempts > 0)
             elif result.status == SendStatus.PERMANENT:
                 claims.record_failed(
                     conn,
@@ -273,13 +276,13 @@ class Dispatcher:
                     suppress=result.suppress,
                     suppress_address=by_address,
                 )
-                report.note(claimed.id, "failed")
+                report.note(claimed.id, "failed", retried=claimed.attempts > 0)
             else:
                 decision = state.retry.after_failure(claimed.attempts + 1, claimed.created_at, now)
                 error = result.error or "transient failure"
                 if decision.retry_at is None:
                     claims.record_failed(conn, claimed, self.worker, f"{decision.why_not}: {error}", now)
-                    report.note(claimed.id, "failed")
+                    report.note(claimed.id, "failed", retried=claimed.attempts > 0)
                 else:
                     claims.record_retry(conn, claimed, self.worker, error, now, decision.retry_at)
                     report.note(claimed.id, "retrying")
