@@ -57,6 +57,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_import_analyze.py
 	$(BIN)/python benchmarks/bench_email.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_end_to_end.py
 
 clean:
 	rm -rf demo benchmarks/output .pytest_cache .ruff_cache

@@ -51,6 +51,9 @@ class OfferKind(ABC):
 
     name: ClassVar[str]
     options_model: ClassVar[type[BaseModel]]
+    #: the member's facts ``grant`` reads (``customer["tier"]``, …); None (the default): unknown, so every fact is
+    #: computed for the audience. The identity and address fields, ``pk`` and ``guard_<n>`` are always there.
+    facts_read: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, options: BaseModel, settings: Any, step: Any):
         """``options`` are the validated terms; ``step`` the campaign step (``name``, ``index``) offering it."""

@@ -139,7 +139,7 @@ def dispatch_run(
 def resume(service: Orchestrator, run: RunRow, *, linger: float | None) -> RunResult | dict[str, Any]:
     """Finish planning a ``running`` run from its campaign file, or dispatch a ``waiting`` one."""
     if run.state != "running":
-        dispatcher = Dispatcher(service.engine, service.settings, service.channel)
+        dispatcher = Dispatcher(service.engine, service.settings, service.channel, progress=service.progress)
         try:
             return dispatch_run(service, run, at=None, linger=linger, dispatcher=dispatcher)
         finally:

@@ -35,6 +35,7 @@ from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
 from orchestrator.masking import mask_contact, mask_text
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
+from orchestrator.progress import SILENT, Progress
 from orchestrator.rendering import TemplateRenderError
 from orchestrator.timeutil import utcnow
 
@@ -195,6 +196,7 @@ class CampaignRunner:
         self.channels = channels
         self.offers = offers  # (step index, offer kind) -> offer instance
         self.build_context = build_context  # (customer, step, channel, grant, at) -> template context
+        self.progress: Progress = SILENT  # members planned and messages sent, for a bar on the terminal
         # the campaign's own dispatch settings, else the config's defaults; transactional bypasses both
         dispatch, defaults = plan.campaign.dispatch, settings.policies
         transactional = dispatch.transactional
@@ -246,9 +248,10 @@ class CampaignRunner:
     # -- a run ------------------------------------------------------------------------------------------------
     def execute(self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True) -> RunResult:
         """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing."""
-        from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
+        from orchestrator.segments import Audience, facts_read  # the SQL layer loads only when a campaign runs
 
-        audience = Audience(self.engine, self.settings, self.plan, at, self.registry.facts)
+        facts = facts_read(self.plan, self.channels, self.offers.values())  # compute only the facts read
+        audience = Audience(self.engine, self.settings, self.plan, at, self.registry.facts, facts)
         result = RunResult(
             campaign=self.plan.name,
             at=at,
@@ -275,13 +278,15 @@ class CampaignRunner:
             result.run_id, result.resumed = ref.pk, not ref.created
             run.update(run_pk=ref.pk, campaign_pk=campaign_pk)
             if send:
-                dispatcher = Dispatcher(self.engine, self.settings, self.channels.__getitem__)
+                dispatcher = Dispatcher(self.engine, self.settings, self.channels.__getitem__, progress=self.progress)
                 result.dispatch = DrainReport()
+        total = result.conditions[-1]["cumulative"] if result.conditions else None  # the audience, for the bar
         try:
             for batch in audience.batches(self.plan.campaign.dispatch.batch_size):
                 self._batch(batch, result, run, at, dry_run, sample)
+                self.progress.advance("planning", len(batch), total=total)
                 if dispatcher is not None:  # send what this batch made due; retries wait for the end
-                    result.dispatch.merge(dispatcher.drain(result.run_id, linger=0))
+                    result.dispatch.merge(dispatcher.drain(result.run_id, linger=0, count_open=False))
             if dispatcher is not None:
                 result.dispatch.merge(dispatcher.drain(result.run_id))
         finally:

@@ -41,6 +41,7 @@ from jinja2 import (
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from orchestrator import template_limits as limits
+from orchestrator import template_names
 from orchestrator.errors import InputError
 from orchestrator.template_context import SuggestingUndefined, closest, register_filters, synthetic_context
 from orchestrator.timeutil import zone
@@ -296,6 +297,9 @@ class CompiledTemplate:
     inline: bool
     html: bool
     filenames: set[str]  # the loader's compiled file names (shared): where a render error may point
+    #: the ``customer.*`` names it reads (includes and parents too), None if that cannot be told: the audience
+    #: statement computes only the facts a campaign's templates read (``orchestrator.template_names``)
+    customer_names: frozenset[str] | None = None
 
     def render(self, context: Mapping[str, Any]) -> str:
         template = self.template
@@ -470,12 +474,14 @@ class TemplateLoader:
         file = self._campaign_name if inline else filename
         self._filenames.add(filename)
         try:
-            code = env.compile(source, name=name, filename=filename)
+            tree = env.parse(source, name=name, filename=filename)
+            code = env.compile(tree, name=name, filename=filename)
         except TemplateSyntaxError as exc:
             problem = f"template syntax error: {exc.message}"
             raise _located(InputError, file, label, inline, exc.lineno, problem, _syntax_hint(env, exc)) from None
         template = env.template_class.from_code(env, code, env.make_globals(None))
-        return CompiledTemplate(template, file, label, inline, html, self._filenames)
+        names = template_names.customer_names(env, tree)
+        return CompiledTemplate(template, file, label, inline, html, self._filenames, names)
 
 
 def _protected_files(settings: Any) -> frozenset[Path]:

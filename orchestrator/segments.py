@@ -8,7 +8,7 @@ comparison does match. The audience streams from the database in batches ordered
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -425,26 +425,53 @@ CUSTOMER_FIELDS = (
     "attributes",
 )
 
+# the facts an audience row carries for templates and offers, each built from the statement's CustomerFacts
+ROW_FACTS: dict[str, Callable[[CustomerFacts], ColumnElement[Any]]] = {
+    "recency_days": lambda f: f.recency_days,
+    "frequency": lambda f: f.frequency,
+    "monetary": lambda f: f.monetary,
+    "aov": lambda f: f.aov,
+    "first_order_days": lambda f: f.first_order_days,
+    "orders_above_store_aov": lambda f: f.orders_above_store_aov,
+    "rfm_r": lambda f: f.r_score,
+    "rfm_f": lambda f: f.f_score,
+    "rfm_m": lambda f: f.m_score,
+    "rfm_segment": lambda f: f.rfm_segment,
+    "lifecycle": lambda f: f.lifecycle_stage,
+    "tier": lambda f: f.tier,
+    "clv": lambda f: f.clv,
+    "signup_days": lambda f: f.tenure_days,
+}
 
-def customer_columns(facts: CustomerFacts) -> list[Any]:
-    """What a member's row carries to the offer, the policies and the templates: the customer and their facts."""
+
+def facts_read(plan, channels: Mapping[str, Any], offers: Iterable[Any]) -> frozenset[str] | None:
+    """The ``ROW_FACTS`` a run of ``plan`` reads: those its steps' compiled messages read (each channel says,
+    ``Channel.customer_names``) and those its offer kinds read (``OfferKind.facts_read``); None when any of them
+    cannot tell, and then every fact is computed."""
+    read: set[str] = set()
+    for step in plan.steps:
+        # a step's A/B variants replace some of its messages: what they read counts too
+        messages = [*step.messages.items(), *(m for v in step.variants for m in v.messages.items())]
+        for name, compiled in messages:
+            names = channels[name].customer_names(compiled)
+            if names is None:
+                return None
+            read |= names
+    for offer in offers:
+        if offer.facts_read is None:
+            return None
+        read |= offer.facts_read
+    return frozenset(read & ROW_FACTS.keys())
+
+
+def customer_columns(facts: CustomerFacts, only: frozenset[str] | None = None) -> list[Any]:
+    """What a member's row carries to the offer, the policies and the templates: the customer and their facts
+    (``only`` those ``ROW_FACTS``, when given: a fact's sources, e.g. RFM window functions over every member,
+    cost even when nobody reads it)."""
     return [
         customers.c.id.label("pk"),
         *(getattr(customers.c, name) for name in CUSTOMER_FIELDS),
-        facts.recency_days.label("recency_days"),
-        facts.frequency.label("frequency"),
-        facts.monetary.label("monetary"),
-        facts.aov.label("aov"),
-        facts.first_order_days.label("first_order_days"),
-        facts.orders_above_store_aov.label("orders_above_store_aov"),
-        facts.r_score.label("rfm_r"),
-        facts.f_score.label("rfm_f"),
-        facts.m_score.label("rfm_m"),
-        facts.rfm_segment.label("rfm_segment"),
-        facts.lifecycle_stage.label("lifecycle"),
-        facts.tier.label("tier"),
-        facts.clv.label("clv"),
-        facts.tenure_days.label("signup_days"),
+        *(build(facts).label(name) for name, build in ROW_FACTS.items() if only is None or name in only),
     ]
 
 
@@ -452,10 +479,14 @@ class Audience:
     """A campaign's audience as of ``at``: counts, the per-condition funnel, and batches of customers with the
     facts templates use and the index of the step each belongs to (the first whose ``when`` holds)."""
 
-    def __init__(self, engine: Engine, settings: Settings, plan, at: datetime, catalog):
-        """``catalog``: the facts of the condition language, from the registry of the Orchestrator in use."""
+    def __init__(
+        self, engine: Engine, settings: Settings, plan, at: datetime, catalog, facts: frozenset[str] | None = None
+    ):
+        """``catalog``: the facts of the condition language, from the registry of the Orchestrator in use;
+        ``facts``: the ``ROW_FACTS`` the batches must carry (``facts_read``), None for all of them."""
         self.engine = engine
         self.plan = plan
+        self.facts = facts
         self.ctx = FactContext(at=at, settings=settings)
         self.catalog = catalog
 
@@ -499,7 +530,7 @@ class Audience:
         steps = [(compiler.compile(s.when) if s.when is not None else true(), s.index) for s in self.plan.steps]
         step_index = case(*steps, else_=None)
         columns = [
-            *customer_columns(facts),
+            *customer_columns(facts, self.facts),
             step_index.label("step_index"),
         ]
         # an offer guard per step: whether the member may receive that step's offer

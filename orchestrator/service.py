@@ -17,6 +17,7 @@ from orchestrator.offers import Grant, OfferKind
 from orchestrator.output import warn
 from orchestrator.pipeline import CampaignRunner
 from orchestrator.plugin_manager import Registry, registry
+from orchestrator.progress import SILENT, Progress
 from orchestrator.rendering import TemplateLoader
 from orchestrator.shared_values import SharedValues
 from orchestrator.template_context import synthetic_context
@@ -28,6 +29,7 @@ class Orchestrator:
         self.settings = settings
         self.engine = engine
         self.registry = plugins or registry()
+        self.progress: Progress = SILENT  # the command line sets bars when someone watches
 
     @cached_property
     def templates(self) -> TemplateLoader:
@@ -108,4 +110,6 @@ class Orchestrator:
                 ),
             }
 
-        return CampaignRunner(self.engine, self.settings, plan, channels, offers, build_context, self.registry)
+        runner = CampaignRunner(self.engine, self.settings, plan, channels, offers, build_context, self.registry)
+        runner.progress = self.progress
+        return runner

@@ -163,6 +163,7 @@ class CallListChannel(Channel):
     consent = "sms"
     options_model = CallListOptions
     is_message = True  # a call reaches the member: it counts toward frequency caps
+    facts_through_templates = True  # render reads facts only through its templates
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
         super().__init__(config, settings)

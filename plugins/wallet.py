@@ -26,6 +26,8 @@ class CouponChannel(Channel):
     consent = None
     options_model = WalletOptions
     is_message = False  # nothing reaches the member's inbox: not limited by, nor counted in, frequency caps
+    facts_through_templates = True  # render reads facts only through its templates
+    idempotent_by_key = True  # sending records the coupon in the ledger only: nothing to duplicate
 
     def compile(self, options: WalletOptions, templates: Any) -> CompiledMessage:
         text = options.text or "{{ offer.description }}"

@@ -166,6 +166,8 @@ class WebhookChannel(Channel):
     name = "webhook"
     contact_field = "customer_id"  # the payload is about the member; the address is the configured URL
     options_model = WebhookOptions
+    facts_through_templates = True  # render reads facts only through its payload templates
+    idempotent_by_key = True  # every request carries Idempotency-Key; the outbox file is named by it
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
         super().__init__(config, settings)

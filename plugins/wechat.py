@@ -160,11 +160,13 @@ class WeChatChannel(Channel):
     name = "wechat"
     contact_field = "wechat_openid"
     consent = None  # following the account is the consent; unfollowing comes back as 43004
+    facts_through_templates = True  # render reads facts only through its templates
     options_model = WeChatOptions
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
         super().__init__(config, settings)
         self.cfg = load_config(config, settings)
+        self.idempotent_by_key = not self.cfg.app_id  # the outbox file is named by key; the API does not dedupe
         self._http = KeptAliveClient(self.cfg.timeout)
         self._token: str | None = None
         self._token_valid_until = 0.0  # time.monotonic(): immune to wall-clock jumps

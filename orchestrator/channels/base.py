@@ -135,6 +135,16 @@ class Channel(ABC):
     #: values shared through the database with every process sending through it (e.g. an access token that the
     #: provider revokes when another is fetched); set when the channel is built for a database, else None
     shared_values: SharedValues | None = None
+    #: whether ``render`` reads the member's facts (``customer.rfm_segment``, ``customer.clv``, …) only through the
+    #: templates in ``CompiledMessage.templates``: then the audience computes only the facts those templates read
+    #: (see ``customer_names``). False (the default, always safe): every fact is computed for this channel.
+    facts_through_templates: ClassVar[bool] = False
+    #: whether delivering one message twice is harmless because the receiving end deduplicates by its idempotency
+    #: key (a file outbox names the file after it; a provider honouring ``Idempotency-Key``). Then the dispatcher
+    #: commits this channel's sent results once per claimed batch instead of once per message: a crash resends at
+    #: most one batch, onto the same keys. False (the default): each result is committed as the provider answers.
+    #: An instance may set it from its config (the e-mail channel: True for its outbox, False over SMTP).
+    idempotent_by_key: bool = False
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
         """``config`` is ``channels.<name>`` from the config file; ``settings`` the whole ``Settings``."""
@@ -161,6 +171,16 @@ class Channel(ABC):
     def send(self, messages: Sequence[OutgoingMessage]) -> Iterable[SendResult]:
         """Deliver a batch; yield one result per message, in the same order, as each one is known. Never raise
         for one bad message: a bad message is its own permanent result."""
+
+    def customer_names(self, compiled: CompiledMessage) -> frozenset[str] | None:
+        """The ``customer.*`` names rendering ``compiled`` reads, or None when unknown (then every fact is
+        computed). The default: those its compiled templates read, if ``facts_through_templates`` says render
+        reads nothing else; override it when render also reads facts of its own."""
+        if not self.facts_through_templates:
+            return None
+        from orchestrator.template_names import names_in  # jinja2 only where templates are analysed
+
+        return names_in(compiled.templates)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once when a run is done."""

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from orchestrator import progress
 from orchestrator.campaign.catalog import FOLLOW_UP_FACTS
 from orchestrator.campaign.conditions import condition_json_schema
 from orchestrator.campaign.loader import CampaignInvalid
@@ -120,5 +121,6 @@ def run(app, file: str, at_text: str | None, plan_only: bool, as_json: bool) -> 
     service = Orchestrator(app.settings, app.engine)
     plan = service.load(file)
     check_new_run(service, plan, at, at_given=at_text is not None)
-    result = service.runner(plan).execute(at, dry_run=False, sample=0, send=not plan_only)
+    with progress.bars(progress.wanted(as_json)) as service.progress:
+        result = service.runner(plan).execute(at, dry_run=False, sample=0, send=not plan_only)
     emit_json(result.to_dict()) if as_json else print_run(result)

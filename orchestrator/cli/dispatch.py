@@ -6,6 +6,7 @@ from datetime import datetime, tzinfo
 
 import click
 
+from orchestrator import progress
 from orchestrator.cli.render import print_run
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.followups import FollowUpResult, plan_due, recorded_plans
@@ -38,7 +39,8 @@ def resume_command(app, run_id: int, linger: float | None, as_json: bool) -> Non
     """Continue run RUN_ID: plan the rest of its audience if it was interrupted, then send what is due."""
     service = Orchestrator(app.settings, app.engine)
     [run] = find_runs(service, [run_id])
-    outcome = resume(service, run, linger=linger)
+    with progress.bars(progress.wanted(as_json)) as service.progress:
+        outcome = resume(service, run, linger=linger)
     if isinstance(outcome, RunResult):
         emit_json(outcome.to_dict()) if as_json else print_run(outcome)
     else:
@@ -61,11 +63,12 @@ def dispatch_command(app, run_ids: tuple[int, ...], at_text: str | None, linger:
     service = Orchestrator(app.settings, app.engine)
     following, follow_ups = _plan_follow_ups(service, find_runs(service, list(run_ids)) if run_ids else None, at)
     runs = find_runs(service, list(run_ids))
-    dispatcher = Dispatcher(service.engine, service.settings, service.channel)
-    try:
-        reports = [dispatch_run(service, run, at=at, linger=linger, dispatcher=dispatcher) for run in runs]
-    finally:
-        dispatcher.close()
+    with progress.bars(progress.wanted(as_json)) as bars:
+        dispatcher = Dispatcher(service.engine, service.settings, service.channel, progress=bars)
+        try:
+            reports = [dispatch_run(service, run, at=at, linger=linger, dispatcher=dispatcher) for run in runs]
+        finally:
+            dispatcher.close()
     if as_json:
         # follow_ups: what was planned, present when some campaign on record has follow-ups
         extra = {"follow_ups": [r.to_dict() for r in follow_ups]} if following else {}

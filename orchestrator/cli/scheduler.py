@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from orchestrator import progress
 from orchestrator.errors import InputError
 from orchestrator.logs import configure_json_logging, remove_handler
 from orchestrator.output import emit_json, local_time
@@ -91,7 +92,8 @@ def scheduler_command(
         raise InputError("--until must be after --from")
     service = Orchestrator(app.settings, app.engine)
     files = _load(service, campaigns_dir)
-    rows = replay(service, files, start, end, dry_run=dry_run)
+    with progress.bars(progress.wanted(as_json)) as service.progress:
+        rows = replay(service, files, start, end, dry_run=dry_run)
     if as_json:
         emit_json({"ticks": rows})
         return

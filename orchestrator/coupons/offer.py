@@ -155,6 +155,7 @@ def validity(terms: CouponTerms, issued_at: datetime, tz) -> tuple[datetime, dat
 class CouponOffer(OfferKind):
     name = "coupon"
     options_model = CouponTerms
+    facts_read = frozenset()  # the member key and the guard flag only: no fact
 
     @classmethod
     def check(cls, terms: CouponTerms, settings: Any) -> list[tuple[tuple, str]]:
@@ -170,6 +171,7 @@ class CouponOffer(OfferKind):
         self._live_in_group: set[int] = set()
         self._in_run: dict[int, int] = {}  # customer -> their coupon of this step in this run, issued earlier
         self._predicted: tuple[int, Decimal] | None = None  # dry run: the budget as it would be
+        self._budget_row: int | None = None  # the campaign whose budget row exists: looked up once, not per coupon
 
     # -- per batch ------------------------------------------------------------------------------------------
     def prepare(self, conn, customers: Sequence[Mapping[str, Any]], run: Mapping[str, Any], dry_run: bool) -> None:
@@ -268,7 +270,7 @@ class CouponOffer(OfferKind):
     def _take_budget(self, conn, campaign_pk: int, face: Decimal) -> bool:
         """One conditional UPDATE: it counts the coupon only if the budget still has room, atomically."""
         key = self._budget_key(campaign_pk)
-        if conn.scalar(select(OfferBudget.id).where(*key)) is None:
+        if self._budget_row != campaign_pk and conn.scalar(select(OfferBudget.id).where(*key)) is None:
             try:
                 with conn.begin_nested():
                     conn.execute(
@@ -278,6 +280,7 @@ class CouponOffer(OfferKind):
                     )
             except IntegrityError:
                 pass  # another process created it first
+        cached, self._budget_row = self._budget_row == campaign_pk, campaign_pk  # budget rows are never deleted
         budget = self.options.budget
         condition = list(key)
         if budget and budget.max_issued is not None:
@@ -291,6 +294,9 @@ class CouponOffer(OfferKind):
             .where(*condition)
             .values(issued=OfferBudget.issued + 1, face_value=OfferBudget.face_value + face)
         )
+        if taken.rowcount != 1 and cached and conn.scalar(select(OfferBudget.id).where(*key)) is None:
+            self._budget_row = None  # the row went with a rolled-back transaction: create it again
+            return self._take_budget(conn, campaign_pk, face)
         return taken.rowcount == 1
 
     # -- the coupon -----------------------------------------------------------------------------------------
@@ -344,18 +350,17 @@ class CouponOffer(OfferKind):
         dialect = {"sqlite": sqlite, "postgresql": postgresql}[conn.dialect.name]
         for _ in range(5):  # a collision in a 54-bit space is next to impossible; retry all the same
             code = codes.new_code()
-            statement = (
-                dialect.insert(Coupon)
-                .values(code=code, **values)
-                .on_conflict_do_nothing(index_elements=["run_pk", "customer_pk", "step"])
-                .returning(Coupon.id)
+            # any conflict writes nothing (no savepoint, no exception: one statement per coupon); which key it
+            # was is looked up only then
+            statement = dialect.insert(Coupon).values(code=code, **values).on_conflict_do_nothing().returning(Coupon.id)
+            coupon_pk = conn.execute(statement).scalar_one_or_none()
+            if coupon_pk is not None:
+                return coupon_pk, code
+            mine = and_(
+                Coupon.run_pk == run["run_pk"], Coupon.customer_pk == customer["pk"], Coupon.step == self.step.name
             )
-            try:
-                with conn.begin_nested():
-                    coupon_pk = conn.execute(statement).scalar_one_or_none()
-                return (coupon_pk, code) if coupon_pk is not None else None
-            except IntegrityError:
-                continue
+            if conn.scalar(select(Coupon.id).where(mine)) is not None:
+                return None  # the member's coupon for this run and step is there already
         raise RuntimeError("could not draw an unused coupon code")
 
     def _context(self, code: str, issued_at: datetime) -> dict[str, Any]:

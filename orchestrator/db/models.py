@@ -218,6 +218,8 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("run_pk", "customer_pk", "channel", "follow_up"),
         Index("ix_deliveries_run_state", "run_pk", "state"),
+        # a claim walks one channel's pending rows of a run in id order and stops after n (migration 0013)
+        Index("ix_deliveries_claim", "run_pk", "channel", "state", "id"),
         # frequency caps count a customer's recent sends across campaigns
         Index("ix_deliveries_customer_sent", "customer_pk", "sent_at"),
     )

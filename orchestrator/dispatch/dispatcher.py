@@ -26,6 +26,7 @@ from orchestrator.dispatch.breaker import CircuitBreaker
 from orchestrator.dispatch.quotas import Quota
 from orchestrator.dispatch.retry import RetryPolicy
 from orchestrator.errors import InputError, RuntimeFailure
+from orchestrator.progress import SILENT, Progress
 from orchestrator.timeutil import utcnow
 
 ADDRESS_FIELDS = ("email", "phone", "wechat_openid")  # a provider's suppression follows these addresses
@@ -50,13 +51,16 @@ class DrainReport:
         self.settled |= other.settled
         self.count_retrying()
 
-    def note(self, delivery_id: int, outcome: str) -> None:
+    def note(self, delivery_id: int, outcome: str, *, retried: bool = True) -> None:
+        """``retried=False`` for a message settled at its first attempt: never retrying, so it need not be kept
+        in ``settled`` (a set that would otherwise hold every id of a million-message run)."""
         if outcome == "retrying":
             self.retrying.add(delivery_id)
         else:
             self.outcomes[outcome] += 1
             self.retrying.discard(delivery_id)
-            self.settled.add(delivery_id)
+            if retried:
+                self.settled.add(delivery_id)
         self.count_retrying()
 
     def count_retrying(self) -> None:
@@ -83,6 +87,7 @@ class Dispatcher:
         *,
         worker: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        progress: Progress = SILENT,
     ):
         self.engine = engine
         self.settings = settings
@@ -90,7 +95,9 @@ class Dispatcher:
         self.channel_for = channel_for
         self.worker = worker or claims.worker_name()
         self.sleep = sleep
+        self.progress = progress  # messages attempted, for a bar on the terminal
         self._states: dict[str, _ChannelState] = {}
+        self._released: set[int] = set()  # runs whose dead claims this dispatcher released
 
     def state(self, name: str) -> _ChannelState:
         if name not in self._states:
@@ -126,27 +133,44 @@ class Dispatcher:
             state.channel.close()
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    def drain(self, run_pk: int, *, linger: float | None = None, deferred_due_at: datetime | None = None):
-        """Send what is due for this run; see the module docstring for when it returns."""
+    def drain(
+        self,
+        run_pk: int,
+        *,
+        linger: float | None = None,
+        deferred_due_at: datetime | None = None,
+        count_open: bool = True,
+    ):
+        """Send what is due for this run; see the module docstring for when it returns. ``count_open=False``
+        leaves ``report.open`` empty: counting the run's open rows reads every row of it, which a run drained
+        after each batch would otherwise pay once per batch."""
         linger = self.config.linger_seconds if linger is None else linger
         report = DrainReport()
-        with self.engine.begin() as conn:
-            claims.release_dead_claims(conn, run_pk)
+        if run_pk not in self._released:  # once per run: a run drained after every batch need not look again
+            with self.engine.begin() as conn:
+                claims.release_dead_claims(conn, run_pk)
+            self._released.add(run_pk)
+        names: list[str] = []
         while True:
-            now = utcnow()
-            with self.engine.connect() as conn:
-                names = claims.due_channels(conn, run_pk, now, deferred_due_at)
+            if not names:  # looked up again only once the channels being served have nothing due
+                with self.engine.connect() as conn:
+                    names = claims.due_channels(conn, run_pk, utcnow(), deferred_due_at)
             waits: list[float] = []
             progressed = False
             held: list[str] = []  # channels that may not send now (breaker open, rate limit)
+            busy: list[str] = []
             for name in names:
                 sent, wait = self._serve(run_pk, name, deferred_due_at, report)
                 progressed |= sent
+                if sent:
+                    busy.append(name)
                 if wait is not None:
                     waits.append(wait)
                     held.append(name)
-            if progressed:
+            if progressed:  # keep serving these, round-robin; a channel whose claim came back empty drops out
+                names = [name for name in names if name in busy or name in held]
                 continue
+            names = []
             with self.engine.connect() as conn:
                 wake = claims.next_wake(conn, run_pk, deferred_due_at, excluding=held)
             if wake is not None:
@@ -154,8 +178,9 @@ class Dispatcher:
             if not waits or min(waits) > linger:
                 break
             self.sleep(max(min(waits), 0.01))
-        with self.engine.connect() as conn:
-            report.open = ledger.open_counts(conn, run_pk)
+        if count_open:
+            with self.engine.connect() as conn:
+                report.open = ledger.open_counts(conn, run_pk)
         return report
 
     def _serve(self, run_pk: int, name: str, deferred_due_at, report: DrainReport) -> tuple[bool, float | None]:
@@ -199,19 +224,40 @@ class Dispatcher:
         if not sendable:
             return
         results = _results(state.channel, sendable)
+        # a channel whose receiving end deduplicates by key records its sent messages a claim at a time: a crash
+        # resends at most that claim, and the duplicates land on the same key (the same file, the same request)
+        batched = bool(getattr(state.channel, "idempotent_by_key", False))
+        sent: list[tuple[claims.Claimed, SendResult]] = []
         attempted = 0
         try:
             for claimed in sendable:
                 result = next(results)
                 attempted += 1
-                self._record(state, claimed, result, report)
+                if batched and result.status == SendStatus.SENT:
+                    sent.append((claimed, result))
+                    state.breaker.record(False)
+                else:
+                    self._record_sent(sent, report)
+                    sent = []
+                    self._record(state, claimed, result, report)
                 if state.breaker.allowed() == 0:
                     break  # opened mid-batch: the rest stay pending, untried
         finally:
             results.close()
+            self._record_sent(sent, report)
             if attempted < len(sendable):
                 with self.engine.begin() as conn:
                     claims.release(conn, sendable[attempted:], self.worker)
+
+    def _record_sent(self, sent: list[tuple[claims.Claimed, SendResult]], report: DrainReport) -> None:
+        """Messages sent through a channel that deduplicates by key, recorded in one transaction."""
+        if not sent:
+            return
+        with self.engine.begin() as conn:
+            claims.record_sent_many(conn, sent, self.worker, utcnow())
+        for claimed, _ in sent:
+            report.note(claimed.id, "sent", retried=claimed.attempts > 0)
+        self.progress.advance("sending", len(sent))
 
     def _record(self, state: _ChannelState, claimed: claims.Claimed, result: SendResult, report) -> None:
         now = utcnow()
@@ -219,7 +265,7 @@ class Dispatcher:
         with self.engine.begin() as conn:
             if result.status == SendStatus.SENT:
                 claims.record_sent(conn, claimed, self.worker, result, now)
-                report.note(claimed.id, "sent")
+                report.note(claimed.id, "sent", retried=claimed.attempts > 0)
             elif result.status == SendStatus.PERMANENT:
                 claims.record_failed(
                     conn,
@@ -230,17 +276,18 @@ class Dispatcher:
                     suppress=result.suppress,
                     suppress_address=by_address,
                 )
-                report.note(claimed.id, "failed")
+                report.note(claimed.id, "failed", retried=claimed.attempts > 0)
             else:
                 decision = state.retry.after_failure(claimed.attempts + 1, claimed.created_at, now)
                 error = result.error or "transient failure"
                 if decision.retry_at is None:
                     claims.record_failed(conn, claimed, self.worker, f"{decision.why_not}: {error}", now)
-                    report.note(claimed.id, "failed")
+                    report.note(claimed.id, "failed", retried=claimed.attempts > 0)
                 else:
                     claims.record_retry(conn, claimed, self.worker, error, now, decision.retry_at)
                     report.note(claimed.id, "retrying")
         state.breaker.record(result.status == SendStatus.TRANSIENT)
+        self.progress.advance("sending")
 
 
 def _results(channel: Channel, batch: list[claims.Claimed]) -> Iterator[SendResult]:

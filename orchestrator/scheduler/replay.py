@@ -176,6 +176,7 @@ def replay(
         while index < len(ticks_left) and ticks_left[index].at == at:
             row = fire(service, ticks_left[index], dry_run=dry_run)
             index += 1
+            service.progress.advance("ticks")
             if row["state"] != EMPTY:
                 rows.append(row)
         if not dry_run:

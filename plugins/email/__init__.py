@@ -115,6 +115,12 @@ class PreparedTemplate:
     original: CompiledTemplate
     text: bool = False  # a derived text part: trimmed to its lines, ending in a newline like html_to_text's
 
+    @property
+    def customer_names(self) -> frozenset[str] | None:
+        """What either source reads: a render error renders the original too."""
+        own, original = self.template.customer_names, self.original.customer_names
+        return None if own is None or original is None else own | original
+
     def render(self, context: Mapping[str, Any]) -> str:
         try:
             out = self.template.render(context)
@@ -128,6 +134,7 @@ class EmailChannel(Channel):
     name = "email"
     contact_field = "email"
     consent = "email"
+    facts_through_templates = True  # render reads facts only through its templates
     options_model = EmailOptions
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
@@ -138,6 +145,8 @@ class EmailChannel(Channel):
             _check_real_sender(config, settings)
             ca_file = settings.resolve_path(smtp_config.ca_file) if smtp_config.ca_file else None
             self._smtp = SmtpSender(smtp_config, ca_file)
+        # the outbox names each file after the delivery's key (a resend overwrites it); SMTP has no such key
+        self.idempotent_by_key = self._smtp is None
         self._mailto = config.get("unsubscribe_mailto")
         if self._mailto is not None and "@" not in parseaddr(str(self._mailto))[1]:
             raise InputError(

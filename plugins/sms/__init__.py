@@ -76,6 +76,8 @@ class SmsChannel(Channel):
     name = "sms"
     contact_field = "phone"
     consent = "sms"
+    facts_through_templates = True  # render reads facts only through its templates
+    idempotent_by_key = True  # the gateway request carries Idempotency-Key; the outbox file is named by it
     options_model = SmsOptions
 
     def __init__(self, config: Mapping[str, Any], settings: Any):
