@@ -165,7 +165,7 @@ steps:
     message:
       email: {subject: "Hi {{ customer.name }}", text: "Hello"}
     variants:
-      - {name: plain, weight: 1}
+      - {name: plain, weight: 1, message: {email: {subject: "Hi {{ customer.name }}", text: "Hi"}}}
       - name: rfm
         weight: 1
         message: {email: {subject: "{{ customer.customer_id }} is {{ customer.rfm_segment }}", text: "Hello"}}

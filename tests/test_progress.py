@@ -45,6 +45,8 @@ def _on_terminal(command: list[str], cwd: Path) -> tuple[int, str]:
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_run_and_dispatch_show_bars_on_a_terminal_only(engine: Engine, db_url: str, tmp_path: Path):
     config, campaign = write_world(tmp_path, engine, MEMBERS, None, "  linger_seconds: 0\n")
+    with campaign.open("a", encoding="utf-8") as handle:  # the later runs reach the same members again
+        handle.write("recontact: always\n")
     base = _command(config, db_url)
 
     status, drawn = _on_terminal([*base, "run", str(campaign), "--at", AT, "--plan-only"], tmp_path)
