@@ -210,7 +210,7 @@ class CouponOffer(OfferKind):
         terms = self.options
         if not dry_run and customer["pk"] in self._in_run:  # another process sharing the run issued it
             return self.recall(conn, self._in_run[customer["pk"]])
-        if terms.guard is not None and not customer.get(f"guard_{self.step.index}"):
+        if terms.guard is not None and not customer.get(self.step.guard_column):
             return Withheld("guard")
         if self._held.get(customer["pk"], 0) >= terms.per_customer:
             return Withheld("per_customer")
@@ -261,7 +261,7 @@ class CouponOffer(OfferKind):
     def _budget_key(self, campaign_pk: int):
         return (
             OfferBudget.campaign_pk == campaign_pk,
-            OfferBudget.step == self.step.name,
+            OfferBudget.step == self.step.budget_name,
             OfferBudget.offer_kind == self.name,
         )
 
@@ -273,7 +273,11 @@ class CouponOffer(OfferKind):
                 with conn.begin_nested():
                     conn.execute(
                         insert(OfferBudget).values(
-                            campaign_pk=campaign_pk, step=self.step.name, offer_kind=self.name, issued=0, face_value=0
+                            campaign_pk=campaign_pk,
+                            step=self.step.budget_name,
+                            offer_kind=self.name,
+                            issued=0,
+                            face_value=0,
                         )
                     )
             except IntegrityError:
@@ -304,7 +308,7 @@ class CouponOffer(OfferKind):
         issued = self._issue(conn, customer, run, face)
         if issued is not None:
             return issued
-        give_back_budget(conn, run["campaign_pk"], self.step.name, face)
+        give_back_budget(conn, run["campaign_pk"], self.step.budget_name, face)
         theirs = conn.scalar(
             select(Coupon.id).where(
                 Coupon.run_pk == run["run_pk"], Coupon.customer_pk == customer["pk"], Coupon.step == self.step.name
@@ -335,6 +339,7 @@ class CouponOffer(OfferKind):
                 "stacking": terms.stacking,
                 "bundle_with": terms.bundle_with,
                 "description": terms.describe(),
+                "budget": self.step.budget_name,  # a variant's own offer has a budget of its own
             },
             "valid_from": valid_from,
             "valid_until": valid_until,
@@ -400,7 +405,7 @@ def give_back_unsent(conn, coupon_pks: Sequence[int]) -> int:
     for coupon in voided:
         if coupon.campaign_pk is not None and coupon.step is not None:
             face = Decimal(str((coupon.terms or {}).get("face_value") or 0))
-            give_back_budget(conn, coupon.campaign_pk, coupon.step, face)
+            give_back_budget(conn, coupon.campaign_pk, (coupon.terms or {}).get("budget") or coupon.step, face)
     return len(voided)
 
 
