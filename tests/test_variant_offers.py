@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select
 
 from orchestrator.campaign.loader import VariantPlan
 from orchestrator.db.models import Coupon, CouponRedemption, Customer, Delivery, OfferBudget
@@ -147,3 +147,44 @@ def test_a_variant_must_change_something(engine: Engine, db_url: str, tmp_path: 
     campaign.write_text(text, encoding="utf-8")
     result = Cli(db_url, str(config))("validate", campaign)
     assert result.exit_code == 2 and "changes nothing" in result.output
+
+
+def test_a_variants_offer_guard_withholds_only_that_variants_coupons(engine: Engine, db_url: str, tmp_path: Path):
+    _cli, rows = _run(engine, db_url, tmp_path, 40, ", guard: {consent_email: false}")
+    big = [r for r in rows if assign("ab-offer", "hello", r.customer_id, PLANS).name == "big" and r.state != "held_out"]
+    assert big and {(r.state, r.reason) for r in big} == {("skipped", "offer_guard")}
+    small = [r for r in rows if r.variant == "small" and r.state == "sent"]
+    assert small and all(r.id is not None for r in small)  # the step's offer has no guard
+
+
+def test_a_variants_exclusivity_group_holds_back_a_second_coupon(engine: Engine, db_url: str, tmp_path: Path):
+    config, campaign = write_world(tmp_path, engine, 40, None, "  linger_seconds: 0\n")
+    text = CAMPAIGN.replace(", BUDGET", ", group: winback, per_customer: 5").replace(
+        "control_group: 20%", "control_group: 20%\nrecontact: always"
+    )
+    campaign.write_text(text, encoding="utf-8")
+    cli = Cli(db_url, str(config))
+    assert cli("run", campaign, "--at", AT, "--json").exit_code == 0
+    again = json.loads(cli("run", campaign, "--at", "2026-11-03T10:00:00+08:00", "--json").output)
+    withheld = again["offers"]["withheld"]
+    with engine.connect() as conn:
+        issued_big = conn.scalar(
+            select(func.count())
+            .select_from(Coupon)
+            .where(Coupon.value == Decimal(20), Coupon.run_pk == again["run_id"])
+        )
+    assert issued_big == 0  # every big member still holds the live winback coupon of the first run
+    assert withheld.get("exclusivity", 0) > 0 and "per_customer" in withheld  # small: the step's per_customer 1
+
+
+def test_a_resumed_run_renders_each_members_variant_coupon_again(engine: Engine, db_url: str, tmp_path: Path):
+    config, campaign = write_world(tmp_path, engine, 30, None, "  linger_seconds: 0\n")
+    campaign.write_text(CAMPAIGN.replace(", BUDGET", ""), encoding="utf-8")
+    cli = Cli(db_url, str(config))
+    first = json.loads(cli("run", campaign, "--at", AT, "--json").output)
+    again = json.loads(cli("run", campaign, "--at", AT, "--json").output)
+    assert again["resumed"] is True and again["run_id"] == first["run_id"]
+    assert again["offers"]["issued"] == first["offers"]["issued"] > 0
+    assert Decimal(str(again["offers"]["face_value"])) == Decimal(str(first["offers"]["face_value"]))
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Coupon)) == first["offers"]["issued"]
