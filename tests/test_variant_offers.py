@@ -188,3 +188,14 @@ def test_a_resumed_run_renders_each_members_variant_coupon_again(engine: Engine,
     assert Decimal(str(again["offers"]["face_value"])) == Decimal(str(first["offers"]["face_value"]))
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Coupon)) == first["offers"]["issued"]
+
+
+def test_a_dry_run_predicts_the_shared_budget_once_for_the_step_and_its_variants(
+    engine: Engine, db_url: str, tmp_path: Path
+):
+    config, campaign = write_world(tmp_path, engine, 60, None, "  linger_seconds: 0\n")
+    campaign.write_text(CAMPAIGN.replace("max_issued: 1000", "max_issued: 10").replace(", BUDGET", ""), "utf-8")
+    result = Cli(db_url, str(config))("dry-run", campaign, "--at", AT, "--json")
+    assert result.exit_code == 0, result.output
+    offers = json.loads(result.output)["offers"]
+    assert offers["issued"] == 10 and offers["withheld"]["budget"] > 0

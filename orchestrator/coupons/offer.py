@@ -169,7 +169,9 @@ class CouponOffer(OfferKind):
         self._held: dict[int, int] = {}  # customer -> coupons of this campaign already held
         self._live_in_group: set[int] = set()
         self._in_run: dict[int, int] = {}  # customer -> their coupon of this step in this run, issued earlier
-        self._predicted: tuple[int, Decimal] | None = None  # dry run: the budget as it would be
+        # dry run: the budget as it would be, [issued, face value]; one list per budget in a run, shared by the
+        # step's offer and the variant offers drawing on the step's budget, so that together they predict its limit
+        self._predicted: list | None = None
 
     # -- per batch ------------------------------------------------------------------------------------------
     def prepare(self, conn, customers: Sequence[Mapping[str, Any]], run: Mapping[str, Any], dry_run: bool) -> None:
@@ -203,7 +205,10 @@ class CouponOffer(OfferKind):
                 ).all()
             )
         if dry_run and self._predicted is None:
-            self._predicted = self._budget_now(conn, campaign_pk)
+            shared = run.setdefault("predicted_budgets", {}) if isinstance(run, dict) else {}
+            if self.step.budget_name not in shared:
+                shared[self.step.budget_name] = list(self._budget_now(conn, campaign_pk))
+            self._predicted = shared[self.step.budget_name]
 
     # -- per member -----------------------------------------------------------------------------------------
     def grant(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], dry_run: bool) -> Grant | Withheld:
@@ -220,8 +225,8 @@ class CouponOffer(OfferKind):
         if dry_run:
             if not self._fits(*self._predicted, face):
                 return Withheld("budget")
-            issued, spent = self._predicted
-            self._predicted = (issued + 1, spent + face)
+            self._predicted[0] += 1
+            self._predicted[1] += face
             return Grant(self._context("DRYRUN000000", run["at"]), face_value=face)
         issued = self._issue_once(conn, customer, run, face)
         if not isinstance(issued, tuple):
