@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, select, update
 
 from orchestrator.campaign.loader import VariantPlan
+from orchestrator.coupons.offer import give_back_unsent
 from orchestrator.db.models import Coupon, CouponRedemption, Customer, Delivery, OfferBudget
 from orchestrator.variants import assign
 from tests.clitools import Cli
@@ -124,6 +125,13 @@ def test_a_variant_with_a_budget_of_its_own_spends_only_that(engine: Engine, db_
     with engine.connect() as conn:
         budgets = dict(conn.execute(select(OfferBudget.step, OfferBudget.issued)).all())
     assert budgets == {"hello": sum(r.variant == "small" for r in sent), "hello/big": 3}
+    # a big coupon whose message is skipped before sending (the member opted out) goes back to big's own budget
+    big_coupon = next(r.id for r in sent if r.variant == "big")
+    with engine.begin() as conn:
+        conn.execute(update(Delivery).where(Delivery.coupon_pk == big_coupon).values(state="skipped"))
+        assert give_back_unsent(conn, [big_coupon]) == 1
+        budgets = dict(conn.execute(select(OfferBudget.step, OfferBudget.issued)).all())
+    assert budgets == {"hello": sum(r.variant == "small" for r in sent), "hello/big": 2}
 
 
 def test_an_unknown_offer_kind_in_a_variant_is_reported_at_its_line(engine: Engine, db_url: str, tmp_path: Path):
