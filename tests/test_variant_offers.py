@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from orchestrator.campaign.loader import VariantPlan
 from orchestrator.coupons.offer import give_back_unsent
-from orchestrator.db.models import Coupon, CouponRedemption, Customer, Delivery, OfferBudget
+from orchestrator.db.models import Coupon, CouponRedemption, Customer, Delivery, OfferBudget, Order
 from orchestrator.variants import assign
 from tests.clitools import Cli
 from tests.test_dispatch import write_world
@@ -207,3 +207,58 @@ def test_a_dry_run_predicts_the_shared_budget_once_for_the_step_and_its_variants
     assert result.exit_code == 0, result.output
     offers = json.loads(result.output)["offers"]
     assert offers["issued"] == 10 and offers["withheld"]["budget"] > 0
+
+
+def test_the_winner_rule_sends_the_winning_variants_offer_to_everyone(engine: Engine, db_url: str, tmp_path: Path):
+    config, campaign = write_world(tmp_path, engine, 80, None, "  linger_seconds: 0\n")
+    text = (
+        CAMPAIGN.replace(", BUDGET", ", per_customer: 5")
+        .replace("valid_days: 7, budget", "valid_days: 7, per_customer: 5, budget")
+        .replace("control_group: 20%", "control_group: 20%\nrecontact: always")
+        .replace("    variants:\n", "    winner: {metric: conversion, after: 3d}\n    variants:\n")
+    )
+    campaign.write_text(text, encoding="utf-8")
+    cli = Cli(db_url, str(config))
+    assert cli("run", campaign, "--at", AT, "--json").exit_code == 0
+    # every member who got the big coupon orders the next day; nobody who got the small one does
+    with engine.begin() as conn:
+        big = conn.scalars(select(Delivery.customer_pk).where(Delivery.variant == "big", Delivery.state == "sent"))
+        now = datetime(2026, 12, 1, tzinfo=UTC)
+        conn.execute(
+            insert(Order),
+            [
+                {
+                    "order_id": f"B{pk}",
+                    "customer_pk": pk,
+                    "ordered_at": datetime(2026, 11, 3, 2, tzinfo=UTC),
+                    "amount": Decimal("150.00"),
+                    "status": "paid",
+                    "created_at": now,
+                    "updated_at": now,
+                    "attributes": {},
+                }
+                for pk in big.all()
+            ],
+        )
+    later = json.loads(cli("run", campaign, "--at", "2026-11-07T10:00:00+08:00", "--json").output)
+    assert later["winners"]["hello"]["variant"] == "big"
+    with engine.connect() as conn:
+        values = conn.execute(
+            select(Delivery.variant, Coupon.value)
+            .join(Coupon, Coupon.id == Delivery.coupon_pk)
+            .where(Delivery.run_pk == later["run_id"])
+        ).all()
+    assert values and set(values) == {("big", Decimal(20))}  # the winner's own 20-yuan coupon, to everyone
+
+
+def test_a_step_budget_that_does_not_fit_a_variants_offer_is_reported(engine: Engine, db_url: str, tmp_path: Path):
+    config, campaign = write_world(tmp_path, engine, 2, None, "  linger_seconds: 0\n")
+    text = CAMPAIGN.replace("budget: {max_issued: 1000}", "budget: {max_face_value: 500}").replace(
+        "coupon: {kind: amount_off, value: 20, min_spend: 100, valid_days: 7, BUDGET}",
+        "coupon: {kind: gift, item: tea, valid_days: 7}",
+    )
+    campaign.write_text(text, encoding="utf-8")
+    result = Cli(db_url, str(config))("validate", campaign)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = text.splitlines().index("          coupon: {kind: gift, item: tea, valid_days: 7}") + 1
+    assert f"campaign.yaml:{line}" in result.output and "the step's budget does not fit this offer" in result.output
