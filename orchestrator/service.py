@@ -86,7 +86,7 @@ class Orchestrator:
         for step in stages:
             for kind, options in (step.offer or {}).items():
                 offers[(step.index, kind)] = self.registry.offers[kind](options, self.settings, step)
-            for variant in getattr(step, "variants", ()):  # a variant's own offer: (step, kind, variant)
+            for variant in step.variants:  # a variant's own offer: (step index, kind, variant name)
                 for kind, options in (variant.offer or {}).items():
                     offer = self.registry.offers[kind](options, self.settings, variant.site)
                     offers[(step.index, kind, variant.name)] = offer
