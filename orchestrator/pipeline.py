@@ -185,7 +185,7 @@ class CampaignRunner:
         settings: Settings,
         plan: CampaignPlan,
         channels: Mapping[str, Channel],
-        offers: Mapping[tuple[int, str], OfferKind],
+        offers: Mapping[tuple, OfferKind],
         build_context,
         registry: Registry,
     ):
@@ -194,7 +194,7 @@ class CampaignRunner:
         self.settings = settings
         self.plan = plan
         self.channels = channels
-        self.offers = offers  # (step index, offer kind) -> offer instance
+        self.offers = offers  # (step index, offer kind[, variant with its own offer]) -> offer instance
         self.build_context = build_context  # (customer, step, channel, grant, at) -> template context
         self.progress: Progress = SILENT  # members planned and messages sent, for a bar on the terminal
         # the campaign's own dispatch settings, else the config's defaults; transactional bypasses both
@@ -219,12 +219,24 @@ class CampaignRunner:
             self.plan.campaign.dispatch.strategy,
         )
 
-    def _offer(self, conn: Connection, candidate: Candidate, run: Mapping[str, Any], dry: bool):
-        offer_block = candidate.step.offer
-        if not offer_block:
+    def _offer_kind(self, candidate: Candidate) -> OfferKind | None:
+        """The offer made to this member: their variant's own, else the step's."""
+        own = candidate.variant.offer if candidate.variant is not None else None
+        block = own or candidate.step.offer
+        if not block:
             return None
-        kind = next(iter(offer_block))
-        return self.offers[(candidate.step.index, kind)].grant(conn, candidate.customer, run, dry)
+        key = (candidate.step.index, next(iter(block)))
+        return self.offers[(*key, candidate.variant.name) if own else key]
+
+    def _assign_variant(self, candidate: Candidate) -> None:
+        if candidate.step.variants:
+            candidate.variant = self.winning.get(candidate.step.name) or variants.assign(
+                self.plan.name, candidate.step.name, candidate.customer["customer_id"], candidate.step.variants
+            )
+
+    def _offer(self, conn: Connection, candidate: Candidate, run: Mapping[str, Any], dry: bool):
+        offer = self._offer_kind(candidate)
+        return offer.grant(conn, candidate.customer, run, dry) if offer is not None else None
 
     def _winning_variants(self, at: datetime, result: RunResult) -> dict[str, VariantPlan]:
         """Steps whose ``winner:`` rule has chosen a variant from earlier runs: that variant for all their members."""
@@ -340,7 +352,7 @@ class CampaignRunner:
                 policies.not_messages(self.registry.channels, self.settings.channels),
             )
             held = recontact.held_back(conn, self.plan.name, at, [c.customer["pk"] for c in fresh], self.recontact)
-            for (index, _kind), offer in self.offers.items():
+            for (index, *_kind_variant), offer in self.offers.items():
                 members = [c.customer for c in fresh if c.step.index == index and c.customer["pk"] not in held]
                 if members:
                     offer.prepare(conn, members, run, dry_run)
@@ -370,9 +382,9 @@ class CampaignRunner:
         if first.state == "held_out":
             result.control += 1
             return
-        if first.coupon_pk is not None and candidate.step.offer:
-            kind = next(iter(candidate.step.offer))
-            candidate.grant = self.offers[(candidate.step.index, kind)].recall(conn, first.coupon_pk)
+        self._assign_variant(candidate)  # the same variant as the earlier invocation: it is a pure function
+        if first.coupon_pk is not None and (offer := self._offer_kind(candidate)) is not None:
+            candidate.grant = offer.recall(conn, first.coupon_pk)
             result.steps[candidate.step.index].offers.add(candidate.grant)
         if first.state == "deferred":
             result.deferred += len(rows)
@@ -414,10 +426,7 @@ class CampaignRunner:
             result.skipped[reason] += 1
             intended.append(ledger.IntendedDelivery(customer["pk"], first_channel, step.name, "skipped", reason))
             return
-        if step.variants:  # decided before the control group, so held-out members are recorded with theirs too
-            candidate.variant = self.winning.get(step.name) or variants.assign(
-                self.plan.name, step.name, customer["customer_id"], step.variants
-            )
+        self._assign_variant(candidate)  # before the control group: held-out members are recorded with theirs too
         if control is None:
             percent = self.plan.campaign.control_group
             control = policies.in_control_group(self.plan.name, customer["customer_id"], percent)

@@ -539,6 +539,12 @@ class Audience:
             for s in self.plan.steps
             if s.guard is not None
         ]
+        columns += [  # and per variant with an offer of its own
+            case((compiler.compile(v.guard), True), else_=False).label(v.site.guard_column)
+            for s in self.plan.steps
+            for v in s.variants
+            if v.guard is not None
+        ]
         return facts.select(*columns, where=[segment]).order_by(customers.c.id)
 
     def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:

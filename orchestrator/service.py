@@ -84,10 +84,14 @@ class Orchestrator:
     def runner(self, plan: CampaignPlan, *, dry_run: bool = False) -> CampaignRunner:
         stages = [*plan.steps, *(f.step for f in plan.follow_ups)]  # a follow-up is decided like a step
         channels = {name: self.channel(name) for step in stages for name in step.messages}
-        offers: dict[tuple[int, str], OfferKind] = {}
+        offers: dict[tuple, OfferKind] = {}
         for step in stages:
             for kind, options in (step.offer or {}).items():
                 offers[(step.index, kind)] = self.registry.offers[kind](options, self.settings, step)
+            for variant in step.variants:  # a variant's own offer: (step index, kind, variant name)
+                for kind, options in (variant.offer or {}).items():
+                    offer = self.registry.offers[kind](options, self.settings, variant.site)
+                    offers[(step.index, kind, variant.name)] = offer
         key = self._signing_key(dry_run)
         base_url = self.settings.unsubscribe_url
         # the service's own page once it has a public address, unless the shop named another page explicitly

@@ -38,14 +38,40 @@ class StepPlan:
     variants: list[VariantPlan] = field(default_factory=list)  # A/B variants, empty when the step has none
     winner: Any = None  # schema.Winner: when later runs send the best variant to everyone
 
+    @property
+    def budget_name(self) -> str:
+        """The budget the step's offer draws on (the offer budget's ``step`` key)."""
+        return self.name
+
+    @property
+    def guard_column(self) -> str:
+        """The audience column that says whether a member passes the step offer's guard."""
+        return f"guard_{self.index}"
+
+
+@dataclass(frozen=True)
+class VariantOfferSite:
+    """Where a variant's own offer is made, as its offer kind sees it: the step (``name``, ``index``: coupons
+    are the step's, one per member and run), the budget it draws on and the column holding its guard."""
+
+    index: int
+    name: str
+    variant: str
+    budget_name: str  # the step's name (the step's shared budget) or "step/variant" (a budget of its own)
+    guard_column: str
+
 
 @dataclass
 class VariantPlan:
-    """A step's A/B variant: its messages are the step's with the variant's channels replaced."""
+    """A step's A/B variant: its messages are the step's with the variant's channels replaced; ``offer``, when
+    the variant declares one, replaces the step's for its members."""
 
     name: str
     weight: Any  # Decimal
     messages: dict[str, Any]  # channel name -> CompiledMessage
+    offer: dict[str, Any] | None = None  # {offer kind: validated terms}: the variant's own; None makes the step's
+    guard: Node | None = None  # the own offer's guard
+    site: VariantOfferSite | None = None  # set with ``offer``
 
 
 @dataclass
@@ -170,8 +196,9 @@ class CampaignLoader:
             # problem is reported once, not again as "offer is None" in every template
             messages = self._messages(doc, step, base, bool(step.offer), problems)
             name = schema.step_name(step, index)
-            variants = self._variants(doc, step, base, messages, problems)
-            steps.append(StepPlan(index, name, when, offer, messages, guard, variants, step.winner))
+            plan = StepPlan(index, name, when, offer, messages, guard, [], step.winner)
+            plan.variants = self._variants(doc, parser, step, plan, base, problems)
+            steps.append(plan)
         follow_ups = self._follow_ups(doc, campaign, steps, problems)
         problems += self._dispatch_channels(doc, campaign.dispatch)
         if problems:
@@ -312,9 +339,12 @@ class CampaignLoader:
         problems.extend(doc.error((*path, kind, *where), message) for where, message in found)
         return None if found else {kind: validated}
 
-    def _variants(self, doc: YamlDocument, step, base: tuple, messages: dict, problems: list) -> list[VariantPlan]:
+    def _variants(
+        self, doc: YamlDocument, parser: ConditionParser, step, plan: StepPlan, base: tuple, problems: list
+    ) -> list[VariantPlan]:
         """Each variant's messages: the step's, with the channels the variant names compiled from its own block.
-        A variant may only reword a channel the step uses: which channels reach a member is the step's choice."""
+        A variant may only reword a channel the step uses: which channels reach a member is the step's choice.
+        A variant's own offer is checked like a step's (kind, terms, guard)."""
         plans: list[VariantPlan] = []
         for j, variant in enumerate(step.variants or []):
             path = (*base, "variants", j)
@@ -327,9 +357,50 @@ class CampaignLoader:
                         hint=f"a variant rewords the step's channels: {', '.join(step.message)}",
                     )
                 )
-            own = self._messages(doc, variant, path, bool(step.offer), problems)
-            plans.append(VariantPlan(variant.name, variant.weight, {**messages, **own}))
+            own = self._messages(doc, variant, path, bool(variant.offer or step.offer), problems)
+            variant_plan = VariantPlan(variant.name, variant.weight, {**plan.messages, **own})
+            if variant.offer:
+                self._variant_offer(doc, parser, variant, j, plan, path, variant_plan, problems)
+            plans.append(variant_plan)
         return plans
+
+    def _variant_offer(
+        self, doc: YamlDocument, parser: ConditionParser, variant, j: int, plan: StepPlan, path: tuple, into, problems
+    ) -> None:
+        """The variant's own offer. Budgets: a variant offer with a ``budget:`` of its own draws on that budget
+        alone; one without draws on the step's budget (the same limits and the same running total as the step's
+        offer), so that splitting a step into variants never spends more than the step was allowed."""
+        offer = self._offer(doc, variant.offer, (*path, "offer"), problems)
+        if not offer:
+            return
+        kind, terms = next(iter(offer.items()))
+        budget_name = plan.name
+        if getattr(terms, "budget", None) is not None:
+            budget_name = f"{plan.name}/{variant.name}"
+            if len(budget_name) > 128:
+                problems.append(
+                    doc.error(
+                        (*path, "offer", kind, "budget"),
+                        f"the budget name {budget_name!r} (step/variant) is longer than 128 characters",
+                        hint="shorten the step's or the variant's name",
+                    )
+                )
+                return
+        elif plan.offer and getattr(next(iter(plan.offer.values())), "budget", None) is not None:
+            shared = next(iter(plan.offer.values())).budget
+            try:  # validated again: a limit on face value needs a face value in this variant's terms too
+                terms = type(terms).model_validate({**terms.model_dump(exclude_unset=True), "budget": shared})
+            except ValidationError as exc:
+                problems.extend(
+                    doc.error((*path, "offer", kind), f"the step's budget does not fit this offer: {e['msg']}")
+                    for e in exc.errors()
+                )
+                return
+        guard = None
+        if getattr(terms, "guard", None) is not None:
+            guard = self._condition(parser, terms.guard, (*path, "offer", kind, "guard"), problems)
+        into.offer, into.guard = {kind: terms}, guard
+        into.site = VariantOfferSite(plan.index, plan.name, variant.name, budget_name, f"guard_{plan.index}_{j}")
 
     def _messages(self, doc: YamlDocument, step, base: tuple, has_offer: bool, problems: list) -> dict[str, Any]:
         compiled: dict[str, Any] = {}

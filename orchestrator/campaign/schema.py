@@ -215,11 +215,21 @@ class Attribution(_Model):
 
 
 class Variant(_Model):
-    """An A/B variant of a step: its message replaces the step's for the channels it names."""
+    """An A/B variant of a step: its message replaces the step's for the channels it names, its offer replaces
+    the step's offer (a variant without ``offer:`` makes the step's)."""
 
     name: str = Field(pattern=NAME_PATTERN)
     weight: Decimal = Field(Decimal(1), gt=0, le=1_000_000, description="relative share of the step's members")
-    message: Messages
+    message: Messages = Field(default_factory=dict)
+    offer: Offer | None = Field(
+        None, description="this variant's own offer; without a budget of its own it draws on the step's budget"
+    )
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Variant:
+        if not self.message and not self.offer:
+            raise ValueError(f"variant {self.name!r} changes nothing: give it a message:, an offer: or both")
+        return self
 
 
 class Winner(_Model):

@@ -170,7 +170,9 @@ class CouponOffer(OfferKind):
         self._held: dict[int, int] = {}  # customer -> coupons of this campaign already held
         self._live_in_group: set[int] = set()
         self._in_run: dict[int, int] = {}  # customer -> their coupon of this step in this run, issued earlier
-        self._predicted: tuple[int, Decimal] | None = None  # dry run: the budget as it would be
+        # dry run: the budget as it would be, [issued, face value]; one list per budget in a run, shared by the
+        # step's offer and the variant offers drawing on the step's budget, so that together they predict its limit
+        self._predicted: list | None = None
         self._budget_row: int | None = None  # the campaign whose budget row exists: looked up once, not per coupon
 
     # -- per batch ------------------------------------------------------------------------------------------
@@ -205,14 +207,17 @@ class CouponOffer(OfferKind):
                 ).all()
             )
         if dry_run and self._predicted is None:
-            self._predicted = self._budget_now(conn, campaign_pk)
+            shared = run.setdefault("predicted_budgets", {}) if isinstance(run, dict) else {}
+            if self.step.budget_name not in shared:
+                shared[self.step.budget_name] = list(self._budget_now(conn, campaign_pk))
+            self._predicted = shared[self.step.budget_name]
 
     # -- per member -----------------------------------------------------------------------------------------
     def grant(self, conn, customer: Mapping[str, Any], run: Mapping[str, Any], dry_run: bool) -> Grant | Withheld:
         terms = self.options
         if not dry_run and customer["pk"] in self._in_run:  # another process sharing the run issued it
             return self.recall(conn, self._in_run[customer["pk"]])
-        if terms.guard is not None and not customer.get(f"guard_{self.step.index}"):
+        if terms.guard is not None and not customer.get(self.step.guard_column):
             return Withheld("guard")
         if self._held.get(customer["pk"], 0) >= terms.per_customer:
             return Withheld("per_customer")
@@ -222,8 +227,8 @@ class CouponOffer(OfferKind):
         if dry_run:
             if not self._fits(*self._predicted, face):
                 return Withheld("budget")
-            issued, spent = self._predicted
-            self._predicted = (issued + 1, spent + face)
+            self._predicted[0] += 1
+            self._predicted[1] += face
             return Grant(self._context("DRYRUN000000", run["at"]), face_value=face)
         issued = self._issue_once(conn, customer, run, face)
         if not isinstance(issued, tuple):
@@ -263,7 +268,7 @@ class CouponOffer(OfferKind):
     def _budget_key(self, campaign_pk: int):
         return (
             OfferBudget.campaign_pk == campaign_pk,
-            OfferBudget.step == self.step.name,
+            OfferBudget.step == self.step.budget_name,
             OfferBudget.offer_kind == self.name,
         )
 
@@ -275,7 +280,11 @@ class CouponOffer(OfferKind):
                 with conn.begin_nested():
                     conn.execute(
                         insert(OfferBudget).values(
-                            campaign_pk=campaign_pk, step=self.step.name, offer_kind=self.name, issued=0, face_value=0
+                            campaign_pk=campaign_pk,
+                            step=self.step.budget_name,
+                            offer_kind=self.name,
+                            issued=0,
+                            face_value=0,
                         )
                     )
             except IntegrityError:
@@ -310,7 +319,7 @@ class CouponOffer(OfferKind):
         issued = self._issue(conn, customer, run, face)
         if issued is not None:
             return issued
-        give_back_budget(conn, run["campaign_pk"], self.step.name, face)
+        give_back_budget(conn, run["campaign_pk"], self.step.budget_name, face)
         theirs = conn.scalar(
             select(Coupon.id).where(
                 Coupon.run_pk == run["run_pk"], Coupon.customer_pk == customer["pk"], Coupon.step == self.step.name
@@ -341,6 +350,7 @@ class CouponOffer(OfferKind):
                 "stacking": terms.stacking,
                 "bundle_with": terms.bundle_with,
                 "description": terms.describe(),
+                "budget": self.step.budget_name,  # a variant's own offer has a budget of its own
             },
             "valid_from": valid_from,
             "valid_until": valid_until,
@@ -405,7 +415,7 @@ def give_back_unsent(conn, coupon_pks: Sequence[int]) -> int:
     for coupon in voided:
         if coupon.campaign_pk is not None and coupon.step is not None:
             face = Decimal(str((coupon.terms or {}).get("face_value") or 0))
-            give_back_budget(conn, coupon.campaign_pk, coupon.step, face)
+            give_back_budget(conn, coupon.campaign_pk, (coupon.terms or {}).get("budget") or coupon.step, face)
     return len(voided)
 
 
