@@ -313,7 +313,7 @@ def _decide_group(service, runner, plan, follow_up: FollowUpPlan, campaign_pk: i
                     due,
                     policies.not_messages(service.registry.channels, service.settings.channels),
                 )
-                for (index, _kind), offer in runner.offers.items():
+                for (index, *_kind_variant), offer in runner.offers.items():
                     if index == step.index:
                         offer.prepare(conn, [c.customer for c in candidates], run, False)
                 for candidate in candidates:

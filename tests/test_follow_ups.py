@@ -375,3 +375,35 @@ def test_run_says_its_follow_ups_wait_and_dispatch_plans_and_sends_them(shop, en
     again = cli("dispatch", "--at", "2025-06-06T10:00:00+08:00", "--json")
     assert json.loads(again.stdout)["follow_ups"] == []
     assert follow_up_rows(engine, "reminder") == decided
+
+
+VARIANT_OFFER = """\
+name: variant-reminder
+schedule: {at: "2025-06-02T10:00:00+08:00"}
+segment: {frequency: {gte: 1}}
+steps:
+  - name: main
+    offer:
+      coupon: {kind: amount_off, value: 10, valid_days: 14}
+    message:
+      email: {subject: "A coupon", text: "{{ offer.code }}"}
+    variants:
+      - {name: small, weight: 1, message: {email: {subject: "A small coupon", text: "{{ offer.code }}"}}}
+      - {name: big, weight: 1, offer: {coupon: {kind: amount_off, value: 30, valid_days: 14}}}
+dispatch: {frequency_cap: {max: 5, per: 7d}}
+follow_ups:
+  - name: nudge
+    after: 3d
+    message:
+      email: {subject: "Your coupon is waiting", text: "{{ customer.name }}"}
+"""
+
+
+def test_a_follow_up_of_a_step_whose_variants_carry_their_own_offer(shop, engine: Engine):
+    """The run's offers include its variants' own (keyed by variant too): planning the follow-up copes."""
+    cli, folder, _keys = shop
+    (folder / "variants.yaml").write_text(VARIANT_OFFER, encoding="utf-8")
+    assert replay(cli, "2025-06-01", "2025-06-10")
+    decided = follow_up_rows(engine, "nudge")
+    assert len(decided) == MEMBERS
+    assert all(rows[0][0] == "sent" for rows in decided.values())
