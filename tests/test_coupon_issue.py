@@ -17,6 +17,7 @@ from tests.test_audience_facts import _orchestrator
 CAMPAIGN = """\
 name: coupon-issue
 segment: {frequency: {gte: 1}}
+recontact: always  # the second run is for the same members
 offer: {coupon: {kind: amount_off, value: 10, valid_days: 7, per_customer: 5, budget: {max_issued: 1000}}}
 message:
   email:
