@@ -20,6 +20,7 @@ from orchestrator.scheduler.listing import listing
 from orchestrator.scheduler.reload import CampaignFolder
 from orchestrator.scheduler.replay import replay
 from orchestrator.scheduler.service import Clock, SchedulerLoop
+from orchestrator.scheduler.sqlite_lock import SchedulerFileLock, lock_path
 from orchestrator.service import Orchestrator
 
 CAMPAIGNS_OPTION = click.option(
@@ -110,12 +111,28 @@ def _serve(
     folder = CampaignFolder(service, campaigns_folder(service, campaigns_dir))
     ttl = timedelta(seconds=lease_ttl or config.lease_ttl_seconds)
     lease = Lease(service.engine, ttl=ttl)
-    if is_sqlite(service.engine) and not lease.try_acquire():
+    file_lock = SchedulerFileLock(lock_path(service.engine) if is_sqlite(service.engine) else None)
+    if is_sqlite(service.engine) and not (file_lock.acquire() and lease.try_acquire(holder_is_dead=True)):
+        file_lock.release()
         info = lease.holder_info()
         raise InputError(
             "another scheduler is running on this SQLite database: " + (info.describe(app.settings.tz) if info else ""),
             hint="only one scheduler runs on SQLite; stop the other one, or use PostgreSQL to run a standby",
         )
+    # from here on the lease may be ours: whatever fails (the log file, a signal handler) must give it back,
+    # or a restart would find it held by a process that no longer runs
+    try:
+        _lead_or_stand_by(app, service, folder, lease, poll_seconds, log_file)
+    finally:
+        if lease.held_until is not None:  # the loop releases it on a clean stop; this is for a failed start
+            lease.release()
+        file_lock.release()
+
+
+def _lead_or_stand_by(
+    app, service: Orchestrator, folder: CampaignFolder, lease: Lease, poll_seconds: float | None, log_file: str | None
+) -> None:
+    config = app.settings.scheduler
     target = log_file or (str(app.settings.resolve_path(config.log_file)) if config.log_file else None)
     handler = configure_json_logging(target)
     stop = threading.Event()
@@ -138,7 +155,7 @@ def _serve(
                     "campaigns": str(folder.folder),
                     "database": service.engine.dialect.name,
                     "poll_s": loop.poll.total_seconds(),
-                    "lease_ttl_s": ttl.total_seconds(),
+                    "lease_ttl_s": lease.ttl.total_seconds(),
                 }
             },
         )
