@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from orchestrator.cli.params import seconds
 from orchestrator.errors import InputError
 from orchestrator.logs import configure_json_logging, remove_handler
 from orchestrator.output import emit_json, local_time
@@ -47,10 +48,21 @@ def _load(service: Orchestrator, campaigns_dir: str | None) -> list[CampaignFile
 @click.option("--from", "from_text", metavar="TIME", help="Replay from this time (inclusive), ISO 8601.")
 @click.option("--until", "until_text", metavar="TIME", help="Replay up to this time (exclusive), ISO 8601.")
 @click.option("--dry-run", is_flag=True, help="Replay: show what each tick would do, writing and sending nothing.")
+# the same bounds as the config's scheduler.poll_seconds and scheduler.lease_ttl_seconds
 @click.option(
-    "--poll", "poll_seconds", type=float, metavar="SECONDS", help="Service: folder re-read and dispatch interval."
+    "--poll",
+    "poll_seconds",
+    type=seconds(0, 3600, min_open=True),
+    metavar="SECONDS",
+    help="Service: folder re-read and dispatch interval (0 < SECONDS <= 3600).",
 )
-@click.option("--lease-ttl", "lease_ttl", type=float, metavar="SECONDS", help="Service: how soon a standby takes over.")
+@click.option(
+    "--lease-ttl",
+    "lease_ttl",
+    type=seconds(1, 3600),
+    metavar="SECONDS",
+    help="Service: how soon a standby takes over (1 to 3600).",
+)
 @click.option("--log-file", metavar="PATH", help="Service: append the JSON log lines here (default: stderr).")
 @CAMPAIGNS_OPTION
 @JSON_OPTION
@@ -104,9 +116,6 @@ def _serve(
 ) -> None:
     """The long-running service (orchestrator.scheduler.service), until SIGINT or SIGTERM."""
     config = app.settings.scheduler
-    for name, value in (("--poll", poll_seconds), ("--lease-ttl", lease_ttl)):
-        if value is not None and value <= 0:
-            raise InputError(f"{name} must be a positive number of seconds, not {value}")
     service = Orchestrator(app.settings, app.engine)
     folder = CampaignFolder(service, campaigns_folder(service, campaigns_dir))
     ttl = timedelta(seconds=lease_ttl or config.lease_ttl_seconds)
