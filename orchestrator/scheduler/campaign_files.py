@@ -41,7 +41,8 @@ def campaigns_folder(service: Orchestrator, override: str | None) -> Path:
 
 def load_all(service: Orchestrator, folder: Path) -> list[CampaignFile]:
     """Each ``*.yaml`` / ``*.yml`` file of ``folder`` (not its subfolders), by name. A second file declaring a
-    campaign name already taken is a problem of that file: both would fire the same runs."""
+    campaign name already taken is a problem of that file: both would fire the same runs. A file renamed or deleted
+    while the folder is being loaded is left out, as if it had gone a moment earlier."""
     files: list[CampaignFile] = []
     owners: dict[str, str] = {}
     for path in sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and p.is_file()):
@@ -50,6 +51,10 @@ def load_all(service: Orchestrator, folder: Path) -> list[CampaignFile]:
             entry.plan = service.load(path)
         except InputError as exc:
             entry.problems = list(exc.problems) if isinstance(exc, InputErrors) else [exc]
+        except FileNotFoundError:
+            if not path.exists():
+                continue  # renamed or deleted between listing and reading (or between the loader's reads of it)
+            raise
         if entry.plan is not None:
             first = owners.setdefault(entry.plan.name, entry.path)
             if first != entry.path:
