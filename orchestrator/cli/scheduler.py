@@ -227,7 +227,8 @@ def schedule_command(app, at_text: str | None, campaigns_dir: str | None, as_jso
         if "errors" in e:
             click.echo(f"{e['file']}: invalid")
             for p in e["errors"]:
-                click.echo(f"    {p['file']}:{p['line']}: {p['message']}")
+                where = p["file"] if p["line"] is None else f"{p['file']}:{p['line']}"
+                click.echo(f"    {where}: {p['message']}")
             continue
         state = "enabled" if e["enabled"] else "disabled"
         click.echo(f"{e['campaign']} ({e['file']}, {state}): {e['schedule'] or 'no schedule'}")
