@@ -249,3 +249,44 @@ def test_a_standby_takes_over_from_a_killed_leader_and_every_tick_fires_once(sho
         f"{len(cut_short)} run cut short by the kill and continued by the standby"
     )
     assert takeover_s <= ttl + 1.5
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_scheduler_killed_on_sqlite_restarts_at_once_without_waiting_for_its_lease(
+    shop: Path, db_url: str, engine: Engine
+):
+    """A crash (SIGKILL, the OOM killer) leaves the lease row live for a ttl; the file lock the dead process held
+    is gone with it, so a restart takes over at once instead of exiting 2 (which systemd would not restart)."""
+    log = shop / "scheduler.log"
+    first = start(shop, db_url, log, clock_env(), "--lease-ttl", "600")
+    try:
+        wait_for(lambda: any(line["event"] == "leading" for line in log_lines(log)))
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    info = Lease(engine).holder_info()
+    assert info is not None and info.live  # the dead process's lease has not expired
+    second = start(shop, db_url, log, clock_env(), "--lease-ttl", "600")
+    try:
+        wait_for(lambda: sum(line["event"] == "leading" for line in log_lines(log)) == 2, timeout=30)
+    finally:
+        code, errors = stop(second)
+    assert code == 0, errors
+    assert "another scheduler" not in errors
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_scheduler_that_fails_to_start_releases_the_lease(shop: Path, db_url: str, engine: Engine):
+    unwritable = shop / "no-such-folder" / "scheduler.log"  # the log is opened after the lease is taken
+    options = ["--lease-ttl", "600", "--log-file", str(unwritable)]
+    failed = subprocess.run(
+        [ORCHESTRATOR, "--config", str(shop / "orchestrator.yaml"), "--db", db_url, "scheduler", *options],
+        cwd=shop,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode != 0
+    info = Lease(engine).holder_info()
+    assert info is None or not info.live, info

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from orchestrator import progress
+from orchestrator.cli.params import seconds
 from orchestrator.errors import InputError
 from orchestrator.logs import configure_json_logging, remove_handler
 from orchestrator.output import emit_json, local_time
@@ -21,6 +22,7 @@ from orchestrator.scheduler.listing import listing
 from orchestrator.scheduler.reload import CampaignFolder
 from orchestrator.scheduler.replay import replay
 from orchestrator.scheduler.service import Clock, SchedulerLoop
+from orchestrator.scheduler.sqlite_lock import SchedulerFileLock, lock_path
 from orchestrator.service import Orchestrator
 
 CAMPAIGNS_OPTION = click.option(
@@ -47,10 +49,21 @@ def _load(service: Orchestrator, campaigns_dir: str | None) -> list[CampaignFile
 @click.option("--from", "from_text", metavar="TIME", help="Replay from this time (inclusive), ISO 8601.")
 @click.option("--until", "until_text", metavar="TIME", help="Replay up to this time (exclusive), ISO 8601.")
 @click.option("--dry-run", is_flag=True, help="Replay: show what each tick would do, writing and sending nothing.")
+# the same bounds as the config's scheduler.poll_seconds and scheduler.lease_ttl_seconds
 @click.option(
-    "--poll", "poll_seconds", type=float, metavar="SECONDS", help="Service: folder re-read and dispatch interval."
+    "--poll",
+    "poll_seconds",
+    type=seconds(0, 3600, min_open=True),
+    metavar="SECONDS",
+    help="Service: folder re-read and dispatch interval (0 < SECONDS <= 3600).",
 )
-@click.option("--lease-ttl", "lease_ttl", type=float, metavar="SECONDS", help="Service: how soon a standby takes over.")
+@click.option(
+    "--lease-ttl",
+    "lease_ttl",
+    type=seconds(1, 3600),
+    metavar="SECONDS",
+    help="Service: how soon a standby takes over (1 to 3600).",
+)
 @click.option("--log-file", metavar="PATH", help="Service: append the JSON log lines here (default: stderr).")
 @CAMPAIGNS_OPTION
 @JSON_OPTION
@@ -105,19 +118,32 @@ def _serve(
 ) -> None:
     """The long-running service (orchestrator.scheduler.service), until SIGINT or SIGTERM."""
     config = app.settings.scheduler
-    for name, value in (("--poll", poll_seconds), ("--lease-ttl", lease_ttl)):
-        if value is not None and value <= 0:
-            raise InputError(f"{name} must be a positive number of seconds, not {value}")
     service = Orchestrator(app.settings, app.engine)
     folder = CampaignFolder(service, campaigns_folder(service, campaigns_dir))
     ttl = timedelta(seconds=lease_ttl or config.lease_ttl_seconds)
     lease = Lease(service.engine, ttl=ttl)
-    if is_sqlite(service.engine) and not lease.try_acquire():
+    file_lock = SchedulerFileLock(lock_path(service.engine) if is_sqlite(service.engine) else None)
+    if is_sqlite(service.engine) and not (file_lock.acquire() and lease.try_acquire(holder_is_dead=True)):
+        file_lock.release()
         info = lease.holder_info()
         raise InputError(
             "another scheduler is running on this SQLite database: " + (info.describe(app.settings.tz) if info else ""),
             hint="only one scheduler runs on SQLite; stop the other one, or use PostgreSQL to run a standby",
         )
+    # from here on the lease may be ours: whatever fails (the log file, a signal handler) must give it back,
+    # or a restart would find it held by a process that no longer runs
+    try:
+        _lead_or_stand_by(app, service, folder, lease, poll_seconds, log_file)
+    finally:
+        if lease.held_until is not None:  # the loop releases it on a clean stop; this is for a failed start
+            lease.release()
+        file_lock.release()
+
+
+def _lead_or_stand_by(
+    app, service: Orchestrator, folder: CampaignFolder, lease: Lease, poll_seconds: float | None, log_file: str | None
+) -> None:
+    config = app.settings.scheduler
     target = log_file or (str(app.settings.resolve_path(config.log_file)) if config.log_file else None)
     handler = configure_json_logging(target)
     stop = threading.Event()
@@ -140,7 +166,7 @@ def _serve(
                     "campaigns": str(folder.folder),
                     "database": service.engine.dialect.name,
                     "poll_s": loop.poll.total_seconds(),
-                    "lease_ttl_s": ttl.total_seconds(),
+                    "lease_ttl_s": lease.ttl.total_seconds(),
                 }
             },
         )
@@ -203,7 +229,8 @@ def schedule_command(app, at_text: str | None, campaigns_dir: str | None, as_jso
         if "errors" in e:
             click.echo(f"{e['file']}: invalid")
             for p in e["errors"]:
-                click.echo(f"    {p['file']}:{p['line']}: {p['message']}")
+                where = p["file"] if p["line"] is None else f"{p['file']}:{p['line']}"
+                click.echo(f"    {where}: {p['message']}")
             continue
         state = "enabled" if e["enabled"] else "disabled"
         click.echo(f"{e['campaign']} ({e['file']}, {state}): {e['schedule'] or 'no schedule'}")

@@ -3,6 +3,7 @@ others from being listed or fired."""
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,17 +40,71 @@ def campaigns_folder(service: Orchestrator, override: str | None) -> Path:
     return folder
 
 
+def campaign_paths(folder: Path) -> list[tuple[Path, InputError | None]]:
+    """Each ``*.yaml`` / ``*.yml`` entry of ``folder`` (not its subfolders), by name, with why it is refused (None:
+    to be loaded).
+
+    Refused, naming only the file and never reading it: a symbolic link to anything outside the folder (whoever can
+    add a link to the campaigns folder must not get a file they cannot read, /etc/shadow say, quoted back in
+    error messages by the scheduler's user), a link to nothing, and anything that is not a regular file (a FIFO
+    would block the read for ever). A link to another file of the folder is read like any file. A subfolder is
+    not a campaign file and is passed over, as before."""
+    inside = folder.resolve()
+    entries: list[tuple[Path, InputError | None]] = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES):
+        refusal = _refusal(path, inside)
+        if refusal == "":
+            continue
+        entries.append((path, InputError(refusal, file=str(path)) if refusal else None))
+    return entries
+
+
+def _refusal(path: Path, inside: Path) -> str | None:
+    """Why ``path`` is not read: a message; None: read it; "": pass it over (a folder, or gone since listed)."""
+    try:
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(inside):
+                return (
+                    "is a symbolic link to a file outside the campaigns folder: refused, not read "
+                    "(copy the campaign into the folder instead)"
+                )
+            if not target.exists():
+                return "is a symbolic link to a file that does not exist"
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return ""  # renamed or deleted since the folder was listed
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        return ""
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a pipe, socket or device): refused, not read"
+    return None
+
+
 def load_all(service: Orchestrator, folder: Path) -> list[CampaignFile]:
-    """Each ``*.yaml`` / ``*.yml`` file of ``folder`` (not its subfolders), by name. A second file declaring a
-    campaign name already taken is a problem of that file: both would fire the same runs."""
+    """Each campaign file of ``folder`` (see ``campaign_paths``), by name. A second file declaring a campaign name
+    already taken is a problem of that file: both would fire the same runs. A file renamed or deleted while the
+    folder is being loaded is left out, as if it had gone a moment earlier."""
     files: list[CampaignFile] = []
     owners: dict[str, str] = {}
-    for path in sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and p.is_file()):
+    for path, refusal in campaign_paths(folder):
         entry = CampaignFile(str(path))
+        if refusal is not None:
+            entry.problems = [refusal]
+            files.append(entry)
+            continue
         try:
             entry.plan = service.load(path)
         except InputError as exc:
             entry.problems = list(exc.problems) if isinstance(exc, InputErrors) else [exc]
+        except FileNotFoundError:
+            if not path.exists():
+                continue  # gone between listing and reading (or between the loader's reads of it)
+            raise
+        except OSError as exc:
+            entry.problems = [InputError(f"cannot be read: {exc.strerror}", file=str(path))]
         if entry.plan is not None:
             first = owners.setdefault(entry.plan.name, entry.path)
             if first != entry.path:

@@ -21,11 +21,12 @@ later than the expiry any other process will see; what remains assumed is that t
 visibly different rates within one ttl and that the wall clock on a SQLite machine is not stepped back by more
 than a fraction of the ttl (NTP slewing is fine, a manual reset by minutes is not).
 
-SQLite: only one scheduler may run against a SQLite file (one machine; there is nothing to fail over to). The
-command line checks ``is_sqlite(engine)`` and, there, calls ``try_acquire()`` once: ``False`` means another
-scheduler is running (``holder_info().describe(tz)`` says which and since when) and the command exits with status
-2 instead of waiting as a standby. A scheduler that died without ``release()`` holds the lease until its ttl runs
-out; starting again after that succeeds.
+SQLite: only one scheduler may run against a SQLite file (one machine; there is nothing to fail over to). Telling a
+live scheduler from a dead one is left to the operating system: the command line first takes an exclusive file lock
+next to the database (``sqlite_lock.SchedulerFileLock``), which the kernel drops when its process dies, however it
+dies. Not getting it means another scheduler is alive: the command says which (``holder_info().describe(tz)``) and
+exits with status 2 instead of waiting as a standby. Getting it means whoever the lease row names is dead (killed,
+crashed), so the lease is taken over at once (``try_acquire(holder_is_dead=True)``) rather than after its ttl.
 """
 
 from __future__ import annotations
@@ -115,16 +116,20 @@ class Lease:
         """How long this process may still lead without renewing; 0 when it does not lead."""
         return max(0.0, self._held_until - time.monotonic()) if self._held_until is not None else 0.0
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, *, holder_is_dead: bool = False) -> bool:
         """Take the lease if it is free or expired, or keep it if this process holds it. True: this process leads
-        for the next ttl."""
+        for the next ttl.
+
+        ``holder_is_dead``: take it even while another holder's lease is live, for a caller that knows that holder
+        is dead (on SQLite, the scheduler file lock: see ``sqlite_lock``); never on a mere guess."""
         started = time.monotonic()
         table = SchedulerLease.__table__
         with self.engine.begin() as conn:
             now = _now(conn)
+            free = or_(table.c.expires_at <= now, table.c.holder == self.holder)
             taken = conn.execute(
                 update(table)
-                .where(table.c.name == self.name, or_(table.c.expires_at <= now, table.c.holder == self.holder))
+                .where(table.c.name == self.name, *([] if holder_is_dead else [free]))
                 .values(
                     # a holder taking its own lease again keeps the time it first took it
                     acquired_at=case(

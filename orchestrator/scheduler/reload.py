@@ -23,7 +23,7 @@ from pathlib import Path
 
 from orchestrator.campaign.loader import CampaignPlan
 from orchestrator.errors import InputError
-from orchestrator.scheduler.campaign_files import SUFFIXES, CampaignFile, load_all
+from orchestrator.scheduler.campaign_files import CampaignFile, campaign_paths, load_all
 from orchestrator.scheduler.replay import unsupported
 from orchestrator.service import Orchestrator
 
@@ -93,8 +93,13 @@ def _not_fired(plan: CampaignPlan) -> str | None:
 
 
 def _content_hashes(folder: Path) -> dict[str, str]:
+    """Path -> a hash of its content; a refused entry (a link out of the folder, a pipe) is not read: its hash is
+    the reason, so it is reported once, and again only if the reason changes."""
     hashes: dict[str, str] = {}
-    for path in sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and p.is_file()):
+    for path, refusal in campaign_paths(folder):
+        if refusal is not None:
+            hashes[str(path)] = "refused: " + refusal.message
+            continue
         try:
             hashes[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:  # deleted between listing and reading: gone, as the next poll will also see
