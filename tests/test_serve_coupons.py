@@ -205,6 +205,18 @@ def test_bad_bodies_get_a_clear_4xx(shop: Shop, engine: Engine, keys, base, body
     assert counts(engine) == (0, 0)
 
 
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1999-12-31T23:00:00Z"])
+def test_an_order_time_outside_the_supported_years_is_a_422_and_writes_nothing(
+    shop: Shop, engine: Engine, keys, base, at
+):
+    code = shop.coupon("C1")
+    for action in ("check", "redeem"):
+        answer = post(base, code, action, order(at=at), keys["till"])
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"] == "time_out_of_range" and "ordered_at" in answer.json()["message"]["en"]
+    assert counts(engine) == (0, 0)
+
+
 def test_an_oversize_body_without_content_length_is_cut_off(shop: Shop, keys, base):
     code = shop.coupon("C1")
 

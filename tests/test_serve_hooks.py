@@ -115,6 +115,22 @@ def test_sms_bad_signatures_stale_times_and_bad_fields_change_nothing(shop):
     assert suppressions(engine) == []
 
 
+def test_times_outside_the_supported_years_are_a_422_on_every_hook(shop):
+    url, engine = shop["url"], shop["engine"]
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        answer = sms(url, {"mobile": "13800000001", "content": "T", "time": at})
+        assert answer.status_code == 422 and answer.json()["error"] == "time_out_of_range", answer.text
+        event = {"type": "bounce", "recipient": "someone@example.com", "occurred_at": at}
+        answer = generic(url, [event])
+        assert answer.status_code == 422 and answer.json()["error"] == "time_out_of_range", answer.text
+    for stamp in (1e20, -1e20, 0):
+        answer = mailgun(
+            url, {"event": "failed", "severity": "permanent", "recipient": "a@example.com", "timestamp": stamp}
+        )
+        assert answer.status_code == 422 and answer.json()["error"] == "time_out_of_range", answer.text
+    assert suppressions(engine) == []
+
+
 def test_sms_shared_secret_and_json(shop):
     url, engine = shop["url"], shop["engine"]
     body = {"phone": "+8613800000002", "text": "STOP"}

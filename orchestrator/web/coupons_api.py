@@ -30,11 +30,11 @@ from orchestrator.coupons import codes
 from orchestrator.coupons.redemption import RedemptionRefused, local_iso, redeem
 from orchestrator.db.models import Coupon, Customer, Order
 from orchestrator.ledger import insert_ignoring_duplicates
-from orchestrator.timeutil import parse_datetime, utcnow
+from orchestrator.timeutil import TimeOutOfRange, parse_reported_time, utcnow
 from orchestrator.web import metrics
 from orchestrator.web.auth import require
 from orchestrator.web.bodies import json_object
-from orchestrator.web.errors import ApiError
+from orchestrator.web.errors import ApiError, time_out_of_range
 
 SOURCE = "pos"
 MAX_AMOUNT = Decimal("10000000")
@@ -95,7 +95,9 @@ def _order_of(raw: bytes, settings: Settings) -> tuple[TillOrder, datetime]:
         )
         raise ApiError(422, "invalid_order", problems, f"订单数据无效：{problems}") from None
     try:
-        ordered_at = parse_datetime(order.ordered_at, settings.tz)
+        ordered_at = parse_reported_time(order.ordered_at, settings.tz)
+    except TimeOutOfRange as exc:
+        raise time_out_of_range("ordered_at", exc) from None
     except ValueError as exc:
         raise ApiError(422, "invalid_order", f"ordered_at: {exc}", "ordered_at 不是有效的时间（ISO 8601）") from None
     return order, ordered_at

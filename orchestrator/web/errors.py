@@ -29,3 +29,8 @@ class ApiError(Exception):
 
 def bad_request(en: str, zh: str, code: str = "bad_request") -> ApiError:
     return ApiError(400, code, en, zh)
+
+
+def time_out_of_range(field: str, problem: Exception) -> ApiError:
+    """A well-formed time outside the years the service accepts (``timeutil.check_reported_time``)."""
+    return ApiError(422, "time_out_of_range", f"{field}: {problem}", f"{field} 超出可接受的时间范围（2000–2099 年）")

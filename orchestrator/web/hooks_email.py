@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, func, or_, select, update
@@ -35,10 +36,10 @@ from orchestrator import suppressions
 from orchestrator.config import EmailHookConfig, Settings
 from orchestrator.db.models import Delivery
 from orchestrator.ledger import delivery_key, parse_delivery_key
-from orchestrator.timeutil import parse_datetime, utcnow
+from orchestrator.timeutil import TimeOutOfRange, parse_reported_time, reported_timestamp, utcnow
 from orchestrator.web import metrics
 from orchestrator.web.bodies import json_object
-from orchestrator.web.errors import ApiError, bad_request
+from orchestrator.web.errors import ApiError, bad_request, time_out_of_range
 from orchestrator.web.signatures import fresh, unauthorised, verify_hmac
 
 CHANNEL = "email"
@@ -96,7 +97,9 @@ def _generic(body: dict[str, Any], settings: Settings) -> list[EmailEvent]:
             raise _invalid(index, "type is bounce, complaint or delivered")
         when = _text(event.get("occurred_at"), index, "occurred_at")
         try:
-            occurred = parse_datetime(when, settings.tz) if when else utcnow()
+            occurred = parse_reported_time(when, settings.tz) if when else utcnow()
+        except TimeOutOfRange as exc:
+            raise time_out_of_range(f"event {index}: occurred_at", exc) from None
         except ValueError as exc:
             raise _invalid(index, f"occurred_at: {exc}") from None
         parsed.append(
@@ -130,7 +133,14 @@ def _mailgun(body: dict[str, Any], hook: EmailHookConfig, tolerance: int) -> lis
     else:
         return []  # opened, clicked, unsubscribed…: not delivery outcomes; acknowledged so Mailgun stops retrying
     stamp = data.get("timestamp")
-    occurred = datetime.fromtimestamp(float(stamp), UTC) if isinstance(stamp, int | float) else utcnow()
+    try:
+        occurred = (
+            reported_timestamp(float(stamp))
+            if isinstance(stamp, int | float | Decimal) and not isinstance(stamp, bool)
+            else utcnow()
+        )
+    except TimeOutOfRange as exc:
+        raise time_out_of_range("event-data.timestamp", exc) from None
     headers = (data.get("message") or {}).get("headers") or {}
     return [
         EmailEvent(
