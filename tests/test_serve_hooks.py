@@ -199,6 +199,26 @@ def test_a_hard_bounce_by_delivery_key_suppresses_and_the_next_run_skips(shop):
     assert [tuple(s) for s in states] == [("skipped", "suppressed")]
 
 
+def test_a_delivery_key_of_a_delivery_to_another_address_matches_nothing(shop):
+    url, engine = shop["url"], shop["engine"]
+    run_pk, delivery_pk, contact, _ = sent_email(shop, "C01")
+    with engine.connect() as conn:
+        other_pk, other_contact = conn.execute(
+            select(Delivery.id, Delivery.contact)
+            .join(Customer, Customer.id == Delivery.customer_pk)
+            .where(Customer.customer_id == "C03", Delivery.run_pk == run_pk)
+        ).one()
+    assert other_contact.lower() != contact.lower()
+    event = {"type": "bounce", "recipient": contact, "delivery_key": delivery_key(run_pk, other_pk)}
+    answer = generic(url, [event])
+    assert answer.status_code == 200 and answer.json() == {"events": 1, "matched": 0, "suppressed": 1}
+    assert outcome(engine, other_pk) is None and outcome(engine, delivery_pk) is None
+    assert suppressions(engine) == [(contact.lower(), "email", "bounced", "email_event")]  # the recipient only
+    # the recipient as the provider may spell it (case, spaces) still names its own delivery
+    own = {"type": "delivered", "recipient": f" {contact.upper()} ", "delivery_key": delivery_key(run_pk, delivery_pk)}
+    assert generic(url, [own]).json()["matched"] == 1 and outcome(engine, delivery_pk) == "delivered"
+
+
 def test_complaints_by_message_id_soft_bounces_and_bad_events(shop):
     url, engine = shop["url"], shop["engine"]
     _, delivery_pk, contact, message_id = sent_email(shop, "C03")

@@ -14,7 +14,8 @@ Each event sets the delivery's ``outcome`` (``delivered``, ``bounced``, ``soft_b
 ``outcome_at``, unless a later event is already recorded (providers retry and reorder). A hard bounce or a
 complaint also suppresses the address on e-mail (reason ``bounced`` / ``complained``), whether or not the delivery
 is found: an address the provider will not deliver to must not be tried again. The delivery is found by its key,
-else by the Message-ID the e-mail channel derived from that key, among the deliveries to that address.
+else by the Message-ID the e-mail channel derived from that key, among the deliveries to that address only (a key
+of a delivery to another address matches nothing).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from starlette.routing import Route
 
 from orchestrator import suppressions
 from orchestrator.config import EmailHookConfig, Settings
+from orchestrator.data.records import address_key
 from orchestrator.db.models import Delivery
 from orchestrator.ledger import delivery_key, parse_delivery_key
 from orchestrator.timeutil import TimeOutOfRange, parse_reported_time, reported_timestamp, utcnow
@@ -158,20 +160,37 @@ def _id_hash(message_id: str) -> str:
     return message_id.strip().strip("<>").partition("@")[0].lower()
 
 
+def _recipient_key(recipient: str) -> str | None:
+    """The recipient as deliveries' contacts compare (normalised, lower-cased), or None if it is no address."""
+    try:
+        return suppressions.normalise_email(recipient)
+    except ValueError:
+        return None
+
+
 def _find_delivery(conn: Connection, event: EmailEvent) -> int | None:
+    """The delivery the event names, only ever among the deliveries to its recipient: a key or Message-ID of a
+    delivery to another address (a provider's mix-up, or a forged event) must not mark that delivery."""
+    recipient = _recipient_key(event.recipient)
+    if recipient is None:
+        return None
     if event.delivery_key and (key := parse_delivery_key(event.delivery_key)):
         run_id, delivery_id = key
-        return conn.execute(
-            select(Delivery.id).where(
+        found = conn.execute(
+            select(Delivery.id, Delivery.contact).where(
                 Delivery.id == delivery_id, Delivery.run_pk == run_id, Delivery.channel == CHANNEL
             )
-        ).scalar()
+        ).first()
+        if found is None or found.contact is None:
+            return None
+        # contacts are stored as the importer normalised them (local part's case kept); compare as suppressions do
+        return found.id if address_key(found.contact) == recipient else None
     if not event.message_id:
         return None
     wanted = _id_hash(event.message_id)
     rows = conn.execute(
         select(Delivery.id, Delivery.run_pk)
-        .where(Delivery.channel == CHANNEL, func.lower(Delivery.contact) == event.recipient.strip().lower())
+        .where(Delivery.channel == CHANNEL, func.lower(Delivery.contact) == recipient)
         .order_by(Delivery.id.desc())
         .limit(CANDIDATES)
     )
