@@ -246,6 +246,9 @@ def test_complaints_by_message_id_soft_bounces_and_bad_events(shop):
     ):
         answer = generic(url, bad)
         assert answer.status_code == 400 and answer.json()["error"] == "invalid_event", answer.text
+    for field in ("delivery_key", "message_id"):
+        answer = generic(url, [{**soft, field: "run1-d1\u202e"}])
+        assert answer.status_code == 422 and answer.json()["error"] == "invalid_identifier", answer.text
 
 
 def mailgun(url: str, data: dict, key: str = MAILGUN_KEY, timestamp: int | None = None) -> httpx.Response:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.data.records import identifier
 from orchestrator.web.errors import ApiError, bad_request
 
 MAX_JSON_DEPTH = 20
@@ -102,3 +103,12 @@ def form_fields(raw: bytes) -> dict[str, list[str]]:
 
 def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def checked_identifier(value: str, name: str, limit: int = 64) -> str:
+    """An id a caller sends (a coupon code in the path, a delivery key, a Message-ID), held to the rule
+    ``import orders`` applies (``records.identifier``: no control, format or bidi characters), else a 422."""
+    try:
+        return identifier(limit)(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_identifier", f"{name} {exc}", f"{name} 含有控制字符或过长") from None

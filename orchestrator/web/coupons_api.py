@@ -28,12 +28,13 @@ from starlette.routing import Route
 from orchestrator.config import Settings
 from orchestrator.coupons import codes
 from orchestrator.coupons.redemption import RedemptionRefused, local_iso, redeem
+from orchestrator.data.records import identifier
 from orchestrator.db.models import Coupon, Customer, Order
 from orchestrator.ledger import insert_ignoring_duplicates
 from orchestrator.timeutil import TimeOutOfRange, parse_reported_time, utcnow
 from orchestrator.web import metrics
 from orchestrator.web.auth import require
-from orchestrator.web.bodies import json_object
+from orchestrator.web.bodies import checked_identifier, json_object
 from orchestrator.web.errors import ApiError, time_out_of_range
 
 SOURCE = "pos"
@@ -68,6 +69,11 @@ class TillOrder(BaseModel):
     customer_id: str = Field(min_length=1, max_length=64)
     amount: Decimal
     ordered_at: str = Field(min_length=1, max_length=64)
+
+    @field_validator("order_id", "customer_id")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return identifier(64)(value)  # the rule of ``import orders``: no control, format or bidi characters
 
     @field_validator("amount", mode="before")
     @classmethod
@@ -226,6 +232,7 @@ async def _answer(request: Request, *, commit: bool) -> JSONResponse:
     code = request.path_params["code"]
     if len(code) > 64:
         raise ApiError(400, "malformed_code", "the coupon code is too long", "券码过长")
+    checked_identifier(code, "the coupon code")
     status, body = await run_in_threadpool(decide, request, code, raw, commit=commit)
     return JSONResponse(body, status_code=status)
 

@@ -40,7 +40,7 @@ from orchestrator.db.models import Delivery
 from orchestrator.ledger import delivery_key, parse_delivery_key
 from orchestrator.timeutil import TimeOutOfRange, parse_reported_time, reported_timestamp, utcnow
 from orchestrator.web import metrics
-from orchestrator.web.bodies import json_object
+from orchestrator.web.bodies import checked_identifier, json_object
 from orchestrator.web.errors import ApiError, bad_request, time_out_of_range
 from orchestrator.web.signatures import fresh, unauthorised, verify_hmac
 
@@ -71,6 +71,10 @@ def _text(value: Any, index: int, name: str, *, required: bool = False) -> str |
     if not isinstance(value, str) or len(value) > 998:
         raise _invalid(index, f"{name} must be text")
     return value
+
+
+def _identifier(value: str | None, name: str) -> str | None:
+    return checked_identifier(value, name, 998) if value is not None else None
 
 
 def _generic(body: dict[str, Any], settings: Settings) -> list[EmailEvent]:
@@ -109,8 +113,8 @@ def _generic(body: dict[str, Any], settings: Settings) -> list[EmailEvent]:
                 outcome,
                 _text(event.get("recipient"), index, "recipient", required=True),
                 occurred,
-                _text(event.get("delivery_key"), index, "delivery_key"),
-                _text(event.get("message_id"), index, "message_id"),
+                _identifier(_text(event.get("delivery_key"), index, "delivery_key"), f"event {index}: delivery_key"),
+                _identifier(_text(event.get("message_id"), index, "message_id"), f"event {index}: message_id"),
             )
         )
     return parsed
@@ -150,7 +154,9 @@ def _mailgun(body: dict[str, Any], hook: EmailHookConfig, tolerance: int) -> lis
             _text(data.get("recipient"), 1, "recipient", required=True),
             occurred,
             None,
-            _text(headers.get("message-id") if isinstance(headers, dict) else None, 1, "message-id"),
+            _identifier(
+                _text(headers.get("message-id") if isinstance(headers, dict) else None, 1, "message-id"), "message-id"
+            ),
         )
     ]
 
