@@ -115,6 +115,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings, engine: Engine) -> Starlette:
+    settings.require_serve_secrets()  # a hook whose secret is unset must not start (each worker checks too)
     plugins = manager()
     registry = build_registry(plugins)
     app = Starlette(
