@@ -38,12 +38,12 @@ class BodyLimit:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 if not value.isdigit():
-                    await bad_request("Content-Length is not a number", "Content-Length 不是数字").response()(
-                        scope, receive, send
-                    )
+                    await bad_request("Content-Length is not a number", "Content-Length 不是数字").response(
+                        scope["path"]
+                    )(scope, receive, send)
                     return
                 if int(value) > self.limit:
-                    await too_large(self.limit).response()(scope, receive, send)
+                    await too_large(self.limit).response(scope["path"])(scope, receive, send)
                     return
         # no (or a truthful-looking) length: count what actually arrives, and stop reading past the limit
         chunks: list[bytes] = []
@@ -56,7 +56,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await too_large(self.limit).response()(scope, receive, send)
+                await too_large(self.limit).response(scope["path"])(scope, receive, send)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
