@@ -8,6 +8,7 @@ import email
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -251,9 +252,11 @@ def test_complaints_by_message_id_soft_bounces_and_bad_events(shop):
         assert answer.status_code == 422 and answer.json()["error"] == "invalid_identifier", answer.text
 
 
-def mailgun(url: str, data: dict, key: str = MAILGUN_KEY, timestamp: int | None = None) -> httpx.Response:
+def mailgun(
+    url: str, data: dict, key: str = MAILGUN_KEY, timestamp: int | None = None, token: str | None = None
+) -> httpx.Response:
     stamp = str(int(time.time()) if timestamp is None else timestamp)
-    token = "a" * 50
+    token = token or secrets.token_hex(25)  # Mailgun's token is new for every request
     signature = hmac.new(key.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
     body = {"signature": {"timestamp": stamp, "token": token, "signature": signature}, "event-data": data}
     return httpx.post(f"{url}/hooks/email/mg", json=body)
@@ -276,6 +279,34 @@ def test_mailgun_permanent_failures_are_verified_and_suppress(shop):
     assert answer.status_code == 200 and answer.json() == {"events": 1, "matched": 1, "suppressed": 1}
     assert outcome(engine, delivery_pk) == "bounced"
     assert mailgun(url, {**data, "event": "opened"}).json() == {"events": 0, "matched": 0, "suppressed": 0}
+
+
+def test_a_replayed_mailgun_request_is_refused(shop):
+    url, engine = shop["url"], shop["engine"]
+    data = {"event": "failed", "severity": "permanent", "recipient": "replay@example.com", "timestamp": time.time()}
+    stamp, token = int(time.time()), "b" * 50
+    first = mailgun(url, data, timestamp=stamp, token=token)
+    assert first.status_code == 200 and first.json()["suppressed"] == 1
+    with engine.begin() as conn:  # the address is let back in; a replay must not suppress it again
+        conn.execute(Suppression.__table__.delete())
+    again = mailgun(url, data, timestamp=stamp, token=token)
+    assert again.status_code == 401 and again.json()["error"] == "bad_signature"
+    assert suppressions(engine) == []
+    assert mailgun(url, {**data, "event": "opened"}, timestamp=stamp, token=token).status_code == 401
+    assert mailgun(url, data).status_code == 200  # a new token: a new request
+
+
+def test_json_with_a_repeated_key_is_refused(shop):
+    url, engine = shop["url"], shop["engine"]
+    body = b'{"events": [{"type": "delivered", "recipient": "a@example.com", "type": "bounce"}]}'
+    answer = httpx.post(
+        f"{url}/hooks/email/generic",
+        content=body,
+        headers={"Content-Type": "application/json", **signed(EMAIL_SECRET, body)},
+    )
+    assert answer.status_code == 400 and answer.json()["error"] == "malformed_body", answer.text
+    assert "'type' appears twice" in answer.json()["message"]["en"]
+    assert suppressions(engine) == []
 
 
 # --- health and metrics --------------------------------------------------------------------------------------------

@@ -76,7 +76,9 @@ class BodyLimit:
 def json_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 saying what is wrong with it."""
     try:
-        value = json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
+        value = json.loads(
+            raw.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_no_duplicates
+        )
     except UnicodeDecodeError:
         raise bad_request("the body is not UTF-8", "请求内容不是 UTF-8 编码", "malformed_body") from None
     except (json.JSONDecodeError, ValueError) as exc:
@@ -85,6 +87,17 @@ def json_object(raw: bytes) -> dict[str, Any]:
         raise bad_request("the body nests too deeply", "请求内容嵌套过深", "malformed_body") from None
     if not isinstance(value, dict):
         raise bad_request("the body must be a JSON object", "请求内容必须是 JSON 对象", "malformed_body")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, refused when a key repeats: parsers disagree on which value wins, so a signed body could be read
+    one way by us and another way by whoever checked it."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        value[key] = item
     return value
 
 

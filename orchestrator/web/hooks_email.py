@@ -7,8 +7,9 @@ Two formats:
   like the SMS hooks (``X-Timestamp``, ``X-Signature``: hex HMAC-SHA256 of ``<timestamp>.<body>``). Only
   ``type`` and ``recipient`` are required; ``delivery_key`` or ``message_id`` names the delivery.
 - ``mailgun``: Mailgun's webhook JSON (``signature`` {timestamp, token, signature}: HMAC-SHA256 of timestamp and
-  token with the webhook signing key; ``event-data`` with ``event`` delivered / failed / complained,
-  ``severity`` permanent / temporary, ``recipient``, ``timestamp``, ``message.headers.message-id``).
+  token with the webhook signing key, each token accepted once (``replays``); ``event-data`` with ``event``
+  delivered / failed / complained, ``severity`` permanent / temporary, ``recipient``, ``timestamp``,
+  ``message.headers.message-id``).
 
 Each event sets the delivery's ``outcome`` (``delivered``, ``bounced``, ``soft_bounced``, ``complained``) and
 ``outcome_at``, unless a later event is already recorded (providers retry and reorder). A hard bounce or a
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -39,7 +40,7 @@ from orchestrator.data.records import address_key
 from orchestrator.db.models import Delivery
 from orchestrator.ledger import delivery_key, parse_delivery_key
 from orchestrator.timeutil import TimeOutOfRange, parse_reported_time, reported_timestamp, utcnow
-from orchestrator.web import metrics
+from orchestrator.web import metrics, replays
 from orchestrator.web.bodies import checked_identifier, json_object
 from orchestrator.web.errors import ApiError, bad_request, time_out_of_range
 from orchestrator.web.signatures import fresh, unauthorised, verify_hmac
@@ -120,7 +121,22 @@ def _generic(body: dict[str, Any], settings: Settings) -> list[EmailEvent]:
     return parsed
 
 
-def _mailgun(body: dict[str, Any], hook: EmailHookConfig, tolerance: int) -> list[EmailEvent]:
+@dataclass(frozen=True)
+class OneTimeToken:
+    """A provider's token that may be used once (Mailgun's), remembered until its request could not pass anyway."""
+
+    provider: str
+    token: str
+    remember_until: datetime
+
+    def claim(self, conn: Connection) -> None:
+        if not replays.claim_once(conn, self.provider, self.token, self.remember_until):
+            raise unauthorised()  # a replay: the same 401 as every other failure
+
+
+def _mailgun(
+    body: dict[str, Any], hook: EmailHookConfig, provider: str, tolerance: int
+) -> tuple[list[EmailEvent], OneTimeToken]:
     signature = body.get("signature")
     if not isinstance(signature, dict):
         raise unauthorised()
@@ -128,6 +144,7 @@ def _mailgun(body: dict[str, Any], hook: EmailHookConfig, tolerance: int) -> lis
     expected = hmac.new(hook.secret.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
     if not fresh(timestamp, tolerance) or not token or not hmac.compare_digest(expected.encode(), presented.encode()):
         raise unauthorised()
+    once = OneTimeToken(provider, token, datetime.fromtimestamp(int(timestamp), UTC) + timedelta(seconds=tolerance + 1))
     data = body.get("event-data")
     if not isinstance(data, dict):
         raise _invalid(1, "event-data is missing")
@@ -137,7 +154,7 @@ def _mailgun(body: dict[str, Any], hook: EmailHookConfig, tolerance: int) -> lis
     elif kind in ("complained", "delivered"):
         outcome = kind
     else:
-        return []  # opened, clicked, unsubscribed…: not delivery outcomes; acknowledged so Mailgun stops retrying
+        return [], once  # opened, clicked, unsubscribed…: not delivery outcomes; acknowledged so Mailgun stops retrying
     stamp = data.get("timestamp")
     try:
         occurred = (
@@ -158,7 +175,7 @@ def _mailgun(body: dict[str, Any], hook: EmailHookConfig, tolerance: int) -> lis
                 _text(headers.get("message-id") if isinstance(headers, dict) else None, 1, "message-id"), "message-id"
             ),
         )
-    ]
+    ], once
 
 
 def _id_hash(message_id: str) -> str:
@@ -232,9 +249,11 @@ def _record(conn: Connection, event: EmailEvent) -> dict[str, int]:
     return done
 
 
-def _apply(request: Request, events: list[EmailEvent]) -> dict[str, int]:
+def _apply(request: Request, events: list[EmailEvent], once: OneTimeToken | None) -> dict[str, int]:
     totals = {"events": len(events), "matched": 0, "suppressed": 0}
     with request.app.state.engine.begin() as conn:
+        if once is not None:
+            once.claim(conn)  # in this transaction: a request that fails is not remembered, its retry is accepted
         for event in events:
             for key, value in _record(conn, event).items():
                 totals[key] += value
@@ -252,10 +271,10 @@ async def receive(request: Request) -> JSONResponse:
     tolerance = settings.serve.timestamp_tolerance_seconds
     if hook.format == "generic":
         verify_hmac(hook.secret, request.headers.get("x-timestamp"), request.headers.get("x-signature"), raw, tolerance)
-        events = _generic(json_object(raw), settings)
+        events, once = _generic(json_object(raw), settings), None
     else:
-        events = _mailgun(json_object(raw), hook, tolerance)
-    totals = await run_in_threadpool(_apply, request, events)
+        events, once = _mailgun(json_object(raw), hook, provider, tolerance)
+    totals = await run_in_threadpool(_apply, request, events, once)
     return JSONResponse(totals)
 
 
