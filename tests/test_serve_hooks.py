@@ -8,6 +8,7 @@ import email
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from pathlib import Path
@@ -325,6 +326,12 @@ def test_healthz_and_metrics(shop, tmp_path: Path):
     assert 'orchestrator_runs{state="done"} 1.0' in text
     assert 'orchestrator_http_request_seconds_count{endpoint="unsubscribe",method="GET",status="400"}' in text
     assert "not-a-token" not in text
+    # docs/serve.md's table names each counter as it is scraped (<name>_total)
+    table = (Path(__file__).parents[1] / "docs" / "serve.md").read_text(encoding="utf-8")
+    documented = re.findall(r"^\| `(orchestrator_\w+)", table.split("## Health and metrics")[1], re.MULTILINE)
+    counters = set(re.findall(r"^# TYPE (\w+) counter$", text, re.MULTILINE))
+    assert {"orchestrator_coupon_answers_total", "orchestrator_hook_events_total"} <= counters
+    assert counters <= set(documented)
 
     empty = create_db_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     with running(load_settings(None), empty) as bare:
