@@ -3,7 +3,8 @@
 A key is ``ok_<prefix>_<secret>``: 8 random characters that find its row, then 43 (256 bits) that prove it. Only
 the SHA-256 of the whole key is stored and compared in constant time; the key is printed once, at creation. A key
 holds scopes (``SCOPES``); ``coupons:redeem`` includes ``coupons:check``. Revoking is immediate for every server
-process, since each request reads the row. Who may call the service is decided here and in the database only:
+process, since each request reads the row; the revoked row stays (for the record) and its name may be given to a
+new key. Who may call the service is decided here and in the database only:
 nothing in a campaign or config file grants a key.
 """
 
@@ -63,7 +64,8 @@ def create(conn: Connection, name: str, scopes: list[str], now: datetime | None 
         raise InputError(
             f"{name!r} is not a key name", hint="letters, digits, '.', '_' and '-', up to 64, e.g. till-shop-12"
         )
-    if conn.execute(select(ApiKey.id).where(ApiKey.name == name)).first():
+    # unique among live keys only (the database's uq_api_keys_live_name): a revoked key's name may be reused
+    if conn.execute(select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))).first():
         raise InputError(f"an API key named {name!r} exists", hint="revoke it first, or choose another name")
     prefix = "".join(secrets.choice(PREFIX_ALPHABET) for _ in range(8))
     key = f"ok_{prefix}_{secrets.token_urlsafe(32)}"
@@ -86,7 +88,7 @@ def revoke(conn: Connection, name: str, now: datetime | None = None) -> None:
 
 def listing(conn: Connection) -> list[dict[str, Any]]:
     columns = (ApiKey.name, ApiKey.prefix, ApiKey.scopes, ApiKey.created_at, ApiKey.last_used_at, ApiKey.revoked_at)
-    rows = conn.execute(select(*columns).order_by(ApiKey.name))
+    rows = conn.execute(select(*columns).order_by(ApiKey.name, ApiKey.id))
     return [
         {
             "name": row.name,

@@ -4,12 +4,14 @@ Resolution order: ``--config PATH`` / ``ORCHESTRATOR_CONFIG``; else ``orchestrat
 directory if it exists; else the built-in defaults. The database URL comes from ``--db`` /
 ``ORCHESTRATOR_DATABASE_URL``, then the file's ``database.url``, then an SQLite file in the working directory.
 Secrets are never written in the file: any string may reference ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``).
+A webhook secret's variable is needed by ``serve`` only (``Settings.require_serve_secrets``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -250,9 +252,20 @@ class Settings(_Section):
     # the parsed file, so that errors in named segments point at their line in the config
     _document: YamlDocument | None = PrivateAttr(default=None)
 
+    # webhook secrets whose environment variable is not set: only ``serve`` needs them (``require_serve_secrets``)
+    _unset_serve_secrets: list[InputError] = PrivateAttr(default_factory=list)
+
     @property
     def document(self) -> YamlDocument | None:
         return self._document
+
+    def require_serve_secrets(self) -> None:
+        """InputError (each reference, at its line) if a webhook secret's environment variable was not set."""
+        problems = self._unset_serve_secrets
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise InputErrors(problems[0].file or "", problems)
 
     @field_validator("channels")
     @classmethod
@@ -296,11 +309,20 @@ class Settings(_Section):
         return path if path.is_absolute() else Path(self.base_dir) / path
 
 
-def _expand_env(value: Any, doc: YamlDocument, path: tuple = ()) -> Any:
+def _serve_only(path: tuple) -> bool:
+    """A webhook secret (``serve.sms_hooks.<name>.secret``, ``serve.email_hooks.<name>.secret``): read by
+    ``serve`` alone, so its variable may be unset for every other command."""
+    return len(path) == 4 and path[0] == "serve" and path[1] in ("sms_hooks", "email_hooks") and path[3] == "secret"
+
+
+def _expand_env(value: Any, doc: YamlDocument, path: tuple = (), unset: list[InputError] | None = None) -> Any:
+    """``value`` with every ``${VAR}`` replaced. A missing variable is an InputError, except in a webhook secret
+    when ``unset`` is given: that problem is appended there (for ``serve`` to raise) and the secret becomes a
+    random value, so nothing could ever verify against it."""
     if isinstance(value, dict):
-        return {k: _expand_env(v, doc, (*path, k)) for k, v in value.items()}
+        return {k: _expand_env(v, doc, (*path, k), unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, doc, (*path, i)) for i, v in enumerate(value)]
+        return [_expand_env(v, doc, (*path, i), unset) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -310,7 +332,11 @@ def _expand_env(value: Any, doc: YamlDocument, path: tuple = ()) -> Any:
             return os.environ[name]
         if default is not None:
             return default
-        raise doc.error(path, f"environment variable {name} is not set", hint=f"export {name}=… before running")
+        problem = doc.error(path, f"environment variable {name} is not set", hint=f"export {name}=… before running")
+        if unset is None or not _serve_only(path):
+            raise problem
+        unset.append(problem)
+        return secrets.token_urlsafe(32)
 
     return _ENV_REF.sub(substitute, value)
 
@@ -362,11 +388,13 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
         raise doc.error((), "the config file must be a mapping of settings")
-    data = _expand_env(data, doc)
+    unset_serve_secrets: list[InputError] = []
+    data = _expand_env(data, doc, unset=unset_serve_secrets)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise validation_error(doc, exc) from None
+    settings._unset_serve_secrets = unset_serve_secrets
     settings.source = str(config_path)
     settings._document = doc
     settings.base_dir = str(config_path.resolve().parent)

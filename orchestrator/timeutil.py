@@ -53,6 +53,41 @@ def parse_run_time(text: str, default_tz: ZoneInfo) -> datetime:
     return check_run_time(parse_datetime(text, default_tz))
 
 
+#: times another system reports to the service (a till's order, an SMS received, an e-mail event): outside these
+#: years a value is a typo or an attack, and one such as year 1 at +14:00 cannot even be converted to UTC or stored
+EARLIEST_REPORTED = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_REPORTED = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+class TimeOutOfRange(ValueError):
+    """A well-formed time outside ``EARLIEST_REPORTED`` .. ``LATEST_REPORTED``."""
+
+
+def check_reported_time(value: datetime) -> datetime:
+    """``value`` if it lies in 2000..2099 (in UTC); TimeOutOfRange otherwise."""
+    try:
+        in_utc = to_utc(value)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or not EARLIEST_REPORTED <= in_utc < LATEST_REPORTED:
+        raise TimeOutOfRange(f"{value.isoformat()} is not between 2000-01-01 and 2099-12-31 (UTC)")
+    return value
+
+
+def parse_reported_time(text: str, default_tz: ZoneInfo) -> datetime:
+    """A time another system reports, as ISO 8601 (see ``parse_datetime``), in the supported years."""
+    return check_reported_time(parse_datetime(text, default_tz))
+
+
+def reported_timestamp(seconds: float) -> datetime:
+    """A time another system reports as seconds since the epoch, in the supported years."""
+    try:
+        value = datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise TimeOutOfRange(f"{seconds!r} is not a time between 2000-01-01 and 2099-12-31") from None
+    return check_reported_time(value)
+
+
 def parse_date(text: str) -> date:
     """Strictly YYYY-MM-DD (``date.fromisoformat`` also takes 20260301 and week dates)."""
     text = text.strip()

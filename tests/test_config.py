@@ -105,3 +105,30 @@ def test_yaml_positions_follow_paths():
 def test_yaml_loader_refuses_python_objects():
     with pytest.raises(InputError):
         parse_yaml("x: !!python/object/apply:os.system ['true']\n", "evil.yaml")
+
+
+SERVE_SECRETS = (
+    "timezone: Asia/Shanghai\ntemplates: []\nserve:\n  sms_hooks:\n    gateway:\n      secret: ${SMS_HOOK_SECRET}\n"
+    "  email_hooks:\n    mg:\n      format: mailgun\n      secret: ${MAILGUN_SIGNING_KEY}\n"
+)
+
+
+def test_webhook_secrets_are_needed_by_serve_only(tmp_path, monkeypatch, db_url, engine):
+    from orchestrator.web.app import create_app
+    from tests.clitools import Cli
+
+    monkeypatch.delenv("SMS_HOOK_SECRET", raising=False)
+    monkeypatch.delenv("MAILGUN_SIGNING_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path / "o.yaml", SERVE_SECRETS)
+    settings = load_settings(path)  # every other command reads the same file and works
+    cli = Cli(db_url, config=str(path))
+    for args in (("suppress", "list"), ("api-keys", "list")):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+    with pytest.raises(InputError) as err:
+        create_app(settings, engine)
+    assert "SMS_HOOK_SECRET is not set" in err.value.render() and "MAILGUN_SIGNING_KEY" in err.value.render()
+    result = cli("serve", "--port", "1")
+    assert result.exit_code == 2 and "SMS_HOOK_SECRET is not set" in result.output, result.output
+    assert "o.yaml" in result.output and ":6" in result.output  # the file and the line of the reference

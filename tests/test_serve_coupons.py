@@ -205,6 +205,33 @@ def test_bad_bodies_get_a_clear_4xx(shop: Shop, engine: Engine, keys, base, body
     assert counts(engine) == (0, 0)
 
 
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1999-12-31T23:00:00Z"])
+def test_an_order_time_outside_the_supported_years_is_a_422_and_writes_nothing(
+    shop: Shop, engine: Engine, keys, base, at
+):
+    code = shop.coupon("C1")
+    for action in ("check", "redeem"):
+        answer = post(base, code, action, order(at=at), keys["till"])
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"] == "time_out_of_range" and "ordered_at" in answer.json()["message"]["en"]
+    assert counts(engine) == (0, 0)
+
+
+@pytest.mark.parametrize("bad", ["\u202e", "\x00", "\u200b", "\n", "\x1b"])
+def test_ids_with_control_or_bidi_characters_are_refused_as_the_orders_import_refuses_them(
+    shop: Shop, engine: Engine, keys, base, bad
+):
+    code = shop.coupon("C1")
+    for body in (order(order_id=f"T-{bad}1"), order(customer_id=f"C{bad}1")):
+        answer = post(base, code, "redeem", body, keys["till"])
+        assert answer.status_code == 422 and answer.json()["error"] == "invalid_order", answer.text
+        assert "control character" in answer.json()["message"]["en"]
+    for escaped in ("%E2%80%AE", "%00", "%1B"):
+        answer = post(base, f"{code}{escaped}", "redeem", order(), keys["till"])
+        assert answer.status_code == 422 and answer.json()["error"] == "invalid_identifier", answer.text
+    assert counts(engine) == (0, 0)
+
+
 def test_an_oversize_body_without_content_length_is_cut_off(shop: Shop, keys, base):
     code = shop.coupon("C1")
 

@@ -8,6 +8,8 @@ import email
 import hashlib
 import hmac
 import json
+import re
+import secrets
 import time
 from pathlib import Path
 
@@ -115,6 +117,22 @@ def test_sms_bad_signatures_stale_times_and_bad_fields_change_nothing(shop):
     assert suppressions(engine) == []
 
 
+def test_times_outside_the_supported_years_are_a_422_on_every_hook(shop):
+    url, engine = shop["url"], shop["engine"]
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        answer = sms(url, {"mobile": "13800000001", "content": "T", "time": at})
+        assert answer.status_code == 422 and answer.json()["error"] == "time_out_of_range", answer.text
+        event = {"type": "bounce", "recipient": "someone@example.com", "occurred_at": at}
+        answer = generic(url, [event])
+        assert answer.status_code == 422 and answer.json()["error"] == "time_out_of_range", answer.text
+    for stamp in (1e20, -1e20, 0):
+        answer = mailgun(
+            url, {"event": "failed", "severity": "permanent", "recipient": "a@example.com", "timestamp": stamp}
+        )
+        assert answer.status_code == 422 and answer.json()["error"] == "time_out_of_range", answer.text
+    assert suppressions(engine) == []
+
+
 def test_sms_shared_secret_and_json(shop):
     url, engine = shop["url"], shop["engine"]
     body = {"phone": "+8613800000002", "text": "STOP"}
@@ -183,6 +201,26 @@ def test_a_hard_bounce_by_delivery_key_suppresses_and_the_next_run_skips(shop):
     assert [tuple(s) for s in states] == [("skipped", "suppressed")]
 
 
+def test_a_delivery_key_of_a_delivery_to_another_address_matches_nothing(shop):
+    url, engine = shop["url"], shop["engine"]
+    run_pk, delivery_pk, contact, _ = sent_email(shop, "C01")
+    with engine.connect() as conn:
+        other_pk, other_contact = conn.execute(
+            select(Delivery.id, Delivery.contact)
+            .join(Customer, Customer.id == Delivery.customer_pk)
+            .where(Customer.customer_id == "C03", Delivery.run_pk == run_pk)
+        ).one()
+    assert other_contact.lower() != contact.lower()
+    event = {"type": "bounce", "recipient": contact, "delivery_key": delivery_key(run_pk, other_pk)}
+    answer = generic(url, [event])
+    assert answer.status_code == 200 and answer.json() == {"events": 1, "matched": 0, "suppressed": 1}
+    assert outcome(engine, other_pk) is None and outcome(engine, delivery_pk) is None
+    assert suppressions(engine) == [(contact.lower(), "email", "bounced", "email_event")]  # the recipient only
+    # the recipient as the provider may spell it (case, spaces) still names its own delivery
+    own = {"type": "delivered", "recipient": f" {contact.upper()} ", "delivery_key": delivery_key(run_pk, delivery_pk)}
+    assert generic(url, [own]).json()["matched"] == 1 and outcome(engine, delivery_pk) == "delivered"
+
+
 def test_complaints_by_message_id_soft_bounces_and_bad_events(shop):
     url, engine = shop["url"], shop["engine"]
     _, delivery_pk, contact, message_id = sent_email(shop, "C03")
@@ -210,11 +248,16 @@ def test_complaints_by_message_id_soft_bounces_and_bad_events(shop):
     ):
         answer = generic(url, bad)
         assert answer.status_code == 400 and answer.json()["error"] == "invalid_event", answer.text
+    for field in ("delivery_key", "message_id"):
+        answer = generic(url, [{**soft, field: "run1-d1\u202e"}])
+        assert answer.status_code == 422 and answer.json()["error"] == "invalid_identifier", answer.text
 
 
-def mailgun(url: str, data: dict, key: str = MAILGUN_KEY, timestamp: int | None = None) -> httpx.Response:
+def mailgun(
+    url: str, data: dict, key: str = MAILGUN_KEY, timestamp: int | None = None, token: str | None = None
+) -> httpx.Response:
     stamp = str(int(time.time()) if timestamp is None else timestamp)
-    token = "a" * 50
+    token = token or secrets.token_hex(25)  # Mailgun's token is new for every request
     signature = hmac.new(key.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
     body = {"signature": {"timestamp": stamp, "token": token, "signature": signature}, "event-data": data}
     return httpx.post(f"{url}/hooks/email/mg", json=body)
@@ -239,6 +282,34 @@ def test_mailgun_permanent_failures_are_verified_and_suppress(shop):
     assert mailgun(url, {**data, "event": "opened"}).json() == {"events": 0, "matched": 0, "suppressed": 0}
 
 
+def test_a_replayed_mailgun_request_is_refused(shop):
+    url, engine = shop["url"], shop["engine"]
+    data = {"event": "failed", "severity": "permanent", "recipient": "replay@example.com", "timestamp": time.time()}
+    stamp, token = int(time.time()), "b" * 50
+    first = mailgun(url, data, timestamp=stamp, token=token)
+    assert first.status_code == 200 and first.json()["suppressed"] == 1
+    with engine.begin() as conn:  # the address is let back in; a replay must not suppress it again
+        conn.execute(Suppression.__table__.delete())
+    again = mailgun(url, data, timestamp=stamp, token=token)
+    assert again.status_code == 401 and again.json()["error"] == "bad_signature"
+    assert suppressions(engine) == []
+    assert mailgun(url, {**data, "event": "opened"}, timestamp=stamp, token=token).status_code == 401
+    assert mailgun(url, data).status_code == 200  # a new token: a new request
+
+
+def test_json_with_a_repeated_key_is_refused(shop):
+    url, engine = shop["url"], shop["engine"]
+    body = b'{"events": [{"type": "delivered", "recipient": "a@example.com", "type": "bounce"}]}'
+    answer = httpx.post(
+        f"{url}/hooks/email/generic",
+        content=body,
+        headers={"Content-Type": "application/json", **signed(EMAIL_SECRET, body)},
+    )
+    assert answer.status_code == 400 and answer.json()["error"] == "malformed_body", answer.text
+    assert "'type' appears twice" in answer.json()["message"]["en"]
+    assert suppressions(engine) == []
+
+
 # --- health and metrics --------------------------------------------------------------------------------------------
 
 
@@ -255,6 +326,12 @@ def test_healthz_and_metrics(shop, tmp_path: Path):
     assert 'orchestrator_runs{state="done"} 1.0' in text
     assert 'orchestrator_http_request_seconds_count{endpoint="unsubscribe",method="GET",status="400"}' in text
     assert "not-a-token" not in text
+    # docs/serve.md's table names each counter as it is scraped (<name>_total)
+    table = (Path(__file__).parents[1] / "docs" / "serve.md").read_text(encoding="utf-8")
+    documented = re.findall(r"^\| `(orchestrator_\w+)", table.split("## Health and metrics")[1], re.MULTILINE)
+    counters = set(re.findall(r"^# TYPE (\w+) counter$", text, re.MULTILINE))
+    assert {"orchestrator_coupon_answers_total", "orchestrator_hook_events_total"} <= counters
+    assert counters <= set(documented)
 
     empty = create_db_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     with running(load_settings(None), empty) as bare:

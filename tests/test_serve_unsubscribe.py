@@ -157,6 +157,21 @@ def test_choosing_channels_and_all(shop: Shop, base: str):
     assert unknown.status_code == 400 and len(shop.suppressions()) == 3
 
 
+def test_every_error_on_the_page_is_plain_text(shop: Shop, base: str):
+    token = sign(KEY, "C01", "email")
+    for answer, status in (
+        (httpx.post(f"{base}/u/{token}", data={"channel": "bogus"}), 400),
+        (httpx.post(f"{base}/u/{token}", content=b"channel=%zz", headers={"Content-Type": "x"}), 400),
+        (httpx.post(f"{base}/u/{token}", content=b"x" * (70 * 1024)), 413),
+        (httpx.put(f"{base}/u/{token}"), 405),
+    ):
+        assert answer.status_code == status, answer.text
+        assert answer.headers["content-type"].startswith("text/plain"), answer.text
+        assert not answer.text.lstrip().startswith("{") and "Traceback" not in answer.text
+    assert "unknown channel" in httpx.post(f"{base}/u/{token}", data={"channel": "bogus"}).text
+    assert shop.suppressions() == []
+
+
 def _tampered(token: str) -> str:
     _payload, mac = token.split(".")
     return f"{sign(KEY, 'C02', 'email').split('.')[0]}.{mac}"

@@ -32,6 +32,7 @@ def serve_command(app, host: str | None, port: int | None, workers: int | None, 
     /metrics until stopped (SIGINT / SIGTERM). Put it behind a reverse proxy for TLS (see docs/serve.md)."""
     import uvicorn
 
+    app.settings.require_serve_secrets()  # before anything else: the one command that needs them
     config = app.settings.serve
     port = config.port if port is None else port
     workers = config.workers if workers is None else workers

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -279,9 +280,20 @@ class ApiKey(Base):
     256 bits, so a plain hash cannot be reversed by guessing); ``prefix`` finds the row without scanning."""
 
     __tablename__ = "api_keys"
+    # a name is unique among live keys only: a revoked key keeps its row (who used the service, until when) and
+    # its name may be given to the key that replaces it
+    __table_args__ = (
+        Index(
+            "uq_api_keys_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64))
     scopes: Mapped[list[str]] = mapped_column(default=list)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.config import Settings
@@ -79,8 +79,8 @@ class RequestLog:
                 extra={"fields": {"endpoint": group, "error": describe_unexpected(exc)}},
             )
             if not response_started:
-                body = {"error": "internal", "message": {"en": "internal error", "zh": "服务器内部错误"}}
-                await JSONResponse(body, status_code=500)(scope, receive, send)
+                error = ApiError(500, "internal", "internal error", "服务器内部错误")
+                await error.response(scope["path"])(scope, receive, send)
         finally:
             elapsed = time.perf_counter() - started
             LATENCY.labels(group, scope["method"], str(status)).observe(elapsed)
@@ -98,23 +98,21 @@ class RequestLog:
             )
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return exc.response()
+    return exc.response(request.url.path)
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     zh = {404: "未找到", 405: "不支持此请求方法"}.get(exc.status_code, "请求无效")
-    return JSONResponse(
-        {"error": code, "message": {"en": str(exc.detail), "zh": zh}},
-        status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
-    )
+    error = ApiError(exc.status_code, code, str(exc.detail), zh, headers=getattr(exc, "headers", None))
+    return error.response(request.url.path)
 
 
 def create_app(settings: Settings, engine: Engine) -> Starlette:
+    settings.require_serve_secrets()  # a hook whose secret is unset must not start (each worker checks too)
     plugins = manager()
     registry = build_registry(plugins)
     app = Starlette(

@@ -28,13 +28,14 @@ from starlette.routing import Route
 from orchestrator.config import Settings
 from orchestrator.coupons import codes
 from orchestrator.coupons.redemption import RedemptionRefused, local_iso, redeem
+from orchestrator.data.records import identifier
 from orchestrator.db.models import Coupon, Customer, Order
 from orchestrator.ledger import insert_ignoring_duplicates
-from orchestrator.timeutil import parse_datetime, utcnow
+from orchestrator.timeutil import TimeOutOfRange, parse_reported_time, utcnow
 from orchestrator.web import metrics
 from orchestrator.web.auth import require
-from orchestrator.web.bodies import json_object
-from orchestrator.web.errors import ApiError
+from orchestrator.web.bodies import checked_identifier, json_object
+from orchestrator.web.errors import ApiError, time_out_of_range
 
 SOURCE = "pos"
 MAX_AMOUNT = Decimal("10000000")
@@ -69,6 +70,11 @@ class TillOrder(BaseModel):
     amount: Decimal
     ordered_at: str = Field(min_length=1, max_length=64)
 
+    @field_validator("order_id", "customer_id")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return identifier(64)(value)  # the rule of ``import orders``: no control, format or bidi characters
+
     @field_validator("amount", mode="before")
     @classmethod
     def _money(cls, value: Any) -> Decimal:
@@ -95,7 +101,9 @@ def _order_of(raw: bytes, settings: Settings) -> tuple[TillOrder, datetime]:
         )
         raise ApiError(422, "invalid_order", problems, f"订单数据无效：{problems}") from None
     try:
-        ordered_at = parse_datetime(order.ordered_at, settings.tz)
+        ordered_at = parse_reported_time(order.ordered_at, settings.tz)
+    except TimeOutOfRange as exc:
+        raise time_out_of_range("ordered_at", exc) from None
     except ValueError as exc:
         raise ApiError(422, "invalid_order", f"ordered_at: {exc}", "ordered_at 不是有效的时间（ISO 8601）") from None
     return order, ordered_at
@@ -224,6 +232,7 @@ async def _answer(request: Request, *, commit: bool) -> JSONResponse:
     code = request.path_params["code"]
     if len(code) > 64:
         raise ApiError(400, "malformed_code", "the coupon code is too long", "券码过长")
+    checked_identifier(code, "the coupon code")
     status, body = await run_in_threadpool(decide, request, code, raw, commit=commit)
     return JSONResponse(body, status_code=status)
 

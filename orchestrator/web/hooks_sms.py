@@ -19,10 +19,10 @@ from starlette.routing import Route
 
 from orchestrator.config import Settings, SmsHookConfig
 from orchestrator.errors import InputError
-from orchestrator.timeutil import parse_datetime, utcnow
+from orchestrator.timeutil import TimeOutOfRange, parse_reported_time, utcnow
 from orchestrator.web import metrics
 from orchestrator.web.bodies import content_type, form_fields, json_object
-from orchestrator.web.errors import ApiError, bad_request
+from orchestrator.web.errors import ApiError, bad_request, time_out_of_range
 from orchestrator.web.signatures import verify_hmac, verify_shared_secret
 
 MAX_TEXT = 1600
@@ -59,7 +59,9 @@ def _decide(request: Request, hook: SmsHookConfig, raw: bytes) -> str:
     received: datetime = utcnow()
     if hook.received_at_field and (value := _text_field(fields, hook.received_at_field, required=False)):
         try:
-            received = parse_datetime(value, settings.tz)
+            received = parse_reported_time(value, settings.tz)
+        except TimeOutOfRange as exc:
+            raise time_out_of_range(hook.received_at_field, exc) from None
         except ValueError as exc:
             raise bad_request(f"{hook.received_at_field}: {exc}", "接收时间格式无效", "invalid_field") from None
     pm = request.app.state.plugins

@@ -68,7 +68,7 @@ class PerAddressLimit:
             try:
                 await run_in_threadpool(self.limiter.per_ip, client_address(scope))
             except ApiError as refused:
-                await refused.response()(scope, receive, send)
+                await refused.response(scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
