@@ -5,7 +5,7 @@ run each time: quadratic in the size of a run (a 100,000-message run on PostgreS
 dispatching after 290 s; with the index and the drain's fewer look-ups it took 116 s).
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-07 00:00:00
 
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | Sequence[str] | None = "0011"
+down_revision: str | Sequence[str] | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
