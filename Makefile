@@ -58,6 +58,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_email.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_end_to_end.py
+	$(BIN)/python benchmarks/bench_scheduler_replay.py --sides replay,dry_run
 
 clean:
 	rm -rf demo benchmarks/output .pytest_cache .ruff_cache
