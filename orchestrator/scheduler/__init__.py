@@ -16,6 +16,8 @@ Modules, one job each:
 * ``replay`` - fire every tick of every enabled campaign in a time range, in time order (backtesting);
 * ``listing`` - each campaign's schedule, next fire times and last run (``orchestrator schedule``);
 * ``lease`` - one leader among several scheduler processes on one database (a lease row renewed by heartbeat);
+* ``sqlite_lock`` - on SQLite, a file lock held for the scheduler's lifetime: the kernel drops it when the process
+  dies, so a restart after a crash takes the lease over at once;
 * ``reload`` - the campaigns folder polled by content hash, keeping the last valid version of an invalid file;
 * ``service`` - the long-running loop (``orchestrator scheduler``): fires due ticks while it holds the lease,
   applies the misfire rule after downtime, dispatches what is due, reloads (docs/scheduler.md).
