@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, literal, select, true, update
 from sqlalchemy.orm import aliased
 
-from orchestrator import ledger, policies
+from orchestrator import ledger
 from orchestrator.campaign.conditions import Compare
 from orchestrator.campaign.loader import CampaignPlan, FollowUpPlan
 from orchestrator.coupons.offer import give_back_unsent
@@ -305,14 +305,7 @@ def _decide_group(service, runner, plan, follow_up: FollowUpPlan, campaign_pk: i
                 candidates.append(Candidate(customer, step))
         with service.engine.begin() as conn:
             if candidates:
-                lookups = policies.BatchLookups(
-                    conn,
-                    [c.customer["pk"] for c in candidates],
-                    [c.customer.get(f) for c in candidates for f in ("email", "phone", "wechat_openid")],
-                    runner.caps,
-                    due,
-                    policies.not_messages(service.registry.channels, service.settings.channels),
-                )
+                lookups = runner.batch_lookups(conn, candidates, due)
                 for (index, *_kind_variant), offer in runner.offers.items():
                     if index == step.index:
                         offer.prepare(conn, [c.customer for c in candidates], run, False)

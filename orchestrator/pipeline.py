@@ -343,14 +343,7 @@ class CampaignRunner:
                 {} if dry_run else ledger.recorded_for(conn, run["run_pk"], [c.customer["pk"] for c in candidates])
             )
             fresh = [c for c in candidates if c.customer["pk"] not in recorded]
-            lookups = policies.BatchLookups(
-                conn,
-                [c.customer["pk"] for c in fresh],
-                [c.customer.get(f) for c in fresh for f in ("email", "phone", "wechat_openid")],
-                self.caps,
-                at,
-                policies.not_messages(self.registry.channels, self.settings.channels),
-            )
+            lookups = self.batch_lookups(conn, fresh, at)
             held = recontact.held_back(conn, self.plan.name, at, [c.customer["pk"] for c in fresh], self.recontact)
             for (index, *_kind_variant), offer in self.offers.items():
                 members = [c.customer for c in fresh if c.step.index == index and c.customer["pk"] not in held]
@@ -395,6 +388,17 @@ class CampaignRunner:
             self._count_message(candidate, row.channel, result)
             if row.state != "pending":  # pending ones are the dispatcher's to send and count
                 result.outcomes["already_" + row.state] += 1
+
+    def batch_lookups(self, conn, candidates: list[Candidate], at: datetime) -> policies.BatchLookups:
+        """Consents, suppressions and cap counts of ``candidates`` as of ``at``, read once for the batch."""
+        return policies.BatchLookups(
+            conn,
+            [c.customer["pk"] for c in candidates],
+            [c.customer.get(f) for c in candidates for f in ("email", "phone", "wechat_openid")],
+            self.caps,
+            at,
+            policies.not_messages(self.registry.channels, self.settings.channels),
+        )
 
     def _decide(
         self,

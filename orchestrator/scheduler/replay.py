@@ -138,15 +138,16 @@ def _audience_size(service: Orchestrator, plan: CampaignPlan, at: datetime) -> i
     return Audience(service.engine, service.settings, plan, at, service.registry.facts).count()
 
 
-def dispatch_due(service: Orchestrator, at: datetime) -> dict[int, str]:
-    """``orchestrator dispatch --at AT`` for every unfinished run: {run id: state afterwards}."""
+def dispatch_round(service: Orchestrator, at: datetime) -> list[dict[str, Any]]:
+    """``orchestrator dispatch --at AT`` for every unfinished run: one report per run (``open_runs.dispatch_run``).
+    Replay runs it after every stop, the long-running scheduler at every poll."""
     runs = find_runs(service)
     if not runs:
-        return {}
+        return []
     dispatch_service = Orchestrator(service.settings, service.engine, service.registry)
     dispatcher = Dispatcher(dispatch_service.engine, dispatch_service.settings, dispatch_service.channel)
     try:
-        return {r.id: dispatch_run(dispatch_service, r, at=at, linger=0, dispatcher=dispatcher)["state"] for r in runs}
+        return [dispatch_run(dispatch_service, r, at=at, linger=0, dispatcher=dispatcher) for r in runs]
     finally:
         dispatcher.close()
 
@@ -183,7 +184,7 @@ def replay(
             for plan in following:
                 rows += [_follow_up_row(result) for result in plan_due(service, plan, at)]
             planned_until = at
-            states = dispatch_due(service, at)
+            states = {r["run_id"]: r["state"] for r in dispatch_round(service, at)}
             for earlier in rows:  # a deferred message sent now may finish an earlier tick's run
                 if not earlier.get("follow_up"):
                     earlier["state"] = states.get(earlier["run_id"], earlier["state"])

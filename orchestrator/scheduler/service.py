@@ -41,14 +41,14 @@ from sqlalchemy import func, select
 
 from orchestrator.campaign.loader import CampaignPlan
 from orchestrator.db.models import Campaign, CampaignRun
-from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
 from orchestrator.followups import plan_due
-from orchestrator.open_runs import dispatch_run, find_runs
+from orchestrator.masking import describe_unexpected
+from orchestrator.open_runs import find_runs
 from orchestrator.scheduler.lease import Lease
 from orchestrator.scheduler.misfire import to_fire
 from orchestrator.scheduler.reload import CampaignFolder, FolderChange
-from orchestrator.scheduler.replay import Tick, fire
+from orchestrator.scheduler.replay import Tick, dispatch_round, fire
 from orchestrator.scheduler.triggers import ticks
 from orchestrator.service import Orchestrator
 
@@ -357,21 +357,6 @@ class SchedulerLoop:
             log.info(f"campaign file {change.kind}", extra={"fields": fields})
 
 
-def dispatch_round(service: Orchestrator, at: datetime) -> list[dict[str, Any]]:
-    """Send what is due at ``at`` in every unfinished run (as ``orchestrator dispatch --at``): one report per run
-    (``open_runs.dispatch_run``)."""
-    runs = find_runs(service)
-    if not runs:
-        return []
-    dispatch_service = Orchestrator(service.settings, service.engine, service.registry)
-    dispatcher = Dispatcher(dispatch_service.engine, dispatch_service.settings, dispatch_service.channel)
-    try:
-        return [dispatch_run(dispatch_service, r, at=at, linger=0, dispatcher=dispatcher) for r in runs]
-    finally:
-        dispatcher.close()
-
-
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, InputError):
-        return exc.render()
-    return f"{type(exc).__name__}: {exc}"
+    # an unexpected error is described as everywhere else: a database error without its parameters, contacts masked
+    return exc.render() if isinstance(exc, InputError) else describe_unexpected(exc)
