@@ -17,7 +17,7 @@ them once their time has come.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from decimal import Decimal
@@ -294,10 +294,10 @@ class CampaignRunner:
                 result.dispatch = DrainReport()
         total = result.conditions[-1]["cumulative"] if result.conditions else None  # the audience, for the bar
         try:
-            for batch in audience.batches(self.plan.campaign.dispatch.batch_size):
+            for batch, last in _marking_last(audience.batches(self.plan.campaign.dispatch.batch_size)):
                 self._batch(batch, result, run, at, dry_run, sample)
                 self.progress.advance("planning", len(batch), total=total)
-                if dispatcher is not None:  # send what this batch made due; retries wait for the end
+                if dispatcher is not None and not last:  # send what this batch made due; retries wait for the end
                     result.dispatch.merge(dispatcher.drain(result.run_id, linger=0, count_open=False))
             if dispatcher is not None:
                 result.dispatch.merge(dispatcher.drain(result.run_id))
@@ -509,6 +509,15 @@ class CampaignRunner:
     def _count_message(candidate: Candidate, channel: str, result: RunResult) -> None:
         result.steps[candidate.step.index].channels[channel] += 1
         result.messages += 1
+
+
+def _marking_last(batches: Iterator[list[dict[str, Any]]]) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    """Each batch with whether it is the last: the last one's messages go out in the final drain, so that a run
+    of one batch (most scheduler ticks) drains once, not twice."""
+    ahead = next(batches, None)
+    while ahead is not None:
+        batch, ahead = ahead, next(batches, None)
+        yield batch, ahead is None
 
 
 def _located(error: TemplateRenderError) -> str:

@@ -487,7 +487,7 @@ class Audience:
         self.engine = engine
         self.plan = plan
         self.facts = facts
-        self.ctx = FactContext(at=at, settings=settings)
+        self.ctx = FactContext(at=at, settings=settings, members=plan.members)
         self.catalog = catalog
 
     def _compiler(self) -> SegmentCompiler:
