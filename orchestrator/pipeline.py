@@ -40,6 +40,7 @@ from orchestrator.rendering import TemplateRenderError
 from orchestrator.timeutil import utcnow
 
 RENDER_FAILED = "render_failed"  # a delivery whose template failed on this customer's data (reason; outcome count)
+EMPTY = "empty"  # the state of a run not opened because its audience is nobody (``execute(open_if_empty=False)``)
 OFFER_SKIP = "offer_"  # a member withheld by the offer is skipped with reason offer_<why>, e.g. offer_budget
 
 
@@ -258,8 +259,12 @@ class CampaignRunner:
         return self.channels[channel_name].render(candidate.messages[channel_name], context)
 
     # -- a run ------------------------------------------------------------------------------------------------
-    def execute(self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True) -> RunResult:
-        """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing."""
+    def execute(
+        self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True, open_if_empty: bool = True
+    ) -> RunResult:
+        """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing. With
+        ``open_if_empty`` False, an audience of nobody (the funnel says so) opens no run: the result's ``state``
+        is ``EMPTY`` and its ``run_id`` None (an event check that found nobody)."""
         from orchestrator.segments import Audience, facts_read  # the SQL layer loads only when a campaign runs
 
         facts = facts_read(self.plan, self.channels, self.offers.values())  # compute only the facts read
@@ -275,6 +280,9 @@ class CampaignRunner:
         result.steps = [StepResult(step.name) for step in self.plan.steps]
         self.winning = self._winning_variants(at, result)
         result.conditions = audience.funnel()
+        if not open_if_empty and result.conditions and result.conditions[-1]["cumulative"] == 0:
+            result.state = EMPTY
+            return result
         run: dict[str, Any] = {"campaign": self.plan.name, "at": at}
         dispatcher = None
         if not dry_run:

@@ -30,13 +30,13 @@ from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
 from orchestrator.followups import next_due, plan_due
 from orchestrator.open_runs import check_new_run, dispatch_run, find_runs
+from orchestrator.pipeline import EMPTY
 from orchestrator.scheduler.audiences import event_ticks, narrowed, tick_condition, tick_members
 from orchestrator.scheduler.campaign_files import CampaignFile
 from orchestrator.scheduler.triggers import ticks
 from orchestrator.service import Orchestrator
 
 RELATIVE_FIELDS = ("birthday", "signup_at")
-EMPTY = "empty"  # the state of an event check that found nobody: no run was created
 
 
 def unsupported(schedule: Schedule) -> str | None:
@@ -79,7 +79,7 @@ def tick_plan(service: Orchestrator, plan: CampaignPlan, at: datetime, *, dry_ru
     if schedule is None or (schedule.relative_to is None and schedule.on is None):
         return plan
     label, condition = tick_condition(plan, at, service.settings.tz, dry_run=dry_run)
-    members = tick_members(service.engine, service.settings, service.registry.facts, condition, at)
+    members = tick_members(service.engine, service.settings, service.registry.facts, plan, condition, at)
     return narrowed(plan, label, condition, members)
 
 
@@ -112,8 +112,9 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
             }
     plan = tick_plan(service, tick.plan, tick.at, dry_run=dry_run)
     schedule = tick.plan.campaign.schedule
-    is_event = schedule is not None and schedule.on is not None
-    if is_event and (dry_run or recorded is None) and _nobody(service, plan, tick.at):
+    # an event check that finds nobody opens no run (one that already has a run continues it)
+    skip_if_empty = schedule is not None and schedule.on is not None and (dry_run or recorded is None)
+    if skip_if_empty and plan.members == ():
         return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
     if not dry_run:
         try:
@@ -122,7 +123,10 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
             return row | {"audience": 0, "messages": 0, "skipped": {}, "state": "refused", "error": exc.message}
     # each tick gets its own channel instances: a runner closes its channels when the run is done
     runner_service = Orchestrator(service.settings, service.engine, service.registry)
-    result = runner_service.runner(plan, dry_run=dry_run).execute(tick.at, dry_run=dry_run, sample=0)
+    runner = runner_service.runner(plan, dry_run=dry_run)
+    result = runner.execute(tick.at, dry_run=dry_run, sample=0, open_if_empty=not skip_if_empty)
+    if result.state == EMPTY:
+        return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
     return row | {
         "run_id": result.run_id,
         "audience": result.audience,
@@ -131,16 +135,6 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
         "state": "dry-run" if dry_run else result.state,
         "fired": True,
     }
-
-
-def _nobody(service: Orchestrator, plan: CampaignPlan, at: datetime) -> bool:
-    """Whether the tick is for nobody (an event check that found nothing opens no run): no member has the event,
-    or those who have are not in the segment."""
-    from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
-
-    return (
-        plan.members == () or Audience(service.engine, service.settings, plan, at, service.registry.facts).count() == 0
-    )
 
 
 def dispatch_round(service: Orchestrator, at: datetime) -> list[dict[str, Any]]:
