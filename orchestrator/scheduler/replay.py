@@ -29,7 +29,7 @@ from orchestrator.db.models import Campaign, CampaignRun, Delivery
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
 from orchestrator.followups import next_due, plan_due
-from orchestrator.open_runs import check_new_run, dispatch_run, find_runs
+from orchestrator.open_runs import UNFINISHED, check_new_run, dispatch_run, find_runs
 from orchestrator.pipeline import EMPTY
 from orchestrator.scheduler.audiences import event_ticks, narrowed, tick_condition, tick_members
 from orchestrator.scheduler.campaign_files import CampaignFile
@@ -162,11 +162,15 @@ def replay(
     following = [] if dry_run else [f.plan for f in files if f.fires and f.plan.follow_ups]
     index = 0
     planned_until: datetime | None = None
+    follow_up_at: datetime | None = None
+    look_again = bool(following)  # whether the next follow-up's time may have changed since it was looked up
     while True:
         tick_at = ticks_left[index].at if index < len(ticks_left) else None
         # each stop decides every follow-up due by then: the next one to stop at is due after the last stop
         lower = planned_until if planned_until is not None else start - timedelta(microseconds=1)
-        follow_up_at = next_due(service.engine, following, lower) if following else None
+        if look_again or (follow_up_at is not None and follow_up_at <= lower):
+            follow_up_at = next_due(service.engine, following, lower)
+            look_again = False
         # a message deferred by quiet hours goes out at the end of its deferral, as a live dispatcher sends it
         deferred_at = None if dry_run else _next_deferral(service, lower)
         stops = (tick_at, follow_up_at, deferred_at)
@@ -179,9 +183,14 @@ def replay(
             service.progress.advance("ticks")
             if row["state"] != EMPTY:
                 rows.append(row)
+                # a new run of a campaign with follow-ups has follow-ups of its own to come
+                look_again |= any(plan.name == row["campaign"] for plan in following)
         if not dry_run:
-            for plan in following:
-                rows += [_follow_up_row(result) for result in plan_due(service, plan, at)]
+            # the first stop also decides those overdue before the range; later ones only when one is due
+            if planned_until is None or (follow_up_at is not None and follow_up_at <= at):
+                for plan in following:
+                    rows += [_follow_up_row(result) for result in plan_due(service, plan, at)]
+                look_again = True
             planned_until = at
             states = {r["run_id"]: r["state"] for r in dispatch_round(service, at)}
             for earlier in rows:  # a deferred message sent now may finish an earlier tick's run
@@ -191,10 +200,15 @@ def replay(
 
 
 def _next_deferral(service: Orchestrator, after: datetime) -> datetime | None:
+    """The end of the earliest quiet-hours deferral after ``after``. A deferred message belongs to an unfinished
+    run (the run is ``waiting`` until it is sent), so only their rows are read, not a year of ledger."""
+    open_runs = select(CampaignRun.id).where(CampaignRun.state.in_(UNFINISHED))
     with service.engine.connect() as conn:
         return conn.execute(
             select(func.min(Delivery.deferred_until)).where(
-                Delivery.state == "deferred", Delivery.deferred_until > after
+                Delivery.run_pk.in_(open_runs.scalar_subquery()),
+                Delivery.state == "deferred",
+                Delivery.deferred_until > after,
             )
         ).scalar()
 
