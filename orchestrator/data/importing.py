@@ -49,6 +49,7 @@ from sqlalchemy import (
 
 from orchestrator.config import Settings
 from orchestrator.coupons.redemption import RedemptionRefused, redeem
+from orchestrator.data import pg_copy
 from orchestrator.data.csvfile import CsvSource, RejectWriter, SideFile
 from orchestrator.data.records import (
     CONSENT_COLUMNS,
@@ -70,6 +71,7 @@ from orchestrator.db.models import Customer, CustomerConsent, CustomerTag, Order
 from orchestrator.timeutil import utcnow
 
 BATCH_SIZE = 2000
+SEEN_IDS = "orchestrator_import_seen_ids"  # the temporary table of the ids read so far
 CONSENT_SOURCE = "import"
 REDEMPTION_SOURCE = "import"  # coupon_redemptions.source of ``import redemptions``
 ORDER_COUPON_SOURCE = "orders_import"  # … and of the coupon codes on imported orders
@@ -179,9 +181,13 @@ def _import(engine: Engine, settings: Settings, path: Path, kind: str, progress:
         try:
             with engine.begin() as conn, _progress_bar(source, progress) as advance:
                 seen = _SeenIds(conn, kind_.key) if kind_.key else None
+                staging = _staging(conn, kind, context)
+                apply = kind_.apply if staging is None else _STAGED[kind](staging)
                 for chunk in _chunks(source.records(), BATCH_SIZE):
-                    _import_batch(conn, chunk, read_row, kind_.apply, result, rejects, context, seen)
+                    _import_batch(conn, chunk, read_row, apply, result, rejects, context, seen)
                     advance()
+                if staging is not None:
+                    _merge(conn, staging, result, context)
                 if seen is not None:
                     seen.drop()
         except BaseException:
@@ -230,7 +236,7 @@ class _SeenIds:
         self.conn = conn
         self.column = column
         self.table = Table(
-            "orchestrator_import_seen_ids",
+            SEEN_IDS,
             MetaData(),
             Column("key", Text, primary_key=True),
             Column("line", Integer, nullable=False),
@@ -283,6 +289,45 @@ def _progress_bar(source: CsvSource, enabled: bool) -> Iterator[Callable[[], Non
         task = bar.add_task(f"importing {source.path.name}", total=source.size or None)
         yield lambda: bar.update(task, completed=source.bytes_read)
         bar.update(task, completed=source.bytes_read)
+
+
+# --- PostgreSQL: COPY into a staging table, one merge (see ``pg_copy``) -----------------------------------------------
+
+
+def _staging(conn: Connection, kind: str, context: _Context) -> pg_copy.Staging | None:
+    """A staging table for this import on PostgreSQL; ``None`` where rows are written batch by batch."""
+    if conn.dialect.name != "postgresql" or kind not in _STAGED:
+        return None
+    return pg_copy.Staging(conn, kind, extras=context.extras, now=context.now)
+
+
+def _stage_customers(staging: pg_copy.Staging) -> _Apply:
+    def apply(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> list[_Reject]:
+        staging.copy([(row.line, row.record) for row in rows])
+        return []
+
+    return apply
+
+
+def _stage_orders(staging: pg_copy.Staging) -> _Apply:
+    def apply(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> list[_Reject]:
+        known, rejects = _with_customers(conn, rows)
+        staging.copy([(row.line, row.record) for row in known])
+        return rejects
+
+    return apply
+
+
+_STAGED = {"customers": _stage_customers, "orders": _stage_orders}
+
+
+def _merge(conn: Connection, staging: pg_copy.Staging, result: ImportResult, context: _Context) -> None:
+    counts = staging.merge()
+    result.loaded += counts.loaded
+    result.updated += counts.updated
+    result.unchanged += counts.unchanged
+    if result.kind == "orders":
+        _redeem_coupons(conn, staging.paid_coupons(), result, context)
 
 
 # --- deciding what each row does ------------------------------------------------------------------------------------
@@ -468,6 +513,23 @@ def _write_consents(
 def _apply_orders(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> list[_Reject]:
     """Resolve each order's customer (rejecting unknown ones), insert / update the orders, redeem their coupons."""
     now = context.now
+    known, rejects = _with_customers(conn, rows)
+    found = _stored_rows(conn, orders, "order_id", ORDER_VALUES, {row.record.key for row in known})
+    states = {}
+    for row in known:
+        if (stored := found.get(row.record.key)) is not None:
+            _merge_attributes(row.record.values, stored[1]["attributes"], context.extras)
+            states[row.record.key] = _same_columns(stored[1], row.record.values)
+    inserts, updates = _plan(known, states, lambda r: r.values, result)
+    if inserts:
+        conn.execute(insert(orders), [{**r.values, "created_at": now, "updated_at": now} for r in inserts.values()])
+    _update_rows(conn, orders, [(found[k][0], r.values) for k, r in updates.items()], now)
+    _redeem_coupons(conn, _paid_coupons(known), result, context)
+    return rejects
+
+
+def _with_customers(conn: Connection, rows: list[_Row]) -> tuple[list[_Row], list[_Reject]]:
+    """The orders whose customer is stored, with its key set as ``customer_pk``; the others as rejects."""
     customer_pks = _customer_pks(conn, {row.record.customer_id for row in rows})
     known: list[_Row] = []
     rejects: list[_Reject] = []
@@ -480,34 +542,27 @@ def _apply_orders(conn: Connection, rows: list[_Row], result: ImportResult, cont
             continue
         record.values["customer_pk"] = pk
         known.append(row)
-    found = _stored_rows(conn, orders, "order_id", ORDER_VALUES, {row.record.key for row in known})
-    states = {}
-    for row in known:
-        if (stored := found.get(row.record.key)) is not None:
-            _merge_attributes(row.record.values, stored[1]["attributes"], context.extras)
-            states[row.record.key] = _same_columns(stored[1], row.record.values)
-    inserts, updates = _plan(known, states, lambda r: r.values, result)
-    if inserts:
-        conn.execute(insert(orders), [{**r.values, "created_at": now, "updated_at": now} for r in inserts.values()])
-    _update_rows(conn, orders, [(found[k][0], r.values) for k, r in updates.items()], now)
-    _redeem_order_coupons(conn, known, result, context)
-    return rejects
+    return known, rejects
 
 
-def _redeem_order_coupons(conn: Connection, rows: list[_Row], result: ImportResult, context: _Context) -> None:
-    """Redeem the coupon code of each paid order of the batch, as the order now stands (its last row), in the
-    order the orders first appear in the file."""
-    last = {row.record.key: row for row in rows}  # keys keep their first position, values are the last row
-    for row in last.values():
+def _paid_coupons(rows: list[_Row]) -> Iterator[tuple[int, str, str]]:
+    """``(line, order_id, code)`` of each paid order with a coupon code, in file order (ids are unique by now)."""
+    for row in rows:
         values = row.record.values
-        code = values.get("coupon_code")
-        if values["status"] != "paid" or not code:
-            continue
+        if values["status"] == "paid" and values.get("coupon_code"):
+            yield row.line, values["order_id"], values["coupon_code"]
+
+
+def _redeem_coupons(
+    conn: Connection, paid: Iterable[tuple[int, str, str]], result: ImportResult, context: _Context
+) -> None:
+    """Redeem the coupon code of each paid order, as the order now stands, in file order."""
+    for line, order_id, code in paid:
         try:
-            redemption = redeem(conn, context.settings, code, values["order_id"], source=ORDER_COUPON_SOURCE)
+            redemption = redeem(conn, context.settings, code, order_id, source=ORDER_COUPON_SOURCE)
         except RedemptionRefused as refused:
             assert context.refusals is not None
-            context.refusals.refuse(row.line, code, values["order_id"], refused.detail)
+            context.refusals.refuse(line, code, order_id, refused.detail)
             result.coupon_refusals = (result.coupon_refusals or 0) + 1
             continue
         if redemption.new:
