@@ -249,7 +249,7 @@ class _SeenIds:
         """The rows whose id is new to the file; each other row is added to ``bad`` naming the earlier line."""
         keys = {row.record.key for row in rows}
         table = self.table
-        query = select(table.c.key, table.c.line).where(table.c.key.in_(padded(keys)))
+        query = select(table.c.key, table.c.line).where(_among(self.conn, table.c.key, keys))
         earlier: dict[str, int] = {key: line for key, line in self.conn.execute(query)} if keys else {}
         kept: list[_Row] = []
         new: dict[str, int] = {}
@@ -261,7 +261,9 @@ class _SeenIds:
                 continue
             new[key] = row.line
             kept.append(row)
-        if new:
+        if new and self.conn.dialect.name == "postgresql":
+            pg_copy.copy_rows(self.conn, SEEN_IDS, ("key", "line"), new.items())
+        elif new:
             self.conn.execute(insert(table), [{"key": key, "line": line} for key, line in new.items()])
         return kept
 
@@ -454,6 +456,13 @@ def _in(table: Table, pks: Iterable[int]) -> ColumnElement[bool]:
     return table.c.customer_pk.in_(padded(pks))
 
 
+def _among(conn: Connection, column: ColumnElement, values: Iterable) -> ColumnElement[bool]:
+    """``column IN values``, as one array parameter on PostgreSQL (``pg_copy.any_of``)."""
+    if conn.dialect.name == "postgresql":
+        return pg_copy.any_of(column, values)
+    return column.in_(padded(values))
+
+
 def padded(values: Iterable) -> list:
     """The values, repeated up to the next power of two: look-ups of a batch then come in a handful of sizes,
     so the database driver's statement cache holds a few statements instead of one per batch (SQLite's keeps
@@ -611,7 +620,7 @@ class CouponRefusalWriter(SideFile):
 def _customer_pks(conn: Connection, keys: set[str]) -> dict[str, int]:
     if not keys:
         return {}
-    query = select(customers.c.customer_id, customers.c.id).where(customers.c.customer_id.in_(padded(keys)))
+    query = select(customers.c.customer_id, customers.c.id).where(_among(conn, customers.c.customer_id, keys))
     return {key: pk for key, pk in conn.execute(query)}
 
 

@@ -23,12 +23,14 @@ their paid orders' coupon codes back in file order (:meth:`Staging.paid_coupons`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, text
+from sqlalchemy import ColumnElement, Connection, Table, any_, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from orchestrator.data.records import CustomerRecord, OrderRecord
 from orchestrator.db.models import Customer, CustomerConsent, CustomerTag, Order
@@ -46,10 +48,10 @@ CONSENTS = cast(Table, CustomerConsent.__table__).name
 
 @dataclass
 class CopyTotals:
-    """Rows and ``COPY`` statements sent by this process: how tests and benchmarks see that the path was taken."""
+    """``COPY`` statements and rows sent by this process, by table: how tests and benchmarks see the path taken."""
 
-    statements: int = 0
-    rows: int = 0
+    statements: Counter[str] = field(default_factory=Counter)
+    rows: Counter[str] = field(default_factory=Counter)
 
 
 TOTALS = CopyTotals()
@@ -60,6 +62,25 @@ class MergeCounts:
     loaded: int
     updated: int
     unchanged: int
+
+
+def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """One ``COPY table (columns) FROM STDIN`` in the connection's transaction, each row sent as it comes."""
+    count = 0
+    statement = f"COPY {table} ({', '.join(map(_q, columns))}) FROM STDIN"
+    with conn.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    TOTALS.statements[table] += 1
+    TOTALS.rows[table] += count
+    return count
+
+
+def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
+    """``column = ANY(:values)``: one array parameter however many values, so every batch's look-up is the
+    same statement (prepared once) instead of an ``IN`` list of its own size."""
+    return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
 
 
 class Staging:
@@ -75,8 +96,8 @@ class Staging:
         self.columns: list[str] = []  # the record's values, in the order staged; known from the first row
         self.tags = False  # customers: the file has a tags column
         self.channels: list[str] = []  # customers: the consent channels the file has (email, sms)
-        self._convert: list[Callable[[Any], Any]] = []
-        self._copy_sql = ""
+        self._convert: list[tuple[str, Callable[[Any], Any] | None]] = []  # each column and its conversion
+        self._staged: list[str] = []  # the staging table's columns that COPY fills
 
     # --- staging --------------------------------------------------------------------------------------------------
 
@@ -84,14 +105,9 @@ class Staging:
         """One ``COPY`` of a batch's valid rows (line and record), each row written to the stream as it is made."""
         if not rows:
             return
-        if not self._copy_sql:
+        if not self._staged:
             self._create(rows[0][1])
-        raw = self.conn.connection.driver_connection
-        with raw.cursor() as cursor, cursor.copy(self._copy_sql) as copy:
-            for line, record in rows:
-                copy.write_row(self._row(line, record))
-        TOTALS.statements += 1
-        TOTALS.rows += len(rows)
+        copy_rows(self.conn, STAGING, self._staged, (self._row(line, record) for line, record in rows))
 
     def _create(self, record: CustomerRecord | OrderRecord) -> None:
         """The staging table for the columns this file has, typed as the real table's (``CREATE … AS … WITH NO
@@ -103,8 +119,8 @@ class Staging:
             self.tags = record.tags is not None
             self.channels = list(record.consents)
         dialect = self.conn.dialect
-        processors = [self.table.c[c].type.bind_processor(dialect) for c in self.columns[:-1]]
-        self._convert = [p or _same for p in processors] + [_json]
+        self._convert = [(c, self.table.c[c].type.bind_processor(dialect)) for c in self.columns[:-1]]
+        self._convert.append(("attributes", _json))
         extra = [
             *(["CAST(NULL AS text[]) AS tags"] if self.tags else []),
             *(f"false AS {_opt_in(c)}" for c in self.channels),
@@ -123,12 +139,11 @@ class Staging:
             f"CREATE TEMPORARY TABLE {STAGING} ON COMMIT DROP AS SELECT {select_list} FROM {self.table.name} "
             "WITH NO DATA"
         )
-        staged = ["line", *self.columns, *(["tags"] if self.tags else []), *map(_opt_in, self.channels)]
-        self._copy_sql = f"COPY {STAGING} ({', '.join(map(_q, staged))}) FROM STDIN"
+        self._staged = ["line", *self.columns, *(["tags"] if self.tags else []), *map(_opt_in, self.channels)]
 
     def _row(self, line: int, record: CustomerRecord | OrderRecord) -> tuple:
         values = record.values
-        row = [line, *(convert(values[c]) for convert, c in zip(self._convert, self.columns, strict=True))]
+        row = [line, *(values[c] if convert is None else convert(values[c]) for c, convert in self._convert)]
         if isinstance(record, CustomerRecord):
             if self.tags:
                 row.append(sorted(record.tags or ()))  # sorted: compared with the stored tags in "C" order
@@ -139,7 +154,7 @@ class Staging:
 
     def merge(self) -> MergeCounts:
         """Write the staged rows into the real tables; what each row did."""
-        if not self._copy_sql:
+        if not self._staged:
             return MergeCounts(0, 0, 0)
         table, key = self.table.name, _q(self.key)
         self._run(f"ANALYZE {STAGING}")  # a temporary table is never analysed by autovacuum
@@ -249,10 +264,6 @@ def _opt_in(channel: str) -> str:
 
 def _staged(column: str) -> str:
     return "CAST(s.attributes AS json)" if column == "attributes" else f"s.{_q(column)}"
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 def _json(value: dict[str, Any]) -> str:
