@@ -1,12 +1,19 @@
 """Importing customers and orders from CSV: streamed, validated, idempotent, all or nothing.
 
-The file is read in batches of ``BATCH_SIZE`` rows, so memory stays flat however large it is. For each batch:
-validate every row (bad ones go to the reject file with a reason), look the batch's ids up in the database in
-one query, then insert the new rows, update the changed ones and leave identical ones alone, with Core
-``executemany`` statements that run unchanged on SQLite and PostgreSQL (no dialect-specific upsert). An id that
-occurs twice in one file is a mistake in the file: the later row is rejected ("also on line N"), whichever batch
-the first is in; the ids seen so far are kept in a temporary table, not in memory. The whole file is one
-transaction: a problem with the file found on its last line leaves the database and the folder as they were.
+The file is read in batches of ``BATCH_SIZE`` rows, so memory stays flat however large it is. Each batch is
+validated (bad rows go to the reject file with a reason); an id that occurs twice in one file is a mistake in the
+file: the later row is rejected ("also on line N"), whichever batch the first is in; the ids seen so far are kept
+in a temporary table, not in memory. Then the valid rows are written, one of two ways with the same outcome
+(the same rows, counts and reject files; ``tests/test_import_pg_copy.py`` compares them):
+
+- SQLite: per batch, look the batch's ids up in one query, then insert the new rows, update the changed ones and
+  leave identical ones alone, with Core ``executemany`` statements.
+- PostgreSQL, customers and orders: each batch's valid rows stream by ``COPY`` into a temporary staging table,
+  and once the file is read one set-based merge writes them (``pg_copy``); orders' coupons are then redeemed in
+  file order. It is the faster way there (figures in ``benchmarks/README.md``).
+
+The whole file is one transaction: a problem with the file found on its last line leaves the database and the
+folder as they were.
 
 A column absent from the header says nothing: the stored value is left alone (a file of ``customer_id, name``
 renames members and keeps their e-mails, tags and consents). Likewise extra columns are merged into the stored
@@ -14,8 +21,9 @@ renames members and keeps their e-mails, tags and consents). Likewise extra colu
 
 Redemptions (``code, order_id[, amount][, redeemed_at]``) go through ``orchestrator.coupons.redeem`` row by row,
 in file order: a refused row is rejected with the refusal as its reason, a coupon already redeemed on the same
-order is unchanged. Orders pick up their coupons: after a batch of orders is written, the coupon code of every
-paid order in it is redeemed the same way (source ``orders_import``). A refusal there does not reject the order,
+order is unchanged. Orders pick up their coupons: once orders are written (each batch on SQLite, the whole file
+on PostgreSQL), the coupon code of every paid order is redeemed the same way, in file order (source
+``orders_import``). A refusal there does not reject the order,
 which is real whatever happened to the coupon; it is counted (``coupon_refusals``) and written with its line,
 code, order and reason to ``<stem>.coupon-refusals.csv`` beside the file.
 """
@@ -300,7 +308,7 @@ def _staging(conn: Connection, kind: str, context: _Context) -> pg_copy.Staging 
     """A staging table for this import on PostgreSQL; ``None`` where rows are written batch by batch."""
     if conn.dialect.name != "postgresql" or kind not in _STAGED:
         return None
-    return pg_copy.Staging(conn, kind, extras=context.extras, now=context.now)
+    return pg_copy.Staging(conn, cast(pg_copy.Kind, kind), extras=context.extras, now=context.now)
 
 
 def _stage_customers(staging: pg_copy.Staging) -> _Apply:

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import ColumnElement, Connection, Table, any_, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -37,6 +37,7 @@ from orchestrator.db.models import Customer, CustomerConsent, CustomerTag, Order
 from orchestrator.db.types import UTCDateTime
 
 STAGING = "orchestrator_import_staging"
+Kind = Literal["customers", "orders"]
 CONSENT_SOURCE = "import"
 REDEEM_PAGE = 1000  # paid orders read back from the staging table at a time
 
@@ -59,6 +60,8 @@ TOTALS = CopyTotals()
 
 @dataclass(frozen=True)
 class MergeCounts:
+    """What the merged rows did, as ``ImportResult`` counts them."""
+
     loaded: int
     updated: int
     unchanged: int
@@ -86,7 +89,7 @@ def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[b
 class Staging:
     """The staging table of one import of customers or orders; ``copy`` each batch, then ``merge`` once."""
 
-    def __init__(self, conn: Connection, kind: str, *, extras: frozenset[str], now: datetime):
+    def __init__(self, conn: Connection, kind: Kind, *, extras: frozenset[str], now: datetime):
         self.conn = conn
         self.kind = kind
         self.table = customers if kind == "customers" else orders
@@ -170,7 +173,7 @@ class Staging:
             text(f"SELECT count(*) FILTER (WHERE pk IS NULL), count(*) FILTER (WHERE changed), count(*) FROM {STAGING}")
         ).one()
         columns = [c for c in self.columns if c != self.key]
-        assignments = ", ".join(f"{_q(c)} = {_staged(c)}" for c in columns)
+        assignments = ", ".join(f"{_q(c)} = {_from_staging(c)}" for c in columns)
         self._run(
             f"UPDATE {table} AS t SET {assignments}, updated_at = :now FROM {STAGING} AS s "
             "WHERE t.id = s.pk AND s.changed"
@@ -178,7 +181,7 @@ class Staging:
         names = ", ".join(map(_q, self.columns))
         self._run(
             f"INSERT INTO {table} ({names}, created_at, updated_at) "
-            f"SELECT {', '.join(_staged(c) for c in self.columns)}, :now, :now FROM {STAGING} AS s "
+            f"SELECT {', '.join(_from_staging(c) for c in self.columns)}, :now, :now FROM {STAGING} AS s "
             "WHERE s.pk IS NULL ORDER BY s.line"
         )
         if self.kind == "customers" and (self.tags or self.channels):
@@ -262,7 +265,7 @@ def _opt_in(channel: str) -> str:
     return f"opt_in_{channel}"
 
 
-def _staged(column: str) -> str:
+def _from_staging(column: str) -> str:
     return "CAST(s.attributes AS json)" if column == "attributes" else f"s.{_q(column)}"
 
 
