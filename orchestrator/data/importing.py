@@ -23,9 +23,9 @@ Redemptions (``code, order_id[, amount][, redeemed_at]``) go through ``orchestra
 in file order: a refused row is rejected with the refusal as its reason, a coupon already redeemed on the same
 order is unchanged. Orders pick up their coupons: once orders are written (each batch on SQLite, the whole file
 on PostgreSQL), the coupon code of every paid order is redeemed the same way, in file order (source
-``orders_import``). A refusal there does not reject the order,
-which is real whatever happened to the coupon; it is counted (``coupon_refusals``) and written with its line,
-code, order and reason to ``<stem>.coupon-refusals.csv`` beside the file.
+``orders_import``). A refusal there does not reject the order, which is real whatever happened to the coupon; it
+is counted (``coupon_refusals``) and written with its line, code, order and reason to
+``<stem>.coupon-refusals.csv`` beside the file.
 """
 
 from __future__ import annotations
