@@ -120,7 +120,9 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
             return row | {"audience": 0, "messages": 0, "skipped": {}, "state": "refused", "error": exc.message}
     # each tick gets its own channel instances: a runner closes its channels when the run is done
     runner_service = Orchestrator(service.settings, service.engine, service.registry)
-    result = runner_service.runner(plan, dry_run=dry_run).execute(tick.at, dry_run=dry_run, sample=0)
+    runner = runner_service.runner(plan, dry_run=dry_run)
+    runner.tick = plan is not tick.plan  # narrowed to this tick's members: a Celery worker narrows it the same way
+    result = runner.execute(tick.at, dry_run=dry_run, sample=0)
     return row | {
         "run_id": result.run_id,
         "audience": result.audience,
