@@ -42,11 +42,14 @@ class _Process:
     keep their connections and whose breakers remember between tasks)."""
 
     def __init__(self, context: WorkerContext):
-        from orchestrator.cli.context import AppContext
+        from orchestrator.config import database_url, load_settings
+        from orchestrator.db.engine import create_db_engine
         from orchestrator.service import Orchestrator
 
-        self.app = AppContext(context.config_path, context.db_url)
-        self.service = Orchestrator(self.app.settings, self.app.engine)
+        settings = load_settings(context.config_path)
+        # the same database the worker command checked (present, migrated) before its pool started
+        self.engine = create_db_engine(database_url(settings, context.db_url))
+        self.service = Orchestrator(settings, self.engine)
         self._dispatcher = None
 
     @property
@@ -60,7 +63,7 @@ class _Process:
     def close(self) -> None:
         if self._dispatcher is not None:
             self._dispatcher.close()
-        self.app.close()
+        self.engine.dispose()
 
 
 _context: WorkerContext | None = None
