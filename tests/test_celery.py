@@ -5,6 +5,7 @@ a PostgreSQL database per test, and ``orchestrator worker`` processes started by
 - a scheduler replay (cron and birthday ticks, the latter narrowed to each day's members) does too;
 - a worker SIGKILLed mid-dispatch, then a new one: nothing lost, duplicates within the bound of
   docs/guarantees.md (one claimed batch per killed pool process, on a channel deduplicating by key);
+- a worker SIGKILLed while planning: its partitions are planned again, every member decided once;
 - Celery is refused on SQLite, without a broker, and ``worker`` without ``executor: {kind: celery}`` (exit 2).
 """
 
@@ -275,6 +276,45 @@ def test_a_worker_killed_mid_dispatch_loses_nothing(pg_url, pg_engine, broker: B
     assert not lost and set(counts) == expected
     assert duplicates <= concurrency * claim_size  # at most one claimed batch per killed pool process
     assert summary["outcomes"]["sent"] == len(expected) and summary["state"] == "done"
+
+
+def test_a_worker_killed_while_planning_is_replaced_and_nothing_is_decided_twice(
+    pg_url, pg_engine, broker: Broker, tmp_path: Path
+):
+    """The partition a vanished worker had started is planned again at once (the broker alone would wait for its
+    visibility timeout); the second planning counts what the first wrote, so every member has one decision."""
+    members = 3000
+    write_members(tmp_path, pg_engine, members)
+    config = write_config(tmp_path, "    outbox: out\n", broker.executor_yaml(partition_size=members // 2))
+    first = Worker(config, pg_url, tmp_path / "worker-killed.log").wait_ready()
+    command = [sys.executable, "-c", "from orchestrator.cli import main; main()", "--config", str(config)]
+    command += ["--db", pg_url, "run", str(tmp_path / "campaign.yaml"), "--at", AT, "--json"]
+    coordinator = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while "plan_partition" not in first.output() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        first.kill()
+        assert "succeeded" not in first.output()  # killed while both partitions were being planned
+        second = Worker(config, pg_url, tmp_path / "worker-new.log").wait_ready()
+        out, err = coordinator.communicate(timeout=120)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.wait()
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert coordinator.returncode == 0, err.decode()
+    summary = json.loads(out)
+    assert summary["audience"] == members and summary["state"] == "done"
+    assert summary["control"] + sum(summary["skipped"].values()) + summary["messages"] == members
+    rows = ledger_rows(pg_engine)
+    assert len(rows) == len({row[0] for row in rows}) == members  # one decision per member, none twice
+    assert summary["outcomes"] == {"sent": summary["messages"]}
+    assert len(list((tmp_path / "out").glob("*.json"))) == summary["messages"]
 
 
 def _rabbitmq_up() -> bool:

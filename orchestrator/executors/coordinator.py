@@ -3,7 +3,9 @@
 
 1. Planning: the audience's customer keys are cut into partitions of ``executor.partition_size`` members; one
    ``plan_partition`` task each. The coordinator adds up the counts each returns (``partials``), advancing the
-   same "planning" bar. A partition lost with its worker is handed out again by the broker (acks late).
+   same "planning" bar. A partition lost with its worker is handed out again by the broker (acks late); one
+   started by a worker that no longer answers a ping is enqueued again at once rather than after the broker's
+   visibility timeout.
 2. Dispatch: ``dispatch_claims`` tasks, one per claim batch due, until nothing is due; retries due within
    ``dispatch.linger_seconds`` are waited for, as in-process. The coordinator watches the ledger, not only the
    tasks: claims of a dead worker are released (at once on this host, else when their lease ends) and, when rows
@@ -82,7 +84,7 @@ class CeleryExecutor(Executor):
         pending = {self._send(PLAN_PARTITION, task_run, low, high): (low, high) for low, high in bounds}
         total = result.conditions[-1]["cumulative"] if result.conditions else None
         patience = self.config.task_time_limit_seconds + self.config.visibility_timeout_seconds
-        last_done = time.monotonic()
+        last_done = checked = time.monotonic()
         while pending:
             for task in [t for t in pending if t.ready()]:
                 low, high = pending.pop(task)
@@ -90,6 +92,12 @@ class CeleryExecutor(Executor):
                 partials.add(result, data)
                 runner.progress.advance("planning", data["audience"], total=total)
                 last_done = time.monotonic()
+            if time.monotonic() - checked > STALL_SECONDS:  # a partition started by a worker that has since died
+                checked = time.monotonic()
+                for task in [t for t in pending if t.state == "STARTED" and not self._alive(t.info)]:
+                    bounds = pending.pop(task)
+                    task.forget()
+                    pending[self._send(PLAN_PARTITION, task_run, *bounds)] = bounds
             if pending and time.monotonic() - last_done > patience:
                 raise RuntimeFailure(
                     f"run {run['run_pk']}: {len(pending)} audience partitions were not planned within {patience:g} s",
@@ -157,6 +165,15 @@ class CeleryExecutor(Executor):
         gained["retrying"] = after["retrying"]
         report.outcomes = +gained  # states with none left out, as in-process
         result.dispatch = report
+
+    def _alive(self, started: Any) -> bool:
+        """Whether the worker that started a task still answers (its pool process may have died: then the
+        broker hands the task out again by itself, ``task_reject_on_worker_lost``). A worker that is gone leaves
+        its task unacknowledged until the visibility timeout; planning it again at once is safe (idempotent)."""
+        hostname = started.get("hostname") if isinstance(started, dict) else None
+        if not hostname:
+            return True
+        return bool(self.app.control.ping(destination=[hostname], timeout=1.0))
 
     def _send(self, name: str, *args: Any) -> AsyncResult:
         return self.app.send_task(name, args=args, queue=self.config.queue)
