@@ -13,6 +13,7 @@ Errors are raised with personal data masked, since the broker stores them and th
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from functools import wraps
@@ -67,7 +68,9 @@ class _Process:
 
 
 _context: WorkerContext | None = None
-_process: _Process | None = None
+# one per pool process (prefork) or per thread (--pool threads): a dispatcher's channels and breakers are not
+# shared between tasks running at the same time
+_local = threading.local()
 
 
 def configure(context: WorkerContext) -> None:
@@ -77,25 +80,25 @@ def configure(context: WorkerContext) -> None:
 
 
 def _current() -> _Process:
-    global _process
-    if _process is None:
+    process = getattr(_local, "process", None)
+    if process is None:
         if _context is None:
             raise TaskFailed("this process was not started by `orchestrator worker`")
-        _process = _Process(_context)
-    return _process
+        process = _local.process = _Process(_context)
+    return process
 
 
 @worker_process_init.connect
 def _forget_parent_state(**_: Any) -> None:
     """A forked pool process must not share the parent's database connections."""
-    global _process
-    _process = None
+    _local.process = None
 
 
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
-    if _process is not None:
-        _process.close()
+    process = getattr(_local, "process", None)
+    if process is not None:
+        process.close()
 
 
 def _masked(task):
