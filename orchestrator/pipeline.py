@@ -3,8 +3,10 @@
 ``run`` and ``dry_run`` are the same code path. A dry run writes nothing and sends nothing; a real run writes
 the run and, per batch of the audience, every decision as a delivery row - with the rendered message of each one
 to be sent - before anything is sent, so that running it again with the same ``--at`` continues the same run
-instead of starting a second one. After each batch is written, the dispatcher (``orchestrator.dispatch``) sends
-what is due; at the end it waits for retries up to ``dispatch.linger_seconds``. The audience streams through in
+instead of starting a second one. Where the batches are planned and sent is the executor's business
+(``orchestrator.executors``): in-process, after each batch is written, the dispatcher (``orchestrator.dispatch``)
+sends what is due and at the end waits for retries up to ``dispatch.linger_seconds``; under Celery, workers plan
+partitions of the audience (``plan_range``) and then send. The audience streams through in
 batches; nothing here holds the whole audience in memory.
 
 A member in their quiet hours is decided like any other (policies, control group, offer) but their delivery rows
