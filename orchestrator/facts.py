@@ -90,6 +90,9 @@ class FactContext:
 
     at: datetime
     settings: Settings
+    # only these customers are asked about (a scheduler tick's members): per-customer sources aggregate just
+    # their orders; shop-wide figures (store AOV, RFM ranks) still come from every member. None: everyone.
+    members: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None:
@@ -266,7 +269,7 @@ def store_aov(ctx: FactContext) -> ColumnElement[Decimal]:
     return type_coerce(aov_minor, Money())
 
 
-def above_store_aov_counts(ctx: FactContext) -> Select:
+def above_store_aov_counts(ctx: FactContext, where: Iterable[ColumnElement[bool]] = ()) -> Select:
     """Per member, paid orders whose amount exceeds the shop-wide AOV (``orders_above_store_aov``).
 
     Compared exactly, without dividing: amount × shop orders > shop revenue.
@@ -274,7 +277,7 @@ def above_store_aov_counts(ctx: FactContext) -> Select:
     totals = store_totals(ctx).subquery("store_totals")
     above = amount_minor() * totals.c.orders > totals.c.revenue_minor
     return (
-        paid_orders(ctx, orders.c.customer_pk, func.count().label("orders_above_store_aov"), where=[above])
+        paid_orders(ctx, orders.c.customer_pk, func.count().label("orders_above_store_aov"), where=[above, *where])
         .select_from(totals)
         .group_by(orders.c.customer_pk)
     )
@@ -433,11 +436,16 @@ class CustomerFacts:
     @cached_property
     def _order_stats(self) -> FromClause:
         # joined to member rows, so it need not filter members itself (see paid_orders)
-        return order_stats(self.ctx, members_only=False).subquery("order_stats")
+        return order_stats(self.ctx, members_only=False, where=self._asked()).subquery("order_stats")
 
     @cached_property
     def _above_store_aov(self) -> FromClause:
-        return above_store_aov_counts(self.ctx).subquery("above_store_aov")
+        return above_store_aov_counts(self.ctx, where=self._asked()).subquery("above_store_aov")
+
+    def _asked(self) -> list[ColumnElement[bool]]:
+        """The orders of the customers asked about (``FactContext.members``), for per-customer sources."""
+        members = self.ctx.members
+        return [] if members is None else [orders.c.customer_pk.in_(members)]
 
     @cached_property
     def _rfm(self) -> FromClause:
@@ -468,8 +476,10 @@ class CustomerFacts:
         return clause
 
     def select(self, *columns: Any, where: Sequence[ColumnElement[bool]] = ()) -> Select:
-        """``select(*columns)`` over members with the joins their facts (and ``where``) need."""
-        return select(*columns).select_from(self.from_clause()).where(self.is_member, *where)
+        """``select(*columns)`` over members (those asked about, ``FactContext.members``) with the joins their
+        facts (and ``where``) need."""
+        asked = [] if self.ctx.members is None else [customers.c.id.in_(self.ctx.members)]
+        return select(*columns).select_from(self.from_clause()).where(self.is_member, *asked, *where)
 
     def fact(self, name: str) -> ColumnElement[Any]:
         """A fact by its catalogue name (``FACTS``)."""

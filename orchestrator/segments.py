@@ -498,7 +498,7 @@ class Audience:
         self.pk_range = pk_range
         self.plan = plan
         self.facts = facts
-        self.ctx = FactContext(at=at, settings=settings)
+        self.ctx = FactContext(at=at, settings=settings, members=plan.members)
         self.catalog = catalog
 
     def _compiler(self) -> SegmentCompiler:

@@ -185,3 +185,49 @@ def test_what_an_ab_variant_reads_is_computed(engine: Engine, tmp_path: Path):
     for sample in rfm:
         cid = sample["customer_id"]
         assert sample["parts"]["subject"] == f"{cid} is {expected[cid].rfm_segment}"
+
+
+# --- facts for some members only (a scheduler tick's) -----------------------------------------------------------
+
+EVERY_FACT_CAMPAIGN = """\
+name: every-fact
+segment: {frequency: {gte: 1}}
+message:
+  email: {subject: "{{ customer }}", text: "Hello"}
+"""
+
+
+def test_facts_of_some_members_equal_their_facts_among_everyone(engine: Engine, tmp_path: Path):
+    """``CampaignPlan.members`` (a tick's members) restricts the per-customer sources to their orders; shop-wide
+    figures (store AOV, RFM ranks among every buyer) must not change with it."""
+    from dataclasses import replace
+
+    dataset.load(engine)
+    orch = _orchestrator(tmp_path, engine)
+    everyone, facts = _audience(orch, tmp_path, EVERY_FACT_CAMPAIGN, "every")
+    assert facts is None  # a template reading the whole customer: every fact, RFM included
+    all_rows = {row["pk"]: row for batch in everyone.batches(100) for row in batch}
+    chosen = tuple(sorted(all_rows)[::3])
+    assert len(chosen) >= 3
+    some = Audience(orch.engine, orch.settings, replace(everyone.plan, members=chosen), AT, orch.registry.facts)
+    some_rows = {row["pk"]: row for batch in some.batches(100) for row in batch}
+    assert set(some_rows) == set(chosen)
+    for pk in chosen:
+        assert some_rows[pk] == all_rows[pk]
+    assert some.count() == len(chosen)
+    # the funnel counts among them
+    assert some.funnel()[-1]["cumulative"] == len(chosen)
+    # a member outside the segment stays out, even when asked about
+    outside = [pk for pk in _every_member(engine) if pk not in all_rows]
+    assert outside
+    asked = Audience(orch.engine, orch.settings, replace(everyone.plan, members=(outside[0],)), AT, orch.registry.facts)
+    assert asked.count() == 0
+
+
+def _every_member(engine: Engine) -> list[int]:
+    from sqlalchemy import select
+
+    from orchestrator.facts import customers
+
+    with engine.connect() as conn:
+        return list(conn.execute(select(customers.c.id)).scalars())

@@ -440,3 +440,32 @@ def test_an_event_trigger_without_within_takes_a_day(shop: Shop):
     shop.campaign("welcome", '{"on": member_joined}')
     [tick] = shop.replay("2025-06-02T10:00", "2025-06-02T10:01")
     assert tick["audience"] == 1 and shop.messages() == [(at("2025-06-02T10:00"), "A")]
+
+
+def test_a_tick_for_more_members_than_it_looks_up_gives_the_same_messages(shop: Shop, monkeypatch):
+    """A tick's members are looked up first so that facts are computed for them alone; past
+    ``MAX_TICK_MEMBERS`` the tick computes them for every member instead, with the same result."""
+    from orchestrator.scheduler import audiences
+
+    for i in range(4):
+        shop.member(f"M{i}", signup_at=local("2024-01-01T00:00"), birthday=date(1990, 3, 5))
+        shop.order(f"o{i}", f"M{i}", local(f"2025-0{i + 1}-10T12:00"))
+    shop.member("OTHER", signup_at=local("2024-01-01T00:00"), birthday=date(1990, 3, 6))  # not their birthday
+    shop.order("o-other", "OTHER", local("2025-01-10T12:00"))
+    shop.member("NO-ORDER", signup_at=local("2024-01-01T00:00"), birthday=date(1990, 3, 5))  # not in the segment
+    shop.campaign(
+        "birthday",
+        '{relative_to: birthday, days_before: 0, time: "09:00", timezone: Asia/Shanghai}',
+        segment="{frequency: {gte: 1}}",
+        extra="recontact: always\n",
+    )
+    looked_up = shop.replay("2026-03-05", "2026-03-06")
+    assert [t["audience"] for t in looked_up] == [4]
+    monkeypatch.setattr(audiences, "MAX_TICK_MEMBERS", 2)
+    shop.replay("2027-03-05", "2027-03-06")
+    assert [cid for _, cid in shop.messages()] == ["M0", "M1", "M2", "M3"] * 2
+    with shop.engine.connect() as conn:
+        summaries = [s for s in conn.execute(select(CampaignRun.summary).order_by(CampaignRun.id)).scalars()]
+    # the funnel of a tick whose members were looked up counts among them; the other among every member
+    assert [(c["alone"], c["cumulative"]) for c in summaries[0]["conditions"]] == [(4, 4), (5, 4)]
+    assert [(c["alone"], c["cumulative"]) for c in summaries[1]["conditions"]] == [(5, 5), (5, 4)]

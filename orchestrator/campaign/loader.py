@@ -99,6 +99,9 @@ class CampaignPlan:
     content_hash: str
     conditions: list[tuple[str, Node]] = field(default_factory=list)  # top-level conditions for the funnel
     follow_ups: list[FollowUpPlan] = field(default_factory=list)
+    # the customers a run can reach at most (a scheduler tick's members, ``scheduler.audiences``), so that facts
+    # are computed for them alone; None: every member
+    members: tuple[int, ...] | None = None
 
     @property
     def name(self) -> str:

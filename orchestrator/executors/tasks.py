@@ -132,7 +132,7 @@ def plan_partition(run: dict[str, Any], low: int | None, high: int | None) -> di
         )
     at = datetime.fromisoformat(run["at"])
     if run["tick"]:
-        plan = tick_plan(plan, at, service.settings.tz)
+        plan = tick_plan(service, plan, at)
     ledger_run = {"campaign": plan.name, "at": at, "run_pk": run["run_pk"], "campaign_pk": run["campaign_pk"]}
     result = service.runner(plan).plan_range(at, ledger_run, (low, high))
     return partials.to_json(result)

@@ -30,7 +30,7 @@ from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
 from orchestrator.followups import next_due, plan_due
 from orchestrator.open_runs import check_new_run, dispatch_run, find_runs
-from orchestrator.scheduler.audiences import event_ticks, narrowed, tick_condition
+from orchestrator.scheduler.audiences import event_ticks, narrowed, tick_condition, tick_members
 from orchestrator.scheduler.campaign_files import CampaignFile
 from orchestrator.scheduler.triggers import ticks
 from orchestrator.service import Orchestrator
@@ -71,14 +71,16 @@ def due_ticks(
     return sorted(found, key=lambda t: (t.at, t.plan.name))
 
 
-def tick_plan(plan: CampaignPlan, at: datetime, shop_tz, *, dry_run: bool = False) -> CampaignPlan:
+def tick_plan(service: Orchestrator, plan: CampaignPlan, at: datetime, *, dry_run: bool = False) -> CampaignPlan:
     """The plan a tick runs: for a relative date or an event trigger, the segment narrowed to the members whose
-    date or event the tick at ``at`` is for (``audiences.tick_condition``); other plans as they are."""
+    date or event the tick at ``at`` is for (``audiences.tick_condition``, looked up first: ``tick_members``);
+    other plans as they are."""
     schedule = plan.campaign.schedule
     if schedule is None or (schedule.relative_to is None and schedule.on is None):
         return plan
-    label, condition = tick_condition(plan, at, shop_tz, dry_run=dry_run)
-    return narrowed(plan, label, condition)
+    label, condition = tick_condition(plan, at, service.settings.tz, dry_run=dry_run)
+    members = tick_members(service.engine, service.settings, service.registry.facts, condition, at)
+    return narrowed(plan, label, condition, members)
 
 
 def _recorded_run(service: Orchestrator, name: str, at: datetime) -> tuple[int, str, dict] | None:
@@ -108,10 +110,10 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
                 "state": "done",
                 "fired": False,
             }
-    plan = tick_plan(tick.plan, tick.at, service.settings.tz, dry_run=dry_run)
+    plan = tick_plan(service, tick.plan, tick.at, dry_run=dry_run)
     schedule = tick.plan.campaign.schedule
     is_event = schedule is not None and schedule.on is not None
-    if is_event and (dry_run or recorded is None) and _audience_size(service, plan, tick.at) == 0:
+    if is_event and (dry_run or recorded is None) and _nobody(service, plan, tick.at):
         return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
     if not dry_run:
         try:
@@ -133,11 +135,14 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
     }
 
 
-def _audience_size(service: Orchestrator, plan: CampaignPlan, at: datetime) -> int:
-    """How many members the tick would be for: one count, so that an event check finding nobody opens no run."""
+def _nobody(service: Orchestrator, plan: CampaignPlan, at: datetime) -> bool:
+    """Whether the tick is for nobody (an event check that found nothing opens no run): no member has the event,
+    or those who have are not in the segment."""
     from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
 
-    return Audience(service.engine, service.settings, plan, at, service.registry.facts).count()
+    return (
+        plan.members == () or Audience(service.engine, service.settings, plan, at, service.registry.facts).count() == 0
+    )
 
 
 def dispatch_round(service: Orchestrator, at: datetime) -> list[dict[str, Any]]:
