@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from orchestrator.executors.base import Executor
 
 RENDER_FAILED = "render_failed"  # a delivery whose template failed on this customer's data (reason; outcome count)
+EMPTY = "empty"  # the state of a run not opened because its audience is nobody (``execute(open_if_empty=False)``)
 OFFER_SKIP = "offer_"  # a member withheld by the offer is skipped with reason offer_<why>, e.g. offer_budget
 
 
@@ -286,9 +287,13 @@ class CampaignRunner:
         result.steps = [StepResult(step.name) for step in self.plan.steps]
         return result
 
-    def execute(self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True) -> RunResult:
-        """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing. The
-        configured executor (``executor:``) plans and sends a real run; a dry run is always planned here."""
+    def execute(
+        self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True, open_if_empty: bool = True
+    ) -> RunResult:
+        """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing. With
+        ``open_if_empty`` False, an audience of nobody (the funnel says so) opens no run: the result's ``state``
+        is ``EMPTY`` and its ``run_id`` None (an event check that found nobody). The configured executor
+        (``executor:``) plans and sends a real run; a dry run is always planned here."""
         from orchestrator.executors import IN_PROCESS, for_settings
 
         executor = IN_PROCESS if dry_run else (self.executor or for_settings(self.settings, self.engine))
@@ -296,6 +301,9 @@ class CampaignRunner:
         result = self.new_result(at, dry_run=dry_run)
         self.winning = self._winning_variants(at, result)
         result.conditions = audience.funnel()
+        if not open_if_empty and result.conditions and result.conditions[-1]["cumulative"] == 0:
+            result.state = EMPTY
+            return result
         run: dict[str, Any] = {"campaign": self.plan.name, "at": at}
         if not dry_run:
             with self.engine.begin() as conn:

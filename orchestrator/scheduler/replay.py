@@ -29,14 +29,14 @@ from orchestrator.db.models import Campaign, CampaignRun, Delivery
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import InputError
 from orchestrator.followups import next_due, plan_due
-from orchestrator.open_runs import check_new_run, dispatch_run, find_runs
+from orchestrator.open_runs import UNFINISHED, check_new_run, dispatch_run, find_runs
+from orchestrator.pipeline import EMPTY
 from orchestrator.scheduler.audiences import event_ticks, narrowed, tick_condition, tick_members
 from orchestrator.scheduler.campaign_files import CampaignFile
 from orchestrator.scheduler.triggers import ticks
 from orchestrator.service import Orchestrator
 
 RELATIVE_FIELDS = ("birthday", "signup_at")
-EMPTY = "empty"  # the state of an event check that found nobody: no run was created
 
 
 def unsupported(schedule: Schedule) -> str | None:
@@ -79,7 +79,7 @@ def tick_plan(service: Orchestrator, plan: CampaignPlan, at: datetime, *, dry_ru
     if schedule is None or (schedule.relative_to is None and schedule.on is None):
         return plan
     label, condition = tick_condition(plan, at, service.settings.tz, dry_run=dry_run)
-    members = tick_members(service.engine, service.settings, service.registry.facts, condition, at)
+    members = tick_members(service.engine, service.settings, service.registry.facts, plan, condition, at)
     return narrowed(plan, label, condition, members)
 
 
@@ -112,8 +112,9 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
             }
     plan = tick_plan(service, tick.plan, tick.at, dry_run=dry_run)
     schedule = tick.plan.campaign.schedule
-    is_event = schedule is not None and schedule.on is not None
-    if is_event and (dry_run or recorded is None) and _nobody(service, plan, tick.at):
+    # an event check that finds nobody opens no run (one that already has a run continues it)
+    skip_if_empty = schedule is not None and schedule.on is not None and (dry_run or recorded is None)
+    if skip_if_empty and plan.members == ():
         return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
     if not dry_run:
         try:
@@ -124,7 +125,9 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
     runner_service = Orchestrator(service.settings, service.engine, service.registry)
     runner = runner_service.runner(plan, dry_run=dry_run)
     runner.tick = plan is not tick.plan  # narrowed to this tick's members: a Celery worker narrows it the same way
-    result = runner.execute(tick.at, dry_run=dry_run, sample=0)
+    result = runner.execute(tick.at, dry_run=dry_run, sample=0, open_if_empty=not skip_if_empty)
+    if result.state == EMPTY:
+        return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
     return row | {
         "run_id": result.run_id,
         "audience": result.audience,
@@ -133,16 +136,6 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
         "state": "dry-run" if dry_run else result.state,
         "fired": True,
     }
-
-
-def _nobody(service: Orchestrator, plan: CampaignPlan, at: datetime) -> bool:
-    """Whether the tick is for nobody (an event check that found nothing opens no run): no member has the event,
-    or those who have are not in the segment."""
-    from orchestrator.segments import Audience  # the SQL layer loads only when a campaign runs
-
-    return (
-        plan.members == () or Audience(service.engine, service.settings, plan, at, service.registry.facts).count() == 0
-    )
 
 
 def dispatch_round(service: Orchestrator, at: datetime) -> list[dict[str, Any]]:
@@ -170,11 +163,15 @@ def replay(
     following = [] if dry_run else [f.plan for f in files if f.fires and f.plan.follow_ups]
     index = 0
     planned_until: datetime | None = None
+    follow_up_at: datetime | None = None
+    look_again = bool(following)  # whether the next follow-up's time may have changed since it was looked up
     while True:
         tick_at = ticks_left[index].at if index < len(ticks_left) else None
         # each stop decides every follow-up due by then: the next one to stop at is due after the last stop
         lower = planned_until if planned_until is not None else start - timedelta(microseconds=1)
-        follow_up_at = next_due(service.engine, following, lower) if following else None
+        if look_again or (follow_up_at is not None and follow_up_at <= lower):
+            follow_up_at = next_due(service.engine, following, lower)
+            look_again = False
         # a message deferred by quiet hours goes out at the end of its deferral, as a live dispatcher sends it
         deferred_at = None if dry_run else _next_deferral(service, lower)
         stops = (tick_at, follow_up_at, deferred_at)
@@ -187,9 +184,14 @@ def replay(
             service.progress.advance("ticks")
             if row["state"] != EMPTY:
                 rows.append(row)
+                # a new run of a campaign with follow-ups has follow-ups of its own to come
+                look_again |= any(plan.name == row["campaign"] for plan in following)
         if not dry_run:
-            for plan in following:
-                rows += [_follow_up_row(result) for result in plan_due(service, plan, at)]
+            # the first stop also decides those overdue before the range; later ones only when one is due
+            if planned_until is None or (follow_up_at is not None and follow_up_at <= at):
+                for plan in following:
+                    rows += [_follow_up_row(result) for result in plan_due(service, plan, at)]
+                look_again = True
             planned_until = at
             states = {r["run_id"]: r["state"] for r in dispatch_round(service, at)}
             for earlier in rows:  # a deferred message sent now may finish an earlier tick's run
@@ -199,10 +201,15 @@ def replay(
 
 
 def _next_deferral(service: Orchestrator, after: datetime) -> datetime | None:
+    """The end of the earliest quiet-hours deferral after ``after``. A deferred message belongs to an unfinished
+    run (the run is ``waiting`` until it is sent), so only their rows are read, not a year of ledger."""
+    open_runs = select(CampaignRun.id).where(CampaignRun.state.in_(UNFINISHED))
     with service.engine.connect() as conn:
         return conn.execute(
             select(func.min(Delivery.deferred_until)).where(
-                Delivery.state == "deferred", Delivery.deferred_until > after
+                Delivery.run_pk.in_(open_runs.scalar_subquery()),
+                Delivery.state == "deferred",
+                Delivery.deferred_until > after,
             )
         ).scalar()
 
