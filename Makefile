@@ -59,6 +59,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_end_to_end.py
 	$(BIN)/python benchmarks/bench_scheduler_replay.py --sides replay,dry_run
+	$(BIN)/python benchmarks/bench_celery.py
 
 clean:
 	rm -rf demo benchmarks/output .pytest_cache .ruff_cache

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import InputError, InputErrors
 from orchestrator.policy_types import Duration, FrequencyCap, LocalWindow, QuietHours
@@ -109,6 +109,41 @@ class DispatchConfig(_Section):
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
+
+
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+
+
+class ExecutorConfig(_Section):
+    """Where a run's planning and dispatch happen (see docs/deployment.md). ``in_process``: in the process that
+    runs it. ``celery``: split into Celery tasks (audience partitions, then claim batches) that
+    ``orchestrator worker`` processes on any number of machines run against the same PostgreSQL database."""
+
+    kind: Literal["in_process", "celery"] = "in_process"
+    broker: str | None = None  # redis://host:6379/0 or amqp://user:password@host:5672/vhost (secrets: ${VAR})
+    result_backend: str | None = None  # where task results go; default: the broker (Redis) or rpc:// (AMQP)
+    queue: str = Field("orchestrator", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    key_prefix: str | None = Field(None, max_length=100)  # Redis only: prefixes every key Celery writes
+    partition_size: int = Field(5000, ge=1, le=1_000_000)  # audience members one planning task decides
+    task_time_limit_seconds: float = Field(1800, gt=0)  # a task running longer is killed (and fails)
+    # Redis: a task not acknowledged within this is handed to another worker; longer than any task may run
+    visibility_timeout_seconds: float = Field(3600, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ExecutorConfig:
+        if self.kind != "celery":
+            return self
+        if not self.broker:
+            raise ValueError("executor: kind celery needs a broker (e.g. broker: redis://127.0.0.1:6379/0)")
+        scheme = self.broker.partition("://")[0].lower()
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(f"executor.broker: {scheme!r} is not a broker this product runs on (redis:// or amqp://)")
+        if self.visibility_timeout_seconds <= self.task_time_limit_seconds:
+            raise ValueError(
+                "executor.visibility_timeout_seconds must be longer than task_time_limit_seconds: a task still "
+                "running when it expires would be handed to a second worker"
+            )
+        return self
 
 
 class SchedulerConfig(_Section):
@@ -241,6 +276,7 @@ class Settings(_Section):
     policies: PoliciesConfig = PoliciesConfig()
     dispatch: DispatchConfig = DispatchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    executor: ExecutorConfig = ExecutorConfig()
     results: ResultsConfig = ResultsConfig()
     serve: ServeConfig = ServeConfig()
 
@@ -357,6 +393,7 @@ _VOCABULARY = sorted(
             BreakerConfig,
             RateLimitConfig,
             SchedulerConfig,
+            ExecutorConfig,
             AttributionConfig,
             ResultsConfig,
             ServeConfig,

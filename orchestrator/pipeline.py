@@ -3,8 +3,10 @@
 ``run`` and ``dry_run`` are the same code path. A dry run writes nothing and sends nothing; a real run writes
 the run and, per batch of the audience, every decision as a delivery row - with the rendered message of each one
 to be sent - before anything is sent, so that running it again with the same ``--at`` continues the same run
-instead of starting a second one. After each batch is written, the dispatcher (``orchestrator.dispatch``) sends
-what is due; at the end it waits for retries up to ``dispatch.linger_seconds``. The audience streams through in
+instead of starting a second one. Where the batches are planned and sent is the executor's business
+(``orchestrator.executors``): in-process, after each batch is written, the dispatcher (``orchestrator.dispatch``)
+sends what is due and at the end waits for retries up to ``dispatch.linger_seconds``; under Celery, workers plan
+partitions of the audience (``plan_range``) and then send. The audience streams through in
 batches; nothing here holds the whole audience in memory.
 
 A member in their quiet hours is decided like any other (policies, control group, offer) but their delivery rows
@@ -17,11 +19,11 @@ them once their time has come.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, func, select
 
@@ -31,13 +33,16 @@ from orchestrator.channels.base import Channel, RenderedMessage
 from orchestrator.config import Settings
 from orchestrator.coupons.offer import give_back_unsent
 from orchestrator.db.models import Delivery
-from orchestrator.dispatch.dispatcher import Dispatcher, DrainReport
+from orchestrator.dispatch.dispatcher import DrainReport
 from orchestrator.masking import mask_contact, mask_text
 from orchestrator.offers import Grant, OfferKind, OfferTally, Withheld
 from orchestrator.plugin_manager import Registry
 from orchestrator.progress import SILENT, Progress
 from orchestrator.rendering import TemplateRenderError
 from orchestrator.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from orchestrator.executors.base import Executor
 
 RENDER_FAILED = "render_failed"  # a delivery whose template failed on this customer's data (reason; outcome count)
 EMPTY = "empty"  # the state of a run not opened because its audience is nobody (``execute(open_if_empty=False)``)
@@ -206,6 +211,10 @@ class CampaignRunner:
         self.quiet = None if transactional else policies.QuietHours.parse(dispatch.quiet_hours or defaults.quiet_hours)
         self.winning: dict[str, VariantPlan] = {}  # step -> the variant its winner rule chose, for this run
         self.recontact = recontact.rule_of(plan.campaign)  # transactional or not: it is the campaign's own rule
+        self.executor: Executor | None = None  # None: the one the config names (``executors.for_settings``)
+        # the plan was narrowed to one scheduler tick's members (``scheduler.replay.tick_plan``): a worker
+        # planning a partition narrows the campaign file's plan the same way
+        self.tick = False
 
     # -- the stages -------------------------------------------------------------------------------------------
     def _contact(self, candidate: Candidate, lookups: policies.BatchLookups) -> policies.ContactPlan:
@@ -259,16 +268,14 @@ class CampaignRunner:
         return self.channels[channel_name].render(candidate.messages[channel_name], context)
 
     # -- a run ------------------------------------------------------------------------------------------------
-    def execute(
-        self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True, open_if_empty: bool = True
-    ) -> RunResult:
-        """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing. With
-        ``open_if_empty`` False, an audience of nobody (the funnel says so) opens no run: the result's ``state``
-        is ``EMPTY`` and its ``run_id`` None (an event check that found nobody)."""
+    def audience(self, at: datetime, pk_range: tuple[int | None, int | None] | None = None):
+        """The campaign's audience as of ``at`` (only customer keys in ``pk_range``, bounds inclusive, if given)."""
         from orchestrator.segments import Audience, facts_read  # the SQL layer loads only when a campaign runs
 
         facts = facts_read(self.plan, self.channels, self.offers.values())  # compute only the facts read
-        audience = Audience(self.engine, self.settings, self.plan, at, self.registry.facts, facts)
+        return Audience(self.engine, self.settings, self.plan, at, self.registry.facts, facts, pk_range=pk_range)
+
+    def new_result(self, at: datetime, *, dry_run: bool) -> RunResult:
         result = RunResult(
             campaign=self.plan.name,
             at=at,
@@ -278,13 +285,26 @@ class CampaignRunner:
             timezone=self.settings.tz,
         )
         result.steps = [StepResult(step.name) for step in self.plan.steps]
+        return result
+
+    def execute(
+        self, at: datetime, *, dry_run: bool, sample: int = 3, send: bool = True, open_if_empty: bool = True
+    ) -> RunResult:
+        """Plan the run (and, unless ``send`` is False, dispatch it); ``dry_run`` writes and sends nothing. With
+        ``open_if_empty`` False, an audience of nobody (the funnel says so) opens no run: the result's ``state``
+        is ``EMPTY`` and its ``run_id`` None (an event check that found nobody). The configured executor
+        (``executor:``) plans and sends a real run; a dry run is always planned here."""
+        from orchestrator.executors import IN_PROCESS, for_settings
+
+        executor = IN_PROCESS if dry_run else (self.executor or for_settings(self.settings, self.engine))
+        audience = self.audience(at)
+        result = self.new_result(at, dry_run=dry_run)
         self.winning = self._winning_variants(at, result)
         result.conditions = audience.funnel()
         if not open_if_empty and result.conditions and result.conditions[-1]["cumulative"] == 0:
             result.state = EMPTY
             return result
         run: dict[str, Any] = {"campaign": self.plan.name, "at": at}
-        dispatcher = None
         if not dry_run:
             with self.engine.begin() as conn:
                 campaign_pk = ledger.upsert_campaign(
@@ -297,18 +317,8 @@ class CampaignRunner:
             ref = ledger.open_run(self.engine, campaign_pk, at, self.plan.content_hash)
             result.run_id, result.resumed = ref.pk, not ref.created
             run.update(run_pk=ref.pk, campaign_pk=campaign_pk)
-            if send:
-                dispatcher = Dispatcher(self.engine, self.settings, self.channels.__getitem__, progress=self.progress)
-                result.dispatch = DrainReport()
-        total = result.conditions[-1]["cumulative"] if result.conditions else None  # the audience, for the bar
         try:
-            for batch, last in _marking_last(audience.batches(self.plan.campaign.dispatch.batch_size)):
-                self._batch(batch, result, run, at, dry_run, sample)
-                self.progress.advance("planning", len(batch), total=total)
-                if dispatcher is not None and not last:  # send what this batch made due; retries wait for the end
-                    result.dispatch.merge(dispatcher.drain(result.run_id, linger=0, count_open=False))
-            if dispatcher is not None:
-                result.dispatch.merge(dispatcher.drain(result.run_id))
+            executor.plan_and_send(self, audience, result, run, sample=sample, send=send and not dry_run)
         finally:
             for channel in self.channels.values():
                 channel.close()
@@ -325,6 +335,26 @@ class CampaignRunner:
                 self.engine, self.settings, self.plan, at, self.registry.facts, dry_run=dry_run, now=utcnow()
             )
         return result
+
+    def plan_range(self, at: datetime, run: Mapping[str, Any], pk_range: tuple[int | None, int | None]) -> RunResult:
+        """Plan the members of an open run whose customer keys are in ``pk_range``, sending nothing: one partition
+        of a run planned by a Celery worker. What it decided is counted in the result returned (the coordinator
+        adds the partitions up). Planning a partition again continues it: members already in the ledger are
+        counted from it, never decided twice."""
+        result = self.new_result(at, dry_run=False)
+        result.run_id = run["run_pk"]
+        self.winning = self._winning_variants(at, result)
+        try:
+            for batch in self.audience(at, pk_range).batches(self.plan.campaign.dispatch.batch_size):
+                self.plan_batch(batch, result, dict(run), sample=0)
+        finally:
+            for channel in self.channels.values():
+                channel.close()
+        return result
+
+    def plan_batch(self, batch: list[dict[str, Any]], result: RunResult, run, *, sample: int) -> None:
+        """Decide one batch of the audience (written to the ledger unless the run is a dry run)."""
+        self._batch(batch, result, run, result.at, result.dry_run, sample)
 
     def _batch(self, batch: list[dict[str, Any]], result: RunResult, run, at, dry_run: bool, sample: int) -> None:
         candidates: list[Candidate] = []
@@ -517,15 +547,6 @@ class CampaignRunner:
     def _count_message(candidate: Candidate, channel: str, result: RunResult) -> None:
         result.steps[candidate.step.index].channels[channel] += 1
         result.messages += 1
-
-
-def _marking_last(batches: Iterator[list[dict[str, Any]]]) -> Iterator[tuple[list[dict[str, Any]], bool]]:
-    """Each batch with whether it is the last: the last one's messages go out in the final drain, so that a run
-    of one batch (most scheduler ticks) drains once, not twice."""
-    ahead = next(batches, None)
-    while ahead is not None:
-        batch, ahead = ahead, next(batches, None)
-        yield batch, ahead is None
 
 
 def _located(error: TemplateRenderError) -> str:

@@ -480,11 +480,22 @@ class Audience:
     facts templates use and the index of the step each belongs to (the first whose ``when`` holds)."""
 
     def __init__(
-        self, engine: Engine, settings: Settings, plan, at: datetime, catalog, facts: frozenset[str] | None = None
+        self,
+        engine: Engine,
+        settings: Settings,
+        plan,
+        at: datetime,
+        catalog,
+        facts: frozenset[str] | None = None,
+        *,
+        pk_range: tuple[int | None, int | None] | None = None,
     ):
         """``catalog``: the facts of the condition language, from the registry of the Orchestrator in use;
-        ``facts``: the ``ROW_FACTS`` the batches must carry (``facts_read``), None for all of them."""
+        ``facts``: the ``ROW_FACTS`` the batches must carry (``facts_read``), None for all of them;
+        ``pk_range``: only customers whose key is within these bounds (inclusive; None: unbounded), one
+        partition of the audience."""
         self.engine = engine
+        self.pk_range = pk_range
         self.plan = plan
         self.facts = facts
         self.ctx = FactContext(at=at, settings=settings, members=plan.members)
@@ -545,7 +556,14 @@ class Audience:
             for v in s.variants
             if v.guard is not None
         ]
-        return facts.select(*columns, where=[segment]).order_by(customers.c.id)
+        return facts.select(*columns, where=[segment, *self._in_range()]).order_by(customers.c.id)
+
+    def _in_range(self) -> list[ColumnElement[bool]]:
+        low, high = self.pk_range or (None, None)
+        return [
+            *([customers.c.id >= low] if low is not None else []),
+            *([customers.c.id <= high] if high is not None else []),
+        ]
 
     def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
         """The audience in batches of ``size`` customers, streamed (a server-side cursor on PostgreSQL)."""

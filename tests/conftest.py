@@ -3,7 +3,7 @@
 PostgreSQL comes from ``ORCHESTRATOR_TEST_POSTGRES_URL`` (a server URL; the suite creates its own database and
 drops it at the end). Without it the PostgreSQL half is skipped, unless ``ORCHESTRATOR_REQUIRE_SERVICES=1``,
 under which a missing service fails the run. Redis (``ORCHESTRATOR_TEST_REDIS_URL``) is required the same way,
-but only by a test that asks for the ``redis_url`` fixture: no product code uses Redis yet, so none does.
+but only by a test that asks for the ``redis_url`` fixture (the Celery executor's tests, where it is the broker).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from orchestrator.cli import runs as run_listing_commands
 from orchestrator.cli import scheduler as scheduler_commands
 from orchestrator.cli import serve as serve_commands
 from orchestrator.cli import setup as setup_commands
+from orchestrator.cli import worker as worker_commands
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
 from orchestrator.masking import describe_unexpected
@@ -105,6 +106,7 @@ for family in (
     run_listing_commands,
     report_commands,
     plugin_commands,
+    worker_commands,
 ):
     family.register(cli)
 

@@ -183,6 +183,20 @@ class Dispatcher:
                 report.open = ledger.open_counts(conn, run_pk)
         return report
 
+    def serve_round(self, run_pk: int) -> tuple[DrainReport, float | None]:
+        """One claim of each channel of this run with something due now, sent: the work of one Celery dispatch
+        task. Returns what happened and, when a channel may not send now (breaker, rate limit), the seconds
+        until the first of them may."""
+        report = DrainReport()
+        if run_pk not in self._released:
+            with self.engine.begin() as conn:
+                claims.release_dead_claims(conn, run_pk)
+            self._released.add(run_pk)
+        with self.engine.connect() as conn:
+            names = claims.due_channels(conn, run_pk, utcnow(), None)
+        waits = [wait for name in names if (wait := self._serve(run_pk, name, None, report)[1]) is not None]
+        return report, min(waits, default=None)
+
     def _serve(self, run_pk: int, name: str, deferred_due_at, report: DrainReport) -> tuple[bool, float | None]:
         """One claim of one channel: (whether anything was attempted, seconds until it may go on if paused)."""
         state = self.state(name)

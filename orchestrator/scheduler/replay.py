@@ -124,6 +124,7 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
     # each tick gets its own channel instances: a runner closes its channels when the run is done
     runner_service = Orchestrator(service.settings, service.engine, service.registry)
     runner = runner_service.runner(plan, dry_run=dry_run)
+    runner.tick = plan is not tick.plan  # narrowed to this tick's members: a Celery worker narrows it the same way
     result = runner.execute(tick.at, dry_run=dry_run, sample=0, open_if_empty=not skip_if_empty)
     if result.state == EMPTY:
         return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
