@@ -93,6 +93,9 @@ class FactContext:
     # only these customers are asked about (a scheduler tick's members): per-customer sources aggregate just
     # their orders; shop-wide figures (store AOV, RFM ranks) still come from every member. None: everyone.
     members: tuple[int, ...] | None = None
+    # only customers whose key lies in [low, high] (None: unbounded), with the same effect: one window or
+    # partition of an audience read a part at a time
+    pk_range: tuple[int | None, int | None] | None = None
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None:
@@ -414,6 +417,17 @@ FACTS: dict[str, FactDescription] = {
 }
 
 
+def asked_about(ctx: FactContext, key: ColumnElement[int]) -> list[ColumnElement[bool]]:
+    """Conditions on a customer key column: the customers ``ctx`` asks about (``members``, ``pk_range``)."""
+    conditions = [] if ctx.members is None else [key.in_(ctx.members)]
+    low, high = ctx.pk_range or (None, None)
+    if low is not None:
+        conditions.append(key >= low)
+    if high is not None:
+        conditions.append(key <= high)
+    return conditions
+
+
 class CustomerFacts:
     """Every fact of one evaluation time as an expression over ``customers``.
 
@@ -443,9 +457,9 @@ class CustomerFacts:
         return above_store_aov_counts(self.ctx, where=self._asked()).subquery("above_store_aov")
 
     def _asked(self) -> list[ColumnElement[bool]]:
-        """The orders of the customers asked about (``FactContext.members``), for per-customer sources."""
-        members = self.ctx.members
-        return [] if members is None else [orders.c.customer_pk.in_(members)]
+        """The orders of the customers asked about (``FactContext.members``, ``pk_range``), for per-customer
+        sources."""
+        return asked_about(self.ctx, orders.c.customer_pk)
 
     @cached_property
     def _rfm(self) -> FromClause:
@@ -478,7 +492,7 @@ class CustomerFacts:
     def select(self, *columns: Any, where: Sequence[ColumnElement[bool]] = ()) -> Select:
         """``select(*columns)`` over members (those asked about, ``FactContext.members``) with the joins their
         facts (and ``where``) need."""
-        asked = [] if self.ctx.members is None else [customers.c.id.in_(self.ctx.members)]
+        asked = asked_about(self.ctx, customers.c.id)
         return select(*columns).select_from(self.from_clause()).where(self.is_member, *asked, *where)
 
     def fact(self, name: str) -> ColumnElement[Any]:

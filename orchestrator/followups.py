@@ -215,6 +215,8 @@ def next_due(engine, plans: list[CampaignPlan], after: datetime) -> datetime | N
 class GroupAudience(Audience):
     """The members of one due group, with the follow-up's conditions as of its due time."""
 
+    read_in_windows = False  # one group, read in one statement
+
     def __init__(self, engine, settings, plan, follow_up: FollowUpPlan, campaign_pk: int, group: DueGroup, catalog):
         super().__init__(engine, settings, plan, group.base_due + follow_up.after, catalog)
         self.follow_up = follow_up

@@ -9,6 +9,8 @@ comparison does match. The audience streams from the database in batches ordered
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from copy import copy
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -444,6 +446,9 @@ ROW_FACTS: dict[str, Callable[[CustomerFacts], ColumnElement[Any]]] = {
 }
 
 
+WINDOW_KEYS = 50_000  # customer keys per window of a large audience read on PostgreSQL (``Audience.windows``)
+
+
 def facts_read(plan, channels: Mapping[str, Any], offers: Iterable[Any]) -> frozenset[str] | None:
     """The ``ROW_FACTS`` a run of ``plan`` reads: those its steps' compiled messages read (each channel says,
     ``Channel.customer_names``) and those its offer kinds read (``OfferKind.facts_read``); None when any of them
@@ -479,6 +484,8 @@ class Audience:
     """A campaign's audience as of ``at``: counts, the per-condition funnel, and batches of customers with the
     facts templates use and the index of the step each belongs to (the first whose ``when`` holds)."""
 
+    read_in_windows = True  # whether ``batches`` may read a large audience window by window (``windows``)
+
     def __init__(
         self,
         engine: Engine,
@@ -498,7 +505,7 @@ class Audience:
         self.pk_range = pk_range
         self.plan = plan
         self.facts = facts
-        self.ctx = FactContext(at=at, settings=settings, members=plan.members)
+        self.ctx = FactContext(at=at, settings=settings, members=plan.members, pk_range=pk_range)
         self.catalog = catalog
 
     def _compiler(self) -> SegmentCompiler:
@@ -556,27 +563,49 @@ class Audience:
             for v in s.variants
             if v.guard is not None
         ]
-        return facts.select(*columns, where=[segment, *self._in_range()]).order_by(customers.c.id)
-
-    def _in_range(self) -> list[ColumnElement[bool]]:
-        low, high = self.pk_range or (None, None)
-        return [
-            *([customers.c.id >= low] if low is not None else []),
-            *([customers.c.id <= high] if high is not None else []),
-        ]
+        return facts.select(*columns, where=[segment]).order_by(customers.c.id)
 
     def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
-        """The audience in batches of ``size`` customers, streamed (a server-side cursor on PostgreSQL)."""
+        """The audience in batches of ``size`` customers, streamed (a server-side cursor on PostgreSQL), in
+        customer-key order; a large audience on PostgreSQL one window of keys at a time (``windows``)."""
         today = _local_date(self.ctx)
+        for window in self.windows():
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=size).execute(window.statement())
+                for partition in result.mappings().partitions(size):
+                    batch = [dict(row) for row in partition]
+                    self._add_tags(batch)
+                    for customer in batch:
+                        customer["age"] = age_on(customer["birthday"], today)
+                        customer["days_to_birthday"] = days_to_birthday(customer["birthday"], today)
+                    yield batch
+
+    def windows(self) -> Iterator[Audience]:
+        """This audience, or on PostgreSQL the same audience over consecutive windows of ``WINDOW_KEYS`` customer
+        keys. A cursor holds its transaction's snapshot while the run plans and sends; on PostgreSQL that keeps
+        every row the run updates since (a delivery sent is a new row version) from being cleaned up, and the
+        claims' index walks ever more dead entries: a run of a million slowed to a crawl. A window's snapshot
+        lasts only while its members are planned. Per-customer facts of a window aggregate its own orders; a
+        statement with shop-wide window functions (RFM ranks) would recompute them per window, so it is read
+        in one go."""
+        whole = self.pk_range is not None or self.plan.members is not None or not self.read_in_windows
+        if self.engine.dialect.name != "postgresql" or whole:
+            yield self
+            return
+        statement = self.statement()
+        if " OVER " in str(statement.compile(dialect=self.engine.dialect)).upper():
+            yield self
+            return
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=size).execute(self.statement())
-            for partition in result.mappings().partitions(size):
-                batch = [dict(row) for row in partition]
-                self._add_tags(batch)
-                for customer in batch:
-                    customer["age"] = age_on(customer["birthday"], today)
-                    customer["days_to_birthday"] = days_to_birthday(customer["birthday"], today)
-                yield batch
+            low, high = conn.execute(select(func.min(customers.c.id), func.max(customers.c.id))).one()
+        if low is None or high - low < WINDOW_KEYS:
+            yield self
+            return
+        for start in range(low, high + 1, WINDOW_KEYS):
+            window = copy(self)
+            window.pk_range = (start, start + WINDOW_KEYS - 1)
+            window.ctx = replace(self.ctx, pk_range=window.pk_range)
+            yield window
 
     def _add_tags(self, batch: list[dict[str, Any]]) -> None:
         by_pk = {c["pk"]: c for c in batch}
