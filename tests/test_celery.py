@@ -11,7 +11,6 @@ a PostgreSQL database per test, and ``orchestrator worker`` processes started by
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import socket
@@ -26,9 +25,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from orchestrator.config import Settings
-from orchestrator.data.importing import import_customers
-from orchestrator.data.records import CUSTOMER_COLUMNS
 from orchestrator.db.engine import create_db_engine
 from orchestrator.db.models import Customer, Delivery
 from tests import dataset
@@ -36,6 +32,7 @@ from tests.celery_workers import Broker, Worker, redis_broker, workers
 from tests.clitools import Cli
 from tests.conftest import _truncate_postgres, service_unavailable
 from tests.httpserver import Request, Response, serve
+from tests.members import import_members
 
 AT = "2026-11-02T10:00:00+08:00"
 CAMPAIGN = """\
@@ -78,22 +75,7 @@ def _no_stray_config(monkeypatch) -> None:
 
 
 def write_members(folder: Path, engine: Engine, members: int) -> None:
-    path = folder / "customers.csv"
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, CUSTOMER_COLUMNS, restval="")
-        writer.writeheader()
-        for i in range(1, members + 1):
-            writer.writerow(
-                {
-                    "customer_id": f"M{i:05d}",
-                    "name": f"Member {i}",
-                    "email": f"m{i:05d}@example.com",
-                    "signup_at": "2024-01-01T00:00:00+08:00",
-                    "email_opt_in": "false" if i % 7 == 0 else "true",  # skipped: no consent
-                    "sms_opt_in": "false",
-                }
-            )
-    import_customers(engine, Settings(base_dir=str(folder)), path)
+    import_members(folder, engine, members, email_opt_in=lambda i: i % 7 != 0)  # every 7th skipped: no consent
 
 
 def write_config(folder: Path, webhook: str, extra: str = "") -> Path:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -23,12 +22,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from orchestrator.config import Settings
-from orchestrator.data.importing import import_customers
-from orchestrator.data.records import CUSTOMER_COLUMNS
 from orchestrator.db.models import CampaignRun, Delivery, DeliveryPayload
 from tests.clitools import Cli
 from tests.httpserver import Request, Response, serve
+from tests.members import import_members
 
 AT = "2026-11-02T10:00:00+08:00"
 
@@ -46,22 +43,7 @@ dispatch: {batch_size: 200}
 def write_world(folder: Path, engine: Engine, members: int, url: str | None, dispatch: str) -> tuple[Path, Path]:
     """Members with e-mail consent, the campaign, and a config whose webhook posts to ``url`` (None: to an
     outbox ``out`` beside the config)."""
-    customers = folder / "customers.csv"
-    with customers.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, CUSTOMER_COLUMNS, restval="")
-        writer.writeheader()
-        for i in range(1, members + 1):
-            writer.writerow(
-                {
-                    "customer_id": f"M{i:05d}",
-                    "name": f"Member {i}",
-                    "email": f"m{i:05d}@example.com",
-                    "signup_at": "2024-01-01T00:00:00+08:00",
-                    "email_opt_in": "true",
-                    "sms_opt_in": "false",
-                }
-            )
-    import_customers(engine, Settings(base_dir=str(folder)), customers)
+    import_members(folder, engine, members)
     campaign = folder / "campaign.yaml"
     campaign.write_text(CAMPAIGN, encoding="utf-8")
     config = folder / "orchestrator.yaml"
