@@ -446,7 +446,7 @@ ROW_FACTS: dict[str, Callable[[CustomerFacts], ColumnElement[Any]]] = {
 }
 
 
-WINDOW_KEYS = 50_000  # customer keys per window of a large audience read on PostgreSQL (``Audience.windows``)
+WINDOW_KEYS = 10_000  # customer keys per window of a large audience read on PostgreSQL (``Audience.windows``)
 
 
 def facts_read(plan, channels: Mapping[str, Any], offers: Iterable[Any]) -> frozenset[str] | None:
