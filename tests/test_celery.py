@@ -366,3 +366,46 @@ def test_celery_is_refused_where_it_cannot_work(tmp_path: Path):
     assert worker.exit_code == 2 and "kind: celery" in worker.stderr
     engine.dispose()
     assert not (tmp_path / "out").exists()
+
+
+CALLS = """\
+name: vip-calls
+segment: {frequency: {gte: 0}}
+message:
+  call_list: {queue: vip, script: "{{ customer.name }}"}
+dispatch: {batch_size: 25}
+"""
+
+
+def test_a_call_list_workbook_is_complete_when_the_run_ends_under_celery(
+    pg_url, pg_engine, broker: Broker, tmp_path: Path
+):
+    """A channel finishes its files when it is closed (a call list's workbook); a worker lives far longer than
+    a run, so each dispatch task closes its channels: the workbook is there, whole, when ``run`` returns."""
+    from openpyxl import load_workbook
+
+    from orchestrator.config import Settings
+    from orchestrator.data.importing import import_customers
+
+    path = tmp_path / "customers.csv"
+    path.write_text(
+        "customer_id,name,phone,signup_at,sms_opt_in\n"
+        + "".join(f"V{i:03d},Member {i},+86138{i:08d},2024-01-01T00:00:00+08:00,true\n" for i in range(1, 61)),
+        encoding="utf-8",
+    )
+    import_customers(pg_engine, Settings(base_dir=str(tmp_path)), path)
+    (tmp_path / "campaign.yaml").write_text(CALLS, encoding="utf-8")
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text(
+        "timezone: Asia/Shanghai\ntemplates: []\nchannels:\n  call_list: {outbox: out, xlsx: true}\n"
+        + DISPATCH
+        + broker.executor_yaml(partition_size=20),
+        encoding="utf-8",
+    )
+    with workers(config, pg_url, tmp_path, count=2):
+        got = Cli(pg_url, config=str(config))("run", str(tmp_path / "campaign.yaml"), "--at", AT, "--json")
+        assert got.exit_code == 0, got.output
+        assert json.loads(got.stdout)["outcomes"] == {"sent": 60}
+        (folder,) = (tmp_path / "out").iterdir()
+        sheet = load_workbook(folder / "vip.xlsx", read_only=True).active
+        assert sum(1 for _ in sheet.iter_rows(values_only=True)) == 1 + 60  # header and every call, workers alive

@@ -156,6 +156,11 @@ class CeleryExecutor(Executor):
                     break  # tasks still outstanding were lost, or will find nothing to do
                 time.sleep(min(max(left, 0.0), 1.0))
             time.sleep(POLL_SECONDS)
+        # a task whose messages are all recorded may still be closing its channels (a call list's workbook is
+        # written then): the run ends when they are done, or after STALL_SECONDS for tasks lost with a worker
+        settle_by = time.monotonic() + STALL_SECONDS
+        while any(not task.ready() for task in outstanding) and time.monotonic() < settle_by:
+            time.sleep(POLL_SECONDS)
         for task in outstanding:
             task.forget()
         with engine.connect() as conn:

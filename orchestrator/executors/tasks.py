@@ -39,8 +39,7 @@ class WorkerContext:
 
 
 class _Process:
-    """What one worker process builds once and keeps: settings, engine, plugins, a dispatcher (whose channels
-    keep their connections and whose breakers remember between tasks)."""
+    """What one worker process builds once and keeps: settings, engine, plugins."""
 
     def __init__(self, context: WorkerContext):
         from orchestrator.config import database_url, load_settings
@@ -51,25 +50,14 @@ class _Process:
         # the same database the worker command checked (present, migrated) before its pool started
         self.engine = create_db_engine(database_url(settings, context.db_url))
         self.service = Orchestrator(settings, self.engine)
-        self._dispatcher = None
-
-    @property
-    def dispatcher(self):
-        if self._dispatcher is None:
-            from orchestrator.dispatch.dispatcher import Dispatcher
-
-            self._dispatcher = Dispatcher(self.service.engine, self.service.settings, self.service.channel)
-        return self._dispatcher
 
     def close(self) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.close()
         self.engine.dispose()
 
 
 _context: WorkerContext | None = None
-# one per pool process (prefork) or per thread (--pool threads): a dispatcher's channels and breakers are not
-# shared between tasks running at the same time
+# one per pool process (prefork) or per thread (--pool threads): database connections are not shared between
+# tasks running at the same time
 _local = threading.local()
 
 
@@ -140,7 +128,18 @@ def plan_partition(run: dict[str, Any], low: int | None, high: int | None) -> di
 
 @_masked
 def dispatch_claims(run_pk: int) -> dict[str, Any]:
-    report, wait = _current().dispatcher.serve_round(run_pk)
+    from orchestrator.dispatch.dispatcher import Dispatcher
+    from orchestrator.service import Orchestrator
+
+    process = _current()
+    # channels of their own, closed when the task ends: a channel finishes its files on close (a call list's
+    # workbook), and a worker lives far longer than the run it sent for
+    service = Orchestrator(process.service.settings, process.service.engine, process.service.registry)
+    dispatcher = Dispatcher(service.engine, service.settings, service.channel)
+    try:
+        report, wait = dispatcher.serve_round(run_pk)
+    finally:
+        dispatcher.close()
     outcomes = {key: n for key, n in report.outcomes.items() if key != "retrying"}
     return {"outcomes": outcomes, "retrying": len(report.retrying), "paused": report.paused, "wait": wait}
 
