@@ -354,6 +354,9 @@ def test_celery_is_refused_where_it_cannot_work(tmp_path: Path):
         assert conn.execute(select(Delivery.id)).first() is None  # nothing written
     worker = cli("worker")
     assert worker.exit_code == 2 and "needs a PostgreSQL database" in worker.stderr
+    for queues in (",,", "a b", "a,,b", " a"):
+        worker = cli("worker", "--queues", queues)
+        assert worker.exit_code == 2 and "queue names" in worker.stderr, (queues, worker.output)
 
     no_broker = write_config(tmp_path, "    outbox: out\n", "executor: {kind: celery}\n")
     refused = Cli(f"sqlite:///{members}", config=str(no_broker))("run", str(tmp_path / "campaign.yaml"))
@@ -363,7 +366,7 @@ def test_celery_is_refused_where_it_cannot_work(tmp_path: Path):
     assert refused.exit_code == 2 and "visibility_timeout_seconds" in refused.stderr
     in_process = write_config(tmp_path, "    outbox: out\n")
     worker = Cli(f"sqlite:///{members}", config=str(in_process))("worker")
-    assert worker.exit_code == 2 and "kind: celery" in worker.stderr
+    assert worker.exit_code == 2 and "kind: celery" in worker.stderr, worker.output
     engine.dispose()
     assert not (tmp_path / "out").exists()
 

@@ -47,6 +47,13 @@ def worker(app, concurrency: int | None, queues: str | None, pool: str, loglevel
     from orchestrator.executors.tasks import WorkerContext, configure, register
 
     settings = app.settings
+    if queues is not None:
+        names = queues.split(",")
+        if any(not name or name != name.strip() or any(c.isspace() for c in name) for name in names):
+            raise InputError(
+                f"--queues {queues!r}: queue names are separated by commas, each non-empty and without spaces",
+                hint="e.g. --queues orchestrator,bulk",
+            )
     if settings.executor.kind != "celery":
         raise InputError(
             "a worker needs executor: {kind: celery, broker: …} in the config",
