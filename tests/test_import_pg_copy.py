@@ -331,3 +331,28 @@ def test_an_import_on_postgresql_leaves_the_planner_statistics_of_what_it_wrote(
             conn.execute(text("SELECT relname, reltuples FROM pg_class WHERE relname IN ('customers', 'orders')")).all()
         )
     assert tuples == {"customers": 40, "orders": 120}
+
+
+def test_a_growing_run_refreshes_the_ledger_statistics_on_postgresql(pg_engine: Engine, tmp_path: Path, monkeypatch):
+    """The ledger's look-ups by member are planned from statistics; a run that grows the ledger from empty
+    refreshes them as it goes (10,000 rows, then each doubling), or every later look-up scans the whole run."""
+    from sqlalchemy import text
+
+    from orchestrator.executors import in_process
+    from tests import dataset
+    from tests.dataset import AT
+    from tests.test_audience_facts import PLAIN_CAMPAIGN, _orchestrator
+
+    engine = pg_engine
+    dataset.load(engine)
+    monkeypatch.setattr(in_process.LedgerStatistics, "FIRST", 3)
+    orch = _orchestrator(tmp_path, engine)
+    (tmp_path / "plain.yaml").write_text(
+        PLAIN_CAMPAIGN.replace("name: plain-mail", "name: plain-mail\ndispatch: {batch_size: 2}"), encoding="utf-8"
+    )
+    plan = orch.load(tmp_path / "plain.yaml")
+    result = orch.runner(plan).execute(AT, dry_run=False, sample=0)
+    assert result.messages > 3
+    with engine.connect() as conn:
+        tuples = conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'deliveries'")).scalar()
+    assert tuples > 0
