@@ -71,6 +71,7 @@ CAMPAIGN = """\
 name: bench-e2e-{channel}
 description: every member, one e-mail each
 segment: {{frequency: {{gte: 0}}}}
+recontact: always  # each invocation on a kept database (--reuse-db) contacts every member again
 message:
   {channel}:
     subject: "{{{{ customer.name }}}}，新品两周后上市，会员抢先看"
