@@ -502,11 +502,14 @@ class Audience:
         ``pk_range``: only customers whose key is within these bounds (inclusive; None: unbounded), one
         partition of the audience."""
         self.engine = engine
-        self.pk_range = pk_range
         self.plan = plan
         self.facts = facts
         self.ctx = FactContext(at=at, settings=settings, members=plan.members, pk_range=pk_range)
         self.catalog = catalog
+
+    @property
+    def pk_range(self) -> tuple[int | None, int | None] | None:
+        return self.ctx.pk_range
 
     def _compiler(self) -> SegmentCompiler:
         return SegmentCompiler(self.ctx, self.catalog)
@@ -603,8 +606,7 @@ class Audience:
             return
         for start in range(low, high + 1, WINDOW_KEYS):
             window = copy(self)
-            window.pk_range = (start, start + WINDOW_KEYS - 1)
-            window.ctx = replace(self.ctx, pk_range=window.pk_range)
+            window.ctx = replace(self.ctx, pk_range=(start, start + WINDOW_KEYS - 1))
             yield window
 
     def _add_tags(self, batch: list[dict[str, Any]]) -> None:

@@ -115,7 +115,7 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
     # an event check that finds nobody opens no run (one that already has a run continues it)
     skip_if_empty = schedule is not None and schedule.on is not None and (dry_run or recorded is None)
     if skip_if_empty and plan.members == ():
-        return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
+        return _nobody(row)
     if not dry_run:
         try:
             check_new_run(service, tick.plan, tick.at, at_given=True)
@@ -127,7 +127,7 @@ def fire(service: Orchestrator, tick: Tick, *, dry_run: bool) -> dict[str, Any]:
     runner.tick = plan is not tick.plan  # narrowed to this tick's members: a Celery worker narrows it the same way
     result = runner.execute(tick.at, dry_run=dry_run, sample=0, open_if_empty=not skip_if_empty)
     if result.state == EMPTY:
-        return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
+        return _nobody(row)
     return row | {
         "run_id": result.run_id,
         "audience": result.audience,
@@ -212,6 +212,11 @@ def _next_deferral(service: Orchestrator, after: datetime) -> datetime | None:
                 Delivery.deferred_until > after,
             )
         ).scalar()
+
+
+def _nobody(row: dict[str, Any]) -> dict[str, Any]:
+    """The row of an event check that found nobody: no run was opened."""
+    return row | {"audience": 0, "messages": 0, "skipped": {}, "state": EMPTY, "fired": False}
 
 
 def _follow_up_row(result) -> dict[str, Any]:
